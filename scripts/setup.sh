@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs everything meter-gateway needs on a fresh Debian/Ubuntu machine:
+# the Debian packages (mosquitto, victoria-metrics, influxdb, socat) where missing,
+# a virtual environment in .venv, and the pinned Python packages.
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
+command -v influxd >/dev/null 2>&1 || need+=(influxdb)
+command -v socat >/dev/null 2>&1 || need+=(socat)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${need[*]}" >&2
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+    # Debian starts the packaged services on install; ours run on free ports in
+    # temporary folders, so the system-wide ones are not needed.
+    for svc in mosquitto influxdb victoria-metrics; do
+        $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    done
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating the virtual environment .venv" >&2
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+    echo "setup: installing Python packages (pinned in pyproject.toml)" >&2
+    .venv/bin/python -m pip install -q --upgrade pip >&2
+    .venv/bin/python -m pip install -q -e '.[dev]' >&2
+    rm -f .venv/.installed-*
+    touch "$stamp"
+fi

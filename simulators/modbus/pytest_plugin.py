@@ -1,0 +1,1 @@
+"""pytest fixtures for simulated Modbus meters (filled in by the Modbus work)."""
