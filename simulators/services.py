@@ -78,7 +78,7 @@ class _Service:
         if self._proc is not None:
             return
         with self._log.open("ab") as log:
-            self._proc = subprocess.Popen(  # noqa: S603 - fixed binaries, our own arguments
+            self._proc = subprocess.Popen(
                 self._command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -143,7 +143,7 @@ class _Service:
 
     def _http_ok(self, path: str) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}{path}", timeout=0.5) as resp:  # noqa: S310
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=0.5) as resp:
                 return 200 <= resp.status < 300
         except OSError:
             return False
@@ -236,13 +236,13 @@ class VictoriaMetrics(_Service):
         return self._http_ok("/health")
 
     def flush(self) -> None:
-        urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=10).close()  # noqa: S310
+        urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=10).close()
 
     def export(self, match: str) -> list[dict[str, Any]]:
         """Series matching a selector, as VictoriaMetrics' JSON-lines export."""
         self.flush()
         q = urllib.parse.urlencode({"match[]": match})
-        with urllib.request.urlopen(f"{self.url}/api/v1/export?{q}", timeout=30) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"{self.url}/api/v1/export?{q}", timeout=30) as resp:
             return [json.loads(line) for line in resp.read().splitlines() if line.strip()]
 
     def count(self, metric: str) -> int:
@@ -298,14 +298,14 @@ bind-address = "{self.host}:{self.rpc_port}"
 
     def _post_query(self, q: str) -> dict[str, Any]:
         data = urllib.parse.urlencode({"q": q}).encode()
-        req = urllib.request.Request(f"{self.url}/query", data=data, method="POST")  # noqa: S310
-        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+        req = urllib.request.Request(f"{self.url}/query", data=data, method="POST")
+        with urllib.request.urlopen(req, timeout=30) as resp:
             return json.loads(resp.read())
 
     def query(self, q: str, *, database: str | None = None, epoch: str = "s") -> list[dict]:
         """Rows of the first series of a query, as dicts of column -> value."""
         params = urllib.parse.urlencode({"db": database or self.database, "q": q, "epoch": epoch})
-        with urllib.request.urlopen(f"{self.url}/query?{params}", timeout=30) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"{self.url}/query?{params}", timeout=30) as resp:
             body = json.loads(resp.read())
         rows: list[dict] = []
         for result in body.get("results", []):
