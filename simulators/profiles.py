@@ -1,0 +1,118 @@
+"""Load and PV generation profiles, and the counter-based noise they draw from.
+
+Every value here is a pure function of (a meter's seed, a time step). That is deliberate: a
+meter's power at time t must not depend on how often or in which order somebody looked at it
+(the MQTT fleet advances meters every interval, a Modbus server on every poll), so the noise
+cannot come from a sequential random stream. A 64-bit mixing hash of (seed, step, salt) gives
+the same numbers whatever the call pattern, and is fast enough for a fleet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Literal
+
+__all__ = [
+    "DAY_S",
+    "Profile",
+    "grid_frequency_hz",
+    "grid_load_index",
+    "pv_clear_sky",
+    "shape",
+    "stable_seed",
+    "unit",
+]
+
+Profile = Literal["household", "commercial"]
+
+DAY_S = 86_400
+_M64 = (1 << 64) - 1
+_INV_2_64 = 1.0 / float(1 << 64)
+
+
+def stable_seed(*parts: object) -> int:
+    """A 64-bit seed from the parts' text; stable across processes (unlike ``hash()``)."""
+    text = "\x1f".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
+
+
+def _mix64(x: int) -> int:
+    # splitmix64 finaliser: a cheap bijective scrambler with good avalanche.
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def unit(seed: int, step: int, salt: int) -> float:
+    """A uniform number in [0, 1) determined by (seed, step, salt) alone."""
+    return _mix64(seed ^ _mix64((step << 8) + salt)) * _INV_2_64
+
+
+def _normalised(hourly: list[float]) -> tuple[float, ...]:
+    # Scale so that the daily mean is 1: a meter's ``mean_kw`` is then its average load.
+    mean = sum(hourly) / len(hourly)
+    return tuple(v / mean for v in hourly)
+
+
+# Hourly load relative to the daily mean, local time, one value per hour (linearly
+# interpolated in between). Households: a breakfast bump and an evening peak; at weekends a
+# later morning and more use at midday. Businesses: open 8-18 on weekdays, base load otherwise.
+# fmt: off
+_SHAPES: dict[tuple[str, bool], tuple[float, ...]] = {
+    ("household", False): _normalised([
+        0.55, 0.45, 0.40, 0.38, 0.38, 0.45, 0.80, 1.30, 1.20, 0.85, 0.75, 0.75,
+        0.85, 0.80, 0.70, 0.70, 0.85, 1.30, 1.80, 2.00, 1.80, 1.50, 1.10, 0.80,
+    ]),
+    ("household", True): _normalised([
+        0.60, 0.50, 0.42, 0.40, 0.38, 0.40, 0.50, 0.75, 1.10, 1.35, 1.30, 1.20,
+        1.30, 1.15, 1.00, 0.95, 1.05, 1.40, 1.80, 1.95, 1.80, 1.55, 1.20, 0.85,
+    ]),
+    ("commercial", False): _normalised([
+        0.30, 0.30, 0.30, 0.30, 0.30, 0.32, 0.45, 0.80, 1.40, 1.70, 1.75, 1.75,
+        1.55, 1.70, 1.75, 1.70, 1.60, 1.25, 0.70, 0.45, 0.38, 0.35, 0.32, 0.30,
+    ]),
+    ("commercial", True): _normalised([
+        0.30, 0.30, 0.30, 0.30, 0.30, 0.30, 0.30, 0.32, 0.40, 0.45, 0.45, 0.45,
+        0.45, 0.45, 0.42, 0.40, 0.38, 0.35, 0.33, 0.32, 0.30, 0.30, 0.30, 0.30,
+    ]),
+}
+# fmt: on
+_HOUSEHOLD_PEAK = max(_SHAPES[("household", False)])
+
+
+def shape(profile: Profile, t: float) -> float:
+    """Load at epoch seconds ``t`` relative to the daily mean (simulated clock = local)."""
+    day, sec = divmod(t, DAY_S)
+    weekend = (int(day) + 3) % 7 >= 5  # 1970-01-01 was a Thursday; Monday = 0
+    table = _SHAPES[(profile, weekend)]
+    h = sec / 3600.0
+    i = int(h)
+    frac = h - i
+    return table[i] * (1.0 - frac) + table[(i + 1) % 24] * frac
+
+
+def grid_load_index(t: float) -> float:
+    """How loaded the low-voltage grid is, 0 (night) to 1 (evening peak): drives voltage drop."""
+    return shape("household", t) / _HOUSEHOLD_PEAK
+
+
+def pv_clear_sky(t: float) -> float:
+    """Clear-sky PV output relative to peak, 0 at night; sun up 06:00-18:00 simulated time."""
+    h = (t % DAY_S) / 3600.0
+    if h <= 6.0 or h >= 18.0:
+        return 0.0
+    return math.sin(math.pi * (h - 6.0) / 12.0) ** 1.5
+
+
+# Grid frequency is shared by every meter on the grid, so it depends on time only.
+_FREQ_SEED = stable_seed("grid-frequency")
+
+
+def grid_frequency_hz(t: float, step_s: int = 60) -> float:
+    """Grid frequency: 50 Hz with a slow wander of a few tens of mHz."""
+    k = int(t // step_s)
+    return (
+        50.0 + 0.06 * (unit(_FREQ_SEED, k, 0) - 0.5) + 0.02 * (unit(_FREQ_SEED, k // 15, 1) - 0.5)
+    )
