@@ -1,0 +1,157 @@
+"""The running gateway: wires sources, the pipeline and storage, and drains on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from config.schema import Config
+from gateway.pipeline import Pipeline
+from gateway.topology import MeterPlace, load_topology
+from gateway.validate import Flag, MeterRules, Validator
+from protocols.formats import Signal
+from protocols.mqtt.source import MqttSource
+from storage.deadletter import DeadLetterStore, dead_letter_record
+from storage.influxdb.v1 import V1Client
+from storage.influxdb.v2 import V2Client
+from storage.influxdb.writer import BatchWriter, LineClient
+from storage.lineprotocol import ReadingEncoder
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger("meter_gateway")
+
+
+def make_client(config: Config) -> LineClient:
+    return V1Client(config.storage) if config.storage.api == "v1" else V2Client(config.storage)
+
+
+class Gateway:
+    """`await start()`, then `await stop()` (drains); or `await run(stop_event)`."""
+
+    def __init__(self, config: Config, *, shutdown_timeout_s: float = 30.0) -> None:
+        self.config = config
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.started_at = time.time()
+        topology: dict[str, MeterPlace] = {}
+        if config.topology.file is not None:
+            topology = load_topology(config.topology.file)
+        self.topology = topology
+        rejected_topic = f"gateway/{config.gateway.id}/rejected"
+        self.dead_letter = DeadLetterStore(
+            config.gateway.data_dir,
+            publish=lambda line: self.mqtt.publish_nowait(rejected_topic, line, qos=1),
+        )
+        self.client = make_client(config)
+        st = config.storage
+        self.writer = BatchWriter(
+            self.client,
+            batch_size=st.batch_size,
+            flush_interval_s=st.flush_interval_s,
+            max_retry_delay_s=st.max_retry_delay_s,
+            max_buffered_lines=st.max_buffered_lines,
+            on_bad_line=self._bad_line,
+        )
+        self.pipeline = Pipeline(
+            validator=Validator(config.validation),
+            rules=MeterRules(config.validation.duplicate_window),
+            encoder=ReadingEncoder(st.precision, topology),
+            sink=self.writer,
+            dead_letter=self.dead_letter,
+            max_payload_bytes=config.mqtt.max_payload_bytes,
+            on_signal=self._signal,
+            on_flag=self._flag,
+        )
+        self.mqtt = MqttSource(
+            config.mqtt,
+            client_id=config.client_id,
+            handler=self.pipeline.handle_message,
+            flow=self.writer,
+        )
+        self._source_tasks: list[asyncio.Task[None]] = []
+        self._sink_tasks: list[asyncio.Task[None]] = []
+
+    # -- hooks for the detectors (events come with the detector work) -------------------------
+    def _signal(self, sig: Signal, topic: str) -> None:
+        log.info("meter %s reports %s %s (on %s)", sig.meter_id, sig.kind, sig.value, topic)
+
+    def _flag(self, flag: Flag) -> None:
+        pass  # logged by the pipeline; the register_decrease event hangs here
+
+    def _bad_line(self, line: str, reason: str) -> None:
+        self.dead_letter.add(
+            dead_letter_record(
+                reason=reason, source="storage", payload=line, device=self.client.target
+            )
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.config.gateway.data_dir.mkdir(parents=True, exist_ok=True)
+        log.info(
+            "gateway %s starting: storage %s, broker %s:%d, data in %s",
+            self.config.gateway.id,
+            self.client.target,
+            self.config.mqtt.host,
+            self.config.mqtt.port,
+            self.config.gateway.data_dir,
+        )
+        self._sink_tasks = [
+            asyncio.create_task(self.writer.run(), name="storage-writer"),
+            asyncio.create_task(self.dead_letter.run(), name="dead-letter"),
+        ]
+        self._source_tasks = [asyncio.create_task(self.mqtt.run(), name="mqtt-source")]
+
+    async def stop(self) -> None:
+        """Stop taking input, flush what was taken, close."""
+        for task in self._source_tasks:
+            task.cancel()
+        for task in self._source_tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.writer.close()
+        writer_task, dl_task = self._sink_tasks
+        try:
+            await asyncio.wait_for(asyncio.shield(writer_task), self.shutdown_timeout_s)
+        except TimeoutError:
+            log.error(
+                "shutdown: %d readings could not be written to %s within %.0f s "
+                "(unacknowledged MQTT messages stay queued at the broker)",
+                self.writer.pending,
+                self.client.target,
+                self.shutdown_timeout_s,
+            )
+            writer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer_task
+        await self.dead_letter.close()
+        dl_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await dl_task
+        await self.client.close()
+        p = self.pipeline
+        log.info(
+            "gateway stopped: %d messages, %d readings received, %d stored, %d rejected, "
+            "%d duplicates dropped",
+            p.messages,
+            sum(p.received.values()),
+            self.writer.lines_written,
+            sum(p.rejected.values()),
+            p.duplicates,
+        )
+
+    async def run(self, stop: asyncio.Event) -> int:
+        await self.start()
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait(
+            [waiter, *self._sink_tasks, *self._source_tasks], return_when=asyncio.FIRST_COMPLETED
+        )
+        crashed = [t for t in done if t is not waiter]
+        for t in crashed:
+            if t.exception() is not None:
+                log.error("task %s failed", t.get_name(), exc_info=t.exception())
+        waiter.cancel()
+        await self.stop()
+        return 1 if crashed else 0

@@ -1,0 +1,180 @@
+"""`meter-gateway`: run, check-config, simulate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from config.loader import ConfigError, load_config
+
+__all__ = ["main"]
+
+log = logging.getLogger("meter_gateway")
+
+EXIT_CONFIG = 2
+
+_DESCRIPTION = """\
+Smart-meter ingestion gateway: takes readings that meters and data concentrators
+push over MQTT (and polls Modbus meters), validates them like a meter data system,
+stores them in InfluxDB, and keeps every rejected message in a dead-letter store
+with the reason.
+
+Configuration: one YAML file (see config/example.yaml); any key can be overridden
+with an environment variable METER_GATEWAY__SECTION__KEY, e.g.
+METER_GATEWAY__STORAGE__TOKEN. Logs go to stderr.
+"""
+
+
+def _add_logging(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity (default: info)",
+    )
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text for people, json (one object per line) for log collectors",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meter-gateway",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser(
+        "run",
+        help="run the gateway until SIGINT/SIGTERM",
+        description="Run the gateway until SIGINT or SIGTERM. On SIGTERM it stops taking "
+        "input, writes what it has taken, and exits 0. A bad configuration is refused "
+        f"with every error listed (exit {EXIT_CONFIG}).",
+    )
+    run.add_argument("-c", "--config", required=True, type=Path, help="the YAML configuration file")
+    run.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="how long to keep writing to the database after SIGTERM (default 30)",
+    )
+    _add_logging(run)
+    run.set_defaults(func=_cmd_run)
+
+    check = sub.add_parser(
+        "check-config",
+        help="validate a configuration file",
+        description=f"Validate a configuration file (with the environment's overrides). "
+        f"Exit 0 when it is good, {EXIT_CONFIG} with every error listed by key path when not.",
+    )
+    check.add_argument(
+        "-c", "--config", required=True, type=Path, help="the YAML configuration file"
+    )
+    check.set_defaults(func=_cmd_check)
+
+    simulate = sub.add_parser(
+        "simulate",
+        help="simulated meters: an MQTT fleet or Modbus servers",
+        description="Simulated meters for testing without hardware.",
+    )
+    sim_sub = simulate.add_subparsers(dest="simulator", metavar="KIND")
+    sim_sub.required = True
+    for module in ("simulators.mqtt_cli", "simulators.modbus.cli"):
+        try:
+            importlib.import_module(module).register(sim_sub)
+        except (ImportError, AttributeError):
+            log.debug("simulator %s not available", module)
+
+    try:
+        importlib.import_module("simulators.demo").register(sub)
+    except (ImportError, AttributeError):
+        log.debug("demo not available")
+    return parser
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(
+            f"{args.config}: configuration is not valid ({len(exc.errors)} error(s)):",
+            file=sys.stderr,
+        )
+        for err in exc.errors:
+            print(f"  {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(
+        f"{args.config}: OK (gateway {cfg.gateway.id}, storage {cfg.storage.api} at "
+        f"{cfg.storage.url}, broker {cfg.mqtt.host}:{cfg.mqtt.port}, "
+        f"{len(cfg.mqtt.subscriptions)} subscriptions, {len(cfg.modbus.devices)} Modbus devices)"
+    )
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from gateway.logs import setup_logging
+
+    setup_logging(args.log_level, args.log_format)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        log.error("%s: configuration is not valid; not starting:", args.config)
+        for err in exc.errors:
+            log.error("  %s", err)
+        return EXIT_CONFIG
+    from gateway.topology import TopologyError
+
+    try:
+        return _run_loop(_serve(cfg, args.shutdown_timeout))
+    except TopologyError as exc:
+        log.error("%s; not starting", exc)
+        return EXIT_CONFIG
+
+
+async def _serve(cfg: object, shutdown_timeout: float) -> int:
+    from gateway.app import Gateway
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _stopper(stop, sig))
+    gw = Gateway(cfg, shutdown_timeout_s=shutdown_timeout)  # type: ignore[arg-type]
+    return await gw.run(stop)
+
+
+def _stopper(stop: asyncio.Event, sig: signal.Signals):
+    def handler() -> None:
+        log.info("received %s: draining and stopping", sig.name)
+        stop.set()
+
+    return handler
+
+
+def _run_loop(coro) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is not on Windows
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The pipeline: decoded payloads -> validation -> storage, rejections -> dead letter.
+
+Data flows one way: source -> format -> validate -> (spool) -> store, with
+signals and flags going to the detectors. A source hands over raw bytes and
+learns whether it may acknowledge them now (`paused` says storage is behind).
+
+The seam for the durable spool is `Sink`: today the batch writer's in-memory
+buffer; the spool slots in with the same `add(line)` and `paused`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from gateway.reading import Reading
+from gateway.validate import Flag, Invalid, MeterRules, Validator
+from protocols.formats import Decoded, PayloadFormat, Signal
+from storage.deadletter import DeadLetterStore, dead_letter_record
+from storage.lineprotocol import ReadingEncoder
+
+__all__ = ["Pipeline", "Sink"]
+
+log = logging.getLogger("meter_gateway.pipeline")
+
+
+class Sink(Protocol):
+    def add(self, line: str) -> None: ...
+
+    @property
+    def paused(self) -> bool: ...
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        validator: Validator,
+        rules: MeterRules,
+        encoder: ReadingEncoder,
+        sink: Sink,
+        dead_letter: DeadLetterStore,
+        max_payload_bytes: int = 1_048_576,
+        on_signal: Callable[[Signal, str], None] | None = None,
+        on_flag: Callable[[Flag], None] | None = None,
+        on_reading: Callable[[Reading], None] | None = None,
+    ) -> None:
+        self._validator = validator
+        self._rules = rules
+        self._encode = encoder.encode
+        self._sink = sink
+        self._dead_letter = dead_letter
+        self._max_payload = max_payload_bytes
+        self._on_signal = on_signal
+        self._on_flag = on_flag
+        self._on_reading = on_reading
+        self.received: Counter[str] = Counter()  # readings seen, by source
+        self.stored: Counter[str] = Counter()  # readings handed to storage, by source
+        self.rejected: Counter[str] = Counter()  # by reason category
+        self.flagged: Counter[str] = Counter()  # by flag kind
+        self.signals: Counter[str] = Counter()  # meter events and status, by value
+        self.messages = 0
+
+    @property
+    def paused(self) -> bool:
+        return self._sink.paused
+
+    @property
+    def duplicates(self) -> int:
+        return self._rules.duplicates
+
+    # -- MQTT ------------------------------------------------------------------------------
+    def handle_message(
+        self, topic: str, payload: bytes, fmt: PayloadFormat, topic_id: str | None
+    ) -> None:
+        """One MQTT message: never raises, whatever the payload holds."""
+        self.messages += 1
+        if len(payload) > self._max_payload:
+            self._reject_message(
+                topic,
+                payload[:1024],
+                f"payload of {len(payload)} bytes is over max_payload_bytes ({self._max_payload}); "
+                "the first 1024 bytes are kept",
+                "too_large",
+            )
+            return
+        try:
+            decoded: Decoded = fmt(payload, topic_id)
+        except Exception as exc:
+            log.exception("format failed on %s", topic)
+            self._reject_message(topic, payload, f"payload format failed: {exc!r}", "format_error")
+            return
+        for rej in decoded.rejections:
+            if rej.index is None:
+                self._reject_message(topic, payload, rej.reason, _category(rej.reason))
+            else:
+                self.received["mqtt"] += 1
+                self._reject_item(topic, rej.item, rej.reason, rej.index)
+        if decoded.readings:
+            self._readings(decoded, topic, payload)
+        if decoded.signals:
+            for sig in decoded.signals:
+                self.signals[sig.value] += 1
+                if self._on_signal is not None:
+                    self._on_signal(sig, topic)
+
+    def _readings(self, decoded: Decoded, topic: str, payload: bytes) -> None:
+        now_ns = time.time_ns()
+        check = self._validator.check
+        judge = self._rules.judge
+        add = self._sink.add
+        encode = self._encode
+        on_reading = self._on_reading
+        flags: list[Flag] = []
+        positions = decoded.positions
+        stored = 0
+        items = decoded.readings
+        for i, obj in enumerate(items):
+            try:
+                r = check(obj, "mqtt", now_ns)
+            except Invalid as exc:
+                if positions is None:
+                    self._reject_message(topic, payload, str(exc), _category(str(exc)))
+                else:
+                    self._reject_item(topic, obj, f"readings[{positions[i]}]: {exc}", positions[i])
+                continue
+            r = judge(r, flags)
+            if r is None:
+                continue  # exact duplicate (a QoS 1 redelivery); counted by the rules
+            add(encode(r))
+            stored += 1
+            if on_reading is not None:
+                on_reading(r)
+        self.received["mqtt"] += len(items)
+        self.stored["mqtt"] += stored
+        if flags:
+            self._flags(flags)
+
+    # -- Modbus and other pollers --------------------------------------------------------------
+    def handle_reading(self, obj: dict[str, Any], source: str, origin: str) -> None:
+        """One reading already in canonical form (a poller's); never raises."""
+        self.received[source] += 1
+        try:
+            r = self._validator.check(obj, source, time.time_ns())
+        except Invalid as exc:
+            self.reject(source=source, reason=str(exc), device=origin, item=obj)
+            return
+        flags: list[Flag] = []
+        r2 = self._rules.judge(r, flags)
+        if r2 is not None:
+            self._sink.add(self._encode(r2))
+            self.stored[source] += 1
+            if self._on_reading is not None:
+                self._on_reading(r2)
+        if flags:
+            self._flags(flags)
+
+    def reject(
+        self,
+        *,
+        source: str,
+        reason: str,
+        device: str | None = None,
+        topic: str | None = None,
+        payload: bytes | None = None,
+        item: Any = None,
+        category: str | None = None,
+    ) -> None:
+        self.rejected[category or _category(reason)] += 1
+        self._dead_letter.add(
+            dead_letter_record(
+                reason=reason, source=source, payload=payload, item=item, topic=topic, device=device
+            )
+        )
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _reject_message(self, topic: str, payload: bytes, reason: str, category: str) -> None:
+        log.debug("rejected message on %s: %s", topic, reason)
+        self.rejected[category] += 1
+        self._dead_letter.add(
+            dead_letter_record(reason=reason, source="mqtt", payload=payload, topic=topic)
+        )
+
+    def _reject_item(self, topic: str, item: Any, reason: str, index: int) -> None:
+        self.rejected[_category(reason)] += 1
+        self._dead_letter.add(
+            dead_letter_record(reason=reason, source="mqtt", item=item, topic=topic, index=index)
+        )
+
+    def _flags(self, flags: list[Flag]) -> None:
+        for f in flags:
+            self.flagged[f.kind] += 1
+            log.warning("suspect reading: %s: %s", f.meter_id, f.message)
+            if self._on_flag is not None:
+                self._on_flag(f)
+
+
+def _category(reason: str) -> str:
+    """A short label for metrics: the field, or the kind of failure."""
+    head = reason.split(":", 1)[0]
+    if head.startswith("readings["):
+        rest = reason.split(": ", 2)
+        head = rest[1] if len(rest) > 2 else "reading"
+    head = head.split("[", 1)[0].strip()
+    return head if head.replace("_", "").isalnum() and len(head) <= 32 else "invalid"

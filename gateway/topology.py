@@ -1,0 +1,82 @@
+"""The network topology: which transformer and feeder each meter hangs off.
+
+CSV with a header: meter_id,transformer_id,feeder_id,customer_id,phases,
+nominal_voltage_v,prosumer. Only meter_id is required per row.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["COLUMNS", "MeterPlace", "TopologyError", "load_topology"]
+
+COLUMNS = (
+    "meter_id",
+    "transformer_id",
+    "feeder_id",
+    "customer_id",
+    "phases",
+    "nominal_voltage_v",
+    "prosumer",
+)
+
+
+class TopologyError(ValueError):
+    """The topology file cannot be used; the message names the line and column."""
+
+
+@dataclass(frozen=True, slots=True)
+class MeterPlace:
+    meter_id: str
+    transformer_id: str | None = None
+    feeder_id: str | None = None
+    customer_id: str | None = None
+    phases: int | None = None
+    nominal_voltage_v: float | None = None
+    prosumer: bool = False
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        value = getattr(self, key, None)
+        return default if value is None else str(value)
+
+
+def load_topology(path: Path) -> dict[str, MeterPlace]:
+    places: dict[str, MeterPlace] = {}
+    try:
+        f = path.open(newline="")
+    except OSError as exc:
+        raise TopologyError(f"{path}: cannot read: {exc.strerror}") from None
+    with f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "meter_id" not in reader.fieldnames:
+            raise TopologyError(
+                f"{path}: line 1: the header must name the columns ({','.join(COLUMNS)})"
+            )
+        unknown = set(reader.fieldnames) - set(COLUMNS)
+        if unknown:
+            raise TopologyError(f"{path}: line 1: unknown column(s) {', '.join(sorted(unknown))}")
+        for row in reader:
+            line = reader.line_num
+            meter_id = (row.get("meter_id") or "").strip()
+            if not meter_id:
+                raise TopologyError(f"{path}: line {line}: meter_id is empty")
+            try:
+                phases = int(row["phases"]) if row.get("phases") else None
+                if phases not in (None, 1, 3):
+                    raise ValueError("phases must be 1 or 3")
+                nominal = float(row["nominal_voltage_v"]) if row.get("nominal_voltage_v") else None
+            except ValueError as exc:
+                raise TopologyError(f"{path}: line {line}: {exc}") from None
+            prosumer = (row.get("prosumer") or "").strip().lower() in {"1", "true", "yes", "y"}
+            places[meter_id] = MeterPlace(
+                meter_id,
+                (row.get("transformer_id") or "").strip() or None,
+                (row.get("feeder_id") or "").strip() or None,
+                (row.get("customer_id") or "").strip() or None,
+                phases,
+                nominal,
+                prosumer,
+            )
+    return places

@@ -1,0 +1,318 @@
+"""Validation (VEE, SPEC 6): schema -> plausibility -> meter-aware rules.
+
+`Validator` is pure (schema and plausibility: a dict in, a Reading or an `Invalid`
+with a reason a person can act on). `MeterRules` keeps a little state per meter
+for the rules that need history: a register that goes down, duplicates.
+
+This is the hot path: straight-line code over the parsed dict, no per-reading
+model construction beyond the Reading itself.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from config.schema import ValidationConfig
+from gateway.reading import CURRENT_FIELDS, VOLTAGE_FIELDS, Reading
+
+__all__ = ["Flag", "Invalid", "MeterRules", "Validator", "format_ts"]
+
+_METER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_INF = math.inf
+_NS = 1_000_000_000
+MEASUREMENT_KEYS = (
+    "energy_import_kwh",
+    "energy_export_kwh",
+    "power_w",
+    "voltage_v",
+    "current_a",
+    "power_factor",
+    "frequency_hz",
+)
+
+
+class Invalid(ValueError):
+    """A reading that cannot be stored; the message names the field and the bound."""
+
+
+@dataclass(slots=True, frozen=True)
+class Flag:
+    """A rule's finding about a stored reading (it is stored as `suspect`)."""
+
+    kind: str  # "register_decrease" | "duplicate_conflict" | "out_of_order_register"
+    meter_id: str
+    ts_ns: int
+    message: str
+
+
+def format_ts(ts_ns: int) -> str:
+    return datetime.fromtimestamp(ts_ns / _NS, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _type_name(v: object) -> str:
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, str):
+        return "a string"
+    if v is None:
+        return "null"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__
+
+
+def _bad_number(key: str, v: object) -> Invalid:
+    if isinstance(v, float):  # only NaN and infinities get here
+        return Invalid(f"{key}: {v!r} is not a number (NaN and Infinity are not allowed)")
+    shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+    return Invalid(f"{key}: expected a number, got {_type_name(v)} {shown}")
+
+
+class Validator:
+    """Schema and plausibility checks; no state but caches."""
+
+    def __init__(self, bounds: ValidationConfig | None = None) -> None:
+        b = bounds or ValidationConfig()
+        self._max_future_ns = int(b.max_future_s * _NS)
+        self._max_age_ns = int(b.max_age_s * _NS)
+        self._max_age_text = _duration_text(b.max_age_s)
+        # (payload key, storage field, low, high); checked in this order.
+        self._scalars = (
+            ("energy_import_kwh", "energy_import_kwh", 0.0, _INF),
+            ("energy_export_kwh", "energy_export_kwh", 0.0, _INF),
+            ("power_w", "power_w", -b.power_max_w, b.power_max_w),
+            ("power_factor", "power_factor", -1.0, 1.0),
+            ("frequency_hz", "frequency_hz", b.frequency_min_hz, b.frequency_max_hz),
+        )
+        self._phases = (
+            ("voltage_v", VOLTAGE_FIELDS, 0.0, b.voltage_max_v),
+            ("current_a", CURRENT_FIELDS, -b.current_max_a, b.current_max_a),
+        )
+        self._ids: set[str] = set()  # meter ids already seen valid
+        self._ts_cache: dict[str, int] = {}  # batches share timestamps
+
+    def check(self, obj: dict, source: str, now_ns: int) -> Reading:
+        """Return the reading, or raise Invalid naming the first problem."""
+        meter_id = obj.get("meter_id")
+        if meter_id not in self._ids:
+            self._check_meter_id(meter_id)
+        ts_ns = self._ts(obj.get("ts"))
+        if ts_ns > now_ns + self._max_future_ns:
+            raise Invalid(
+                f"ts: {format_ts(ts_ns)} is {(ts_ns - now_ns) / _NS:.0f} s in the future "
+                f"(limit {self._max_future_ns / _NS:.0f} s; check the meter's clock)"
+            )
+        if ts_ns < now_ns - self._max_age_ns:
+            raise Invalid(
+                f"ts: {format_ts(ts_ns)} is older than the maximum age of {self._max_age_text}"
+            )
+
+        values: dict[str, float] = {}
+        for key, name, lo, hi in self._scalars:
+            v = obj.get(key)
+            if v is None:
+                continue
+            t = type(v)
+            if t is int:
+                v = float(v)
+            elif t is not float or v != v or v == _INF or v == -_INF:
+                raise _bad_number(key, v)
+            if v < lo:
+                raise Invalid(f"{key}: {v!r} below {lo!r}")
+            if v > hi:
+                raise Invalid(f"{key}: {v!r} above {hi!r}")
+            values[name] = v
+        for key, names, lo, hi in self._phases:
+            v = obj.get(key)
+            if v is None:
+                continue
+            if type(v) is list:
+                n = len(v)
+                if n != 3 and n != 1:
+                    raise Invalid(
+                        f"{key}: expected one number or a list of three (L1, L2, L3), "
+                        f"got a list of {n}"
+                    )
+                for i in range(n):
+                    x = v[i]
+                    t = type(x)
+                    if t is int:
+                        x = float(x)
+                    elif t is not float or x != x or x == _INF or x == -_INF:
+                        raise _bad_number(f"{key}[{i}]", x)
+                    if x < lo:
+                        raise Invalid(f"{key}[{i}]: {x!r} below {lo!r}")
+                    if x > hi:
+                        raise Invalid(f"{key}[{i}]: {x!r} above {hi!r}")
+                    values[names[i]] = x
+            else:
+                t = type(v)
+                if t is int:
+                    v = float(v)
+                elif t is not float or v != v or v == _INF or v == -_INF:
+                    raise _bad_number(key, v)
+                if v < lo:
+                    raise Invalid(f"{key}: {v!r} below {lo!r}")
+                if v > hi:
+                    raise Invalid(f"{key}: {v!r} above {hi!r}")
+                values[names[0]] = v
+        if not values:
+            raise Invalid(
+                "no measurement: a reading needs at least one of " + ", ".join(MEASUREMENT_KEYS)
+            )
+        return Reading(meter_id, ts_ns, source, values)
+
+    def _check_meter_id(self, meter_id: object) -> None:
+        if meter_id is None:
+            raise Invalid("meter_id: missing")
+        if type(meter_id) is not str:
+            raise Invalid(f"meter_id: expected a string, got {_type_name(meter_id)}")
+        if not _METER_ID.fullmatch(meter_id):
+            raise Invalid(
+                f"meter_id: {meter_id[:70]!r} is not 1-64 characters of A-Z a-z 0-9 . _ : -"
+            )
+        if len(self._ids) < 1_000_000:
+            self._ids.add(meter_id)
+
+    def _ts(self, ts: object) -> int:
+        t = type(ts)
+        if t is str:
+            cached = self._ts_cache.get(ts)  # type: ignore[arg-type]
+            if cached is not None:
+                return cached
+            ns = _parse_rfc3339(ts)  # type: ignore[arg-type]
+            if len(self._ts_cache) >= 4096:
+                self._ts_cache.clear()
+            self._ts_cache[ts] = ns  # type: ignore[index]
+            return ns
+        if t is int:
+            return ts * _NS  # type: ignore[operator]
+        if t is float and ts == ts and ts not in (_INF, -_INF):
+            return round(ts * 1_000_000) * 1000  # type: ignore[operator]
+        if ts is None:
+            raise Invalid("ts: missing (RFC 3339 with an offset, or epoch seconds)")
+        raise Invalid(
+            f"ts: expected RFC 3339 text or epoch seconds, got {_type_name(ts)} {str(ts)[:40]!r}"
+        )
+
+
+def _parse_rfc3339(text: str) -> int:
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise Invalid(f"ts: {text[:40]!r} is not an RFC 3339 time") from None
+    if dt.tzinfo is None:
+        # A time without an offset is ambiguous across time zones: rejected, not guessed.
+        raise Invalid(f"ts: {text[:40]!r} has no UTC offset (add 'Z' or '+01:00')")
+    delta = dt - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * _NS + delta.microseconds * 1000
+
+
+def _duration_text(seconds: float) -> str:
+    if seconds % 86_400 == 0:
+        return f"{seconds / 86_400:.0f} days"
+    if seconds % 3600 == 0:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds:.0f} s"
+
+
+class _MeterState:
+    __slots__ = ("last_export", "last_import", "last_ts", "recent")
+
+    def __init__(self) -> None:
+        self.last_ts = -1
+        self.last_import: float | None = None
+        self.last_export: float | None = None
+        self.recent: OrderedDict[int, int] = OrderedDict()  # ts_ns -> fingerprint
+
+
+_REGISTERS = (("energy_import_kwh", "last_import"), ("energy_export_kwh", "last_export"))
+
+
+class MeterRules:
+    """Meter-aware rules: register decrease, duplicates, out-of-order registers.
+
+    State is per meter and bounded (`duplicate_window` timestamps per meter).
+    """
+
+    def __init__(self, duplicate_window: int = 16) -> None:
+        self._window = duplicate_window
+        self._meters: dict[str, _MeterState] = {}
+        self.duplicates = 0
+
+    def judge(self, r: Reading, flags: list[Flag]) -> Reading | None:
+        """The reading to store (maybe marked suspect), or None for an exact duplicate.
+
+        Findings are appended to `flags` for the pipeline to log and raise.
+        """
+        st = self._meters.get(r.meter_id)
+        if st is None:
+            st = self._meters[r.meter_id] = _MeterState()
+        values = r.values
+        fp = hash(tuple(values.items()))
+        seen = st.recent.get(r.ts_ns)
+        if seen is not None:
+            if seen == fp:
+                self.duplicates += 1
+                return None
+            flags.append(
+                Flag(
+                    "duplicate_conflict",
+                    r.meter_id,
+                    r.ts_ns,
+                    f"{r.meter_id} sent different values for {format_ts(r.ts_ns)}",
+                )
+            )
+            st.recent[r.ts_ns] = fp
+            return r._replace(quality="suspect")
+        st.recent[r.ts_ns] = fp
+        if len(st.recent) > self._window:
+            st.recent.popitem(last=False)
+
+        suspect = False
+        if r.ts_ns > st.last_ts:
+            for key, attr in _REGISTERS:
+                v = values.get(key)
+                if v is None:
+                    continue
+                last = getattr(st, attr)
+                if last is not None and v < last:
+                    flags.append(
+                        Flag(
+                            "register_decrease",
+                            r.meter_id,
+                            r.ts_ns,
+                            f"{key} went down from {last!r} to {v!r} "
+                            "(meter replaced, rollover or tampering)",
+                        )
+                    )
+                    suspect = True
+                # The new value is the reference from now on: a replaced meter is
+                # flagged once, not on every reading after.
+                setattr(st, attr, v)
+            st.last_ts = r.ts_ns
+        else:
+            # Late data is normal (concentrators back-fill). It must still fit
+            # below the register value of the later reading we already hold.
+            for key, attr in _REGISTERS:
+                v = values.get(key)
+                last = getattr(st, attr)
+                if v is not None and last is not None and v > last:
+                    flags.append(
+                        Flag(
+                            "out_of_order_register",
+                            r.meter_id,
+                            r.ts_ns,
+                            f"{key} {v!r} at {format_ts(r.ts_ns)} is above "
+                            f"{last!r} of a later reading",
+                        )
+                    )
+                    suspect = True
+        return r._replace(quality="suspect") if suspect else r

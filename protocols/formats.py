@@ -1,0 +1,207 @@
+"""Payload formats: bytes from a topic -> candidate readings, meter signals, rejections.
+
+A format only parses and says which meter each reading belongs to; the gateway's
+validator judges the readings. New formats (Tasmota, Shelly, Sparkplug B, ...)
+register here with `@register_format("name")` and plug in without touching the
+pipeline: a subscription in the config names the format.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "FORMATS",
+    "Decoded",
+    "PayloadFormat",
+    "Rejection",
+    "Signal",
+    "decode_json",
+    "register_format",
+]
+
+METER_EVENT_TYPES = frozenset({"last_gasp", "power_restored", "tamper", "cover_open"})
+
+
+@dataclass(slots=True, frozen=True)
+class Rejection:
+    """A payload, or one element of it, that cannot be used, and why."""
+
+    reason: str
+    index: int | None = None  # position in a batch; None for the whole message
+    item: Any = None  # the offending element of a batch, for the dead-letter record
+
+
+@dataclass(slots=True, frozen=True)
+class Signal:
+    """A meter's report about itself (an event or its online/offline status)."""
+
+    kind: str  # "event" | "status"
+    meter_id: str
+    value: str  # event type, or "online" / "offline"
+    ts: Any = None  # as sent; the detector normalises it
+    body: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Decoded:
+    readings: list[dict[str, Any]] = field(default_factory=list)
+    signals: list[Signal] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    # For batches: each reading's position in the payload, for dead-letter records.
+    positions: list[int] | None = None
+
+
+# payload, the id the topic's `+` matched (or None) -> what the payload holds
+PayloadFormat = Callable[[bytes, "str | None"], Decoded]
+
+FORMATS: dict[str, PayloadFormat] = {}
+
+
+def register_format(name: str) -> Callable[[PayloadFormat], PayloadFormat]:
+    def deco(fn: PayloadFormat) -> PayloadFormat:
+        if name in FORMATS:
+            raise ValueError(f"payload format {name!r} is already registered")
+        FORMATS[name] = fn
+        return fn
+
+    return deco
+
+
+def _bad_constant(name: str) -> float:
+    # json.loads calls this for NaN/Infinity; a NaN that survives to validation
+    # gets a reason naming its field instead of "invalid JSON".
+    return math.nan if name == "NaN" else (math.inf if name == "Infinity" else -math.inf)
+
+
+def decode_json(payload: bytes) -> Any:
+    """Parse JSON fast; fall back to the tolerant parser only to explain errors.
+
+    orjson refuses NaN and Infinity outright. The standard library accepts them,
+    which lets the validator say `power_w: NaN is not a number` rather than
+    pointing at a column number.
+    """
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        try:
+            return json.loads(payload, parse_constant=_bad_constant)
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError(f"invalid JSON: {exc}") from None
+
+
+def _own_meter(obj: dict[str, Any], topic_id: str | None) -> str | None:
+    """Check the payload's meter_id against the topic's; return a reason or None."""
+    named = obj.get("meter_id")
+    if named is None:
+        if topic_id is not None:
+            obj["meter_id"] = topic_id
+        return None
+    if topic_id is not None and named != topic_id:
+        return (
+            f"meter_id: payload names {named!r} but the topic is for {topic_id!r} "
+            "(a meter cannot write as another)"
+        )
+    return None
+
+
+@register_format("json")
+def json_reading(payload: bytes, topic_id: str | None) -> Decoded:
+    out = Decoded()
+    try:
+        obj = decode_json(payload)
+    except ValueError as exc:
+        out.rejections.append(Rejection(str(exc)))
+        return out
+    if not isinstance(obj, dict):
+        out.rejections.append(Rejection(f"expected a JSON object, got {type(obj).__name__}"))
+        return out
+    reason = _own_meter(obj, topic_id)
+    if reason:
+        out.rejections.append(Rejection(reason))
+    else:
+        out.readings.append(obj)
+    return out
+
+
+@register_format("json-batch")
+def json_batch(payload: bytes, topic_id: str | None) -> Decoded:
+    out = Decoded()
+    try:
+        obj = decode_json(payload)
+    except ValueError as exc:
+        out.rejections.append(Rejection(str(exc)))
+        return out
+    if not isinstance(obj, dict) or not isinstance(obj.get("readings"), list):
+        out.rejections.append(
+            Rejection('expected {"concentrator_id": ..., "readings": [reading, ...]}')
+        )
+        return out
+    named = obj.get("concentrator_id")
+    if named is not None and topic_id is not None and named != topic_id:
+        out.rejections.append(
+            Rejection(f"concentrator_id: payload names {named!r} but the topic is for {topic_id!r}")
+        )
+        return out
+    readings = out.readings
+    positions: list[int] = []
+    out.positions = positions
+    for i, item in enumerate(obj["readings"]):
+        # Each reading is judged on its own: one bad one does not sink its neighbours.
+        if type(item) is not dict:
+            out.rejections.append(
+                Rejection(f"readings[{i}]: expected a JSON object", index=i, item=item)
+            )
+        elif "meter_id" not in item:
+            out.rejections.append(
+                Rejection(f"readings[{i}]: meter_id is missing", index=i, item=item)
+            )
+        else:
+            readings.append(item)
+            positions.append(i)
+    return out
+
+
+@register_format("meter-event")
+def meter_event(payload: bytes, topic_id: str | None) -> Decoded:
+    out = Decoded()
+    try:
+        obj = decode_json(payload)
+    except ValueError as exc:
+        out.rejections.append(Rejection(str(exc)))
+        return out
+    if not isinstance(obj, dict):
+        out.rejections.append(Rejection(f"expected a JSON object, got {type(obj).__name__}"))
+        return out
+    reason = _own_meter(obj, topic_id)
+    kind = obj.get("type")
+    if reason:
+        out.rejections.append(Rejection(reason))
+    elif kind not in METER_EVENT_TYPES:
+        out.rejections.append(
+            Rejection(f"type: {kind!r} is not one of {', '.join(sorted(METER_EVENT_TYPES))}")
+        )
+    elif not isinstance(obj.get("meter_id"), str):
+        out.rejections.append(Rejection("meter_id: missing (not in the payload nor the topic)"))
+    else:
+        out.signals.append(Signal("event", obj["meter_id"], kind, obj.get("ts"), obj))
+    return out
+
+
+@register_format("lwt")
+def last_will(payload: bytes, topic_id: str | None) -> Decoded:
+    out = Decoded()
+    text = payload.decode("utf-8", "replace").strip().lower()
+    if topic_id is None:
+        out.rejections.append(Rejection("lwt: the topic names no meter (use a `+` level)"))
+    elif text not in ("online", "offline"):
+        out.rejections.append(Rejection(f"lwt: expected 'online' or 'offline', got {text[:40]!r}"))
+    else:
+        out.signals.append(Signal("status", topic_id, text))
+    return out

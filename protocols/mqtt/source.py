@@ -1,0 +1,238 @@
+"""The MQTT source: subscribe, route each message to its payload format, acknowledge.
+
+aiomqtt (over paho-mqtt 2) owns the connection. Two things differ from its usual use:
+
+- Messages do not go through aiomqtt's queue and iterator: that costs more per
+  message than paho's own parsing (SERVERS.md: ~9k/s vs 9k-22k/s), and its queue
+  drops when full. Each message is handled in paho's callback, on the event loop.
+- Acknowledgements are manual (paho's `manual_ack`). A QoS 1 message is acked once
+  the pipeline has taken it; while storage is behind (`flow.paused`) acks are held,
+  so the broker stops sending (its in-flight window fills) and keeps the rest
+  queued in our persistent session: backpressure without dropping anything.
+
+The session is persistent (stable client id, clean start off, MQTT 5 session
+expiry), so what is published while the gateway is away waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from config.schema import MqttConfig
+from protocols.formats import FORMATS, PayloadFormat
+
+__all__ = ["FlowControl", "MqttSource", "match_topic"]
+
+log = logging.getLogger("meter_gateway.mqtt")
+
+Handler = Callable[[str, bytes, PayloadFormat, "str | None"], None]
+
+
+class FlowControl(Protocol):
+    @property
+    def paused(self) -> bool: ...
+
+    async def wait_resumed(self) -> None: ...
+
+
+def match_topic(filter_levels: list[str], topic: str) -> tuple[bool, str | None]:
+    """Does `topic` match the filter? Also return what its first `+` matched."""
+    levels = topic.split("/")
+    plus: str | None = None
+    for i, f in enumerate(filter_levels):
+        if f == "#":
+            return True, plus
+        if i >= len(levels):
+            return False, None
+        if f == "+":
+            if plus is None:
+                plus = levels[i]
+        elif f != levels[i]:
+            return False, None
+    return len(levels) == len(filter_levels), plus
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client with its message queue bypassed (see the module docstring)."""
+
+    def __init__(
+        self, *args: Any, on_message: Callable[[paho.MQTTMessage], None], **kw: Any
+    ) -> None:
+        super().__init__(*args, **kw)
+        self._direct = on_message
+        self._client.manual_ack_set(True)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        self._direct(message)
+
+    @property
+    def paho(self) -> paho.Client:
+        return self._client
+
+
+class MqttSource:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        *,
+        client_id: str,
+        handler: Handler,
+        flow: FlowControl,
+        on_state: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self._client_id = client_id
+        self._handler = handler
+        self._flow = flow
+        self._on_state = on_state or (lambda connected: None)
+        self._filters = [(sub.topic.split("/"), FORMATS[sub.format]) for sub in cfg.subscriptions]
+        self._routes: dict[str, tuple[PayloadFormat, str | None] | None] = {}
+        self._client: _Client | None = None
+        self._held: list[tuple[int, int]] = []
+        self._release_task: asyncio.Task[None] | None = None
+        self.connected = False
+        self.connects = 0
+        self.unrouted = 0
+        self.publish_dropped = 0
+
+    # -- routing ------------------------------------------------------------------------
+    def _route(self, topic: str) -> tuple[PayloadFormat, str | None] | None:
+        route = None
+        for levels, fmt in self._filters:
+            ok, topic_id = match_topic(levels, topic)
+            if ok:
+                route = (fmt, topic_id)
+                break
+        if len(self._routes) > 1_000_000:  # one entry per meter topic; bound it anyway
+            self._routes.clear()
+        self._routes[topic] = route
+        return route
+
+    def _on_message(self, msg: paho.MQTTMessage) -> None:
+        topic = msg.topic
+        route = self._routes.get(topic, False)
+        if route is False:
+            route = self._route(topic)
+        if route is None:
+            self.unrouted += 1
+            log.debug("message on %s matches no subscription; ignored", topic)
+        else:
+            self._handler(topic, msg.payload, route[0], route[1])
+        if msg.qos:
+            if self._held or self._flow.paused:
+                self._held.append((msg.mid, msg.qos))
+                if self._release_task is None or self._release_task.done():
+                    self._release_task = asyncio.get_running_loop().create_task(self._release())
+            else:
+                self._client.paho.ack(msg.mid, msg.qos)  # type: ignore[union-attr]
+
+    async def _release(self) -> None:
+        await self._flow.wait_resumed()
+        held, self._held = self._held, []
+        client = self._client
+        if client is None:
+            return
+        for mid, qos in held:
+            client.paho.ack(mid, qos)
+
+    # -- publishing (events, rejections): best effort, never blocks ingestion -----------------
+    def publish_nowait(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+        client = self._client
+        if client is None or not self.connected:
+            self.publish_dropped += 1
+            return False
+        info = client.paho.publish(topic, payload, qos=qos)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            self.publish_dropped += 1
+            return False
+        return True
+
+    # -- connection ---------------------------------------------------------------------------
+    def _make_client(self) -> _Client:
+        cfg = self._cfg
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = cfg.session_expiry_s
+        tls_params = None
+        if cfg.tls.enabled:
+            tls_params = aiomqtt.TLSParameters(
+                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+                cert_reqs=ssl.CERT_NONE if cfg.tls.insecure else ssl.CERT_REQUIRED,
+            )
+        return _Client(
+            cfg.host,
+            cfg.port,
+            username=cfg.username,
+            password=cfg.password,
+            identifier=self._client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=cfg.clean_start,
+            properties=props,
+            keepalive=cfg.keepalive_s,
+            tls_params=tls_params,
+            tls_insecure=cfg.tls.insecure if cfg.tls.enabled else None,
+            logger=logging.getLogger("meter_gateway.mqtt.paho"),
+            on_message=self._on_message,
+        )
+
+    def _subscriptions(self) -> list[tuple[str, int]]:
+        qos = self._cfg.qos
+        group = self._cfg.shared_group
+        return [
+            (f"$share/{group}/{sub.topic}" if group else sub.topic, qos)
+            for sub in self._cfg.subscriptions
+        ]
+
+    async def run(self) -> None:
+        """Connect, subscribe, consume; reconnect forever with capped backoff. Cancel to stop."""
+        cfg = self._cfg
+        delay = cfg.reconnect_min_s
+        where = f"{cfg.host}:{cfg.port}"
+        while True:
+            client = self._make_client()
+            try:
+                async with client:
+                    self._client = client
+                    self.connected = True
+                    self.connects += 1
+                    delay = cfg.reconnect_min_s
+                    subs = self._subscriptions()
+                    await client.subscribe(subs)
+                    log.info(
+                        "mqtt: connected to %s as %s; subscribed to %s",
+                        where,
+                        self._client_id,
+                        ", ".join(t for t, _ in subs),
+                    )
+                    self._on_state(True)
+                    # Our messages never reach aiomqtt's queue, so this only ends
+                    # (with MqttError) when the connection does.
+                    async for _ in client.messages:
+                        pass
+            except aiomqtt.MqttError as exc:
+                if self.connected:
+                    log.error("mqtt: connection to %s lost: %s", where, exc)
+                else:
+                    log.error(
+                        "mqtt: cannot connect to %s: %s; retrying in %.1f s", where, exc, delay
+                    )
+            finally:
+                was = self.connected
+                self.connected = False
+                self._client = None
+                self._held.clear()  # message ids die with the connection; the broker resends
+                if was:
+                    self._on_state(False)
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, cfg.reconnect_max_s)

@@ -1,0 +1,145 @@
+"""The dead-letter store: every rejected message or reading, with its reason.
+
+One JSON line per rejection in `<data_dir>/dead-letter/YYYY-MM-DD.jsonl` (UTC date
+of receipt), holding the raw payload (base64 when not UTF-8), where it came from,
+when, and a reason a person can act on. Records are buffered and written by a
+background task in a worker thread with fsync (group commit), so the event loop
+never blocks on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["DeadLetterStore", "dead_letter_record"]
+
+log = logging.getLogger("meter_gateway.deadletter")
+
+
+def dead_letter_record(
+    *,
+    reason: str,
+    source: str,
+    payload: bytes | str | None = None,
+    item: Any = None,
+    topic: str | None = None,
+    device: str | None = None,
+    index: int | None = None,
+    received_at: datetime | None = None,
+) -> dict[str, Any]:
+    """Build one record. `item` is an already-parsed element (a reading in a batch)."""
+    rec: dict[str, Any] = {
+        "received_at": (received_at or datetime.now(UTC)).isoformat().replace("+00:00", "Z"),
+        "source": source,
+        "reason": reason,
+    }
+    if topic is not None:
+        rec["topic"] = topic
+    if device is not None:
+        rec["device"] = device
+    if index is not None:
+        rec["index"] = index
+    if item is not None:
+        rec["payload"] = (
+            orjson.dumps(item, option=orjson.OPT_SERIALIZE_NUMPY).decode("utf-8", "replace")
+            if not isinstance(item, str)
+            else item
+        )
+    elif isinstance(payload, str):
+        rec["payload"] = payload
+    elif payload is not None:
+        try:
+            rec["payload"] = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            rec["payload_base64"] = base64.b64encode(payload).decode("ascii")
+    return rec
+
+
+class DeadLetterStore:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        publish: Callable[[bytes], None] | None = None,
+        flush_interval_s: float = 0.2,
+    ) -> None:
+        self.directory = Path(data_dir) / "dead-letter"
+        self._publish = publish
+        self._flush_interval = flush_interval_s
+        self._buf: list[tuple[str, bytes]] = []  # (file date, JSON line)
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._flushed = asyncio.Event()
+        self.count = 0
+        self.write_errors = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        line = orjson.dumps(record, default=str) + b"\n"
+        day = record["received_at"][:10]
+        self._buf.append((day, line))
+        self.count += 1
+        if self._publish is not None:
+            try:
+                self._publish(line[:-1])
+            except Exception:
+                log.debug("dead-letter: publish failed", exc_info=True)
+        if len(self._buf) >= 1000:
+            self._wakeup.set()
+
+    def path_for(self, day: str) -> Path:
+        return self.directory / f"{day}.jsonl"
+
+    async def run(self) -> None:
+        while True:
+            if not self._closing:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self._flush_interval)
+            self._wakeup.clear()
+            await self.flush()
+            if self._closing and not self._buf:
+                return
+
+    async def flush(self) -> None:
+        if not self._buf:
+            return
+        batch, self._buf = self._buf, []
+        try:
+            await asyncio.to_thread(self._append, batch)
+        except OSError as exc:
+            # Keep the records and try again: a full disk must not lose rejections.
+            self._buf[:0] = batch
+            self.write_errors += 1
+            log.error("dead-letter: cannot write to %s: %s; will retry", self.directory, exc)
+            await asyncio.sleep(1.0)
+
+    def _append(self, batch: list[tuple[str, bytes]]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        by_day: dict[str, list[bytes]] = {}
+        for day, line in batch:
+            by_day.setdefault(day, []).append(line)
+        for day, lines in by_day.items():
+            fd = os.open(self.path_for(day), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            try:
+                os.write(fd, b"".join(lines))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wakeup.set()
+        for _ in range(5):
+            await self.flush()
+            if not self._buf:
+                return
+        log.error("dead-letter: %d records could not be written at shutdown", len(self._buf))

@@ -1,0 +1,212 @@
+"""Batching, retries and bad-line isolation in front of a line-protocol client.
+
+The client (v1 or v2) only writes one body and raises a typed error; this loop owns
+every decision (Telegraf's split between an output and its running_output):
+
+- a batch goes out at `batch_size` lines or after `flush_interval_s`, whichever first;
+- connection errors, 429 and 5xx: exponential backoff with full jitter, capped at
+  `max_retry_delay_s`, honouring `Retry-After`; the batch is kept, never dropped;
+- 413: the batch is split in halves, each written on its own;
+- 400/422: the batch is bisected until the offending lines are found; those go to
+  the dead-letter store, the rest is written.
+
+Backpressure: above `max_buffered_lines` the writer reports `paused`; sources stop
+acknowledging and polling until it drains below half of that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from storage.influxdb.errors import (
+    BadPointsError,
+    PayloadTooLargeError,
+    RetryableWriteError,
+    WriteError,
+)
+
+__all__ = ["BatchWriter", "LineClient"]
+
+log = logging.getLogger("meter_gateway.storage")
+
+
+class LineClient(Protocol):
+    target: str
+
+    async def write(self, body: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class BatchWriter:
+    def __init__(
+        self,
+        client: LineClient,
+        *,
+        batch_size: int = 5000,
+        flush_interval_s: float = 1.0,
+        max_retry_delay_s: float = 60.0,
+        max_buffered_lines: int = 200_000,
+        on_bad_line: Callable[[str, str], None] | None = None,
+        on_state: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval_s
+        self._max_delay = max_retry_delay_s
+        self._high = max_buffered_lines
+        self._low = max_buffered_lines // 2
+        self._on_bad_line = on_bad_line or (lambda line, reason: None)
+        self._on_state = on_state or (lambda healthy: None)
+        self._buf: list[str] = []
+        self._inflight = 0  # lines taken from the buffer but not yet accepted
+        self._wakeup = asyncio.Event()
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._closing = False
+        self.healthy = True
+        # Counters for metrics and tests.
+        self.lines_written = 0
+        self.lines_rejected = 0
+        self.batches_written = 0
+        self.retries = 0
+        self.last_error: str | None = None
+        self.last_write_s: float | None = None
+
+    # -- the hot path ---------------------------------------------------------------
+    def add(self, line: str) -> None:
+        buf = self._buf
+        buf.append(line)
+        if len(buf) >= self._batch_size:
+            self._wakeup.set()
+        if len(buf) + self._inflight > self._high and self._resumed.is_set():
+            self._resumed.clear()
+            log.warning(
+                "storage: %d lines waiting for %s; pausing sources until below %d",
+                len(buf) + self._inflight,
+                self._client.target,
+                self._low,
+            )
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf) + self._inflight
+
+    @property
+    def paused(self) -> bool:
+        return not self._resumed.is_set()
+
+    async def wait_resumed(self) -> None:
+        await self._resumed.wait()
+
+    # -- the loop -----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Write batches until `close()`; then write what is left, then return."""
+        while True:
+            if len(self._buf) < self._batch_size and not self._closing:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self._flush_interval)
+            self._wakeup.clear()
+            if not self._buf:
+                if self._closing:
+                    return
+                continue
+            batch = self._buf[: self._batch_size]
+            del self._buf[: self._batch_size]
+            self._inflight = len(batch)
+            try:
+                await self._write_with_retry(batch)
+            finally:
+                self._inflight = 0
+            if not self._resumed.is_set() and self.pending <= self._low:
+                log.info("storage: backlog down to %d lines; resuming sources", self.pending)
+                self._resumed.set()
+
+    def close(self) -> None:
+        """Ask `run()` to flush everything and return."""
+        self._closing = True
+        self._wakeup.set()
+
+    async def _write_with_retry(self, batch: list[str]) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._write(batch)
+            except RetryableWriteError as exc:
+                attempt += 1
+                self.retries += 1
+                delay = self._backoff(attempt, exc.retry_after)
+                self.last_error = str(exc)
+                if self.healthy:
+                    log.error(
+                        "storage: write of %d lines to %s failed: %s; retrying in %.1f s "
+                        "(and with backoff up to %.0f s until it works)",
+                        len(batch),
+                        self._client.target,
+                        exc,
+                        delay,
+                        self._max_delay,
+                    )
+                    self.healthy = False
+                    self._on_state(False)
+                else:
+                    log.debug("storage: retry %d failed: %s; next in %.1f s", attempt, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            if not self.healthy:
+                log.info("storage: %s accepts writes again", self._client.target)
+                self.healthy = True
+                self._on_state(True)
+            return
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        # Full jitter (AWS architecture blog): spreads a fleet of gateways apart
+        # after a database restart instead of having them retry in lockstep.
+        ceiling = min(self._max_delay, 0.5 * 2 ** min(attempt, 30))
+        delay = random.uniform(ceiling / 2, ceiling)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self._max_delay))
+        return delay
+
+    async def _write(self, lines: list[str]) -> None:
+        """Write lines; split on 413, bisect on 400/422. Raises only retryable errors."""
+        body = "\n".join(lines).encode()
+        started = time.perf_counter()
+        try:
+            await self._client.write(body)
+        except PayloadTooLargeError:
+            if len(lines) == 1:
+                self._reject(lines[0], "a single line is over the server's request size limit")
+                return
+            log.warning("storage: 413 for %d lines; splitting the batch", len(lines))
+            await self._halves(lines)
+            return
+        except BadPointsError as exc:
+            if len(lines) == 1:
+                self._reject(lines[0], str(exc))
+                return
+            await self._halves(lines)
+            return
+        except RetryableWriteError:
+            raise
+        except WriteError as exc:  # unknown failure: keep the data, retry
+            raise RetryableWriteError(str(exc), status=exc.status) from exc
+        self.last_write_s = time.perf_counter() - started
+        self.lines_written += len(lines)
+        self.batches_written += 1
+
+    async def _halves(self, lines: list[str]) -> None:
+        mid = len(lines) // 2
+        await self._write(lines[:mid])
+        await self._write(lines[mid:])
+
+    def _reject(self, line: str, reason: str) -> None:
+        self.lines_rejected += 1
+        log.warning("storage: the database refused a line: %s", reason)
+        self._on_bad_line(line, f"refused by the database: {reason}")

@@ -1,0 +1,97 @@
+"""InfluxDB line protocol, written by hand for the hot path.
+
+influxdb-client's `Point` builds and serialises ~72k points/s on this machine
+(SERVERS.md); the gateway must carry 100k readings/s, so readings are encoded
+straight to text with their tag prefix cached per meter (bench/bench_lineprotocol.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from gateway.reading import Reading
+
+__all__ = ["PRECISION_DIVISOR", "ReadingEncoder", "encode_point", "escape_key", "escape_tag"]
+
+PRECISION_DIVISOR = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
+
+_KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})
+_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
+
+
+def escape_tag(value: str) -> str:
+    """Escape a tag key, tag value or field key (commas, equals signs, spaces)."""
+    return value.translate(_KEY_ESCAPES)
+
+
+escape_key = escape_tag
+
+
+def _string_field(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _field_value(value: object) -> str:
+    # bool before int: True is an int in Python but a boolean in line protocol.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{value}i"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return _string_field(value)
+    raise TypeError(f"unsupported field type {type(value).__name__}")
+
+
+def encode_point(
+    measurement: str,
+    tags: Mapping[str, str | None],
+    fields: Mapping[str, object],
+    ts: int | None,
+) -> str:
+    """One line: `measurement,tag=v field=1.0,n=2i,s="x" ts`. Empty tags are left out."""
+    parts = [measurement.translate(_MEASUREMENT_ESCAPES)]
+    for key in sorted(tags):
+        value = tags[key]
+        if value:
+            parts.append(f"{escape_tag(key)}={escape_tag(value)}")
+    head = ",".join(parts)
+    body = ",".join(
+        f"{escape_key(k)}={_field_value(v)}" for k, v in fields.items() if v is not None
+    )
+    if not body:
+        raise ValueError("a point needs at least one field")
+    return f"{head} {body}" if ts is None else f"{head} {body} {ts}"
+
+
+class ReadingEncoder:
+    """Reading -> line of `meter_reading` (SPEC 7), with the tag prefix cached per meter."""
+
+    def __init__(
+        self,
+        precision: str = "s",
+        topology: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        self._divisor = PRECISION_DIVISOR[precision]
+        self._topology = topology or {}
+        self._prefix: dict[tuple[str, str], str] = {}
+
+    def prefix(self, meter_id: str, source: str) -> str:
+        key = (meter_id, source)
+        p = self._prefix.get(key)
+        if p is None:
+            tags = {"meter_id": meter_id, "source": source}
+            place = self._topology.get(meter_id)
+            if place:
+                tags["transformer_id"] = place.get("transformer_id") or ""
+                tags["feeder_id"] = place.get("feeder_id") or ""
+            p = encode_point("meter_reading", tags, {"x": 0.0}, None).rsplit(" ", 1)[0] + " "
+            self._prefix[key] = p
+        return p
+
+    def encode(self, r: Reading) -> str:
+        prefix = self._prefix.get((r.meter_id, r.source)) or self.prefix(r.meter_id, r.source)
+        # Values hold only SPEC 7 field names (the validator builds them), so no escaping.
+        fields = ",".join([f"{k}={v!r}" for k, v in r.values.items()])
+        return f'{prefix}{fields},quality="{r.quality}" {r.ts_ns // self._divisor}'

@@ -1,0 +1,112 @@
+"""Fixtures: real mosquitto, VictoriaMetrics and InfluxDB 1.x on free loopback ports,
+with their data in the test's temporary folder, and a gateway running in the test's loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+
+from config.schema import Config
+from gateway.app import Gateway
+from simulators.services import InfluxDB1, Mosquitto, VictoriaMetrics
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    with Mosquitto(tmp_path / "mosquitto") as broker:
+        yield broker
+
+
+@pytest.fixture
+def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
+    with VictoriaMetrics(tmp_path / "victoria") as vm:
+        yield vm
+
+
+@pytest.fixture
+def influx1(tmp_path: Path) -> Iterator[InfluxDB1]:
+    with InfluxDB1(tmp_path / "influxdb") as db:
+        yield db
+
+
+async def wait_until(
+    predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition"
+) -> Any:
+    """Poll a condition that has no event to await (a server's state); fail clearly."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class Publisher:
+    """A plain paho client that publishes QoS 1 and waits until the broker has each one."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.max_inflight_messages_set(1000)
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
+        self.client.publish(topic, payload, qos=qos).wait_for_publish(10)
+
+    def publish_many(self, items: list[tuple[str, bytes | str]], qos: int = 1) -> None:
+        infos = [self.client.publish(t, p, qos=qos) for t, p in items]
+        for info in infos:
+            info.wait_for_publish(30)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def publisher(mosquitto: Mosquitto) -> Iterator[Publisher]:
+    pub = Publisher(mosquitto)
+    yield pub
+    pub.close()
+
+
+def make_config(tmp_path: Path, broker: Mosquitto, **sections: dict[str, Any]) -> Config:
+    data: dict[str, Any] = {
+        "gateway": {"id": "gw-test", "data_dir": str(tmp_path / "var")},
+        "mqtt": {
+            "host": broker.host,
+            "port": broker.port,
+            "reconnect_min_s": 0.1,
+            "reconnect_max_s": 0.5,
+        },
+        "storage": {"batch_size": 500, "flush_interval_s": 0.1, "max_retry_delay_s": 0.5},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return Config.model_validate(data)
+
+
+@pytest.fixture
+async def run_gateway() -> AsyncIterator[Callable[[Config], Awaitable[Gateway]]]:
+    """Start gateways in the test's loop; each is stopped (drained) at the end."""
+    started: list[Gateway] = []
+
+    async def start(config: Config) -> Gateway:
+        gw = Gateway(config, shutdown_timeout_s=5)
+        await gw.start()
+        started.append(gw)
+        await wait_until(lambda: gw.mqtt.connected, what="the gateway to connect to the broker")
+        return gw
+
+    yield start
+    for gw in started:
+        if gw.mqtt.connects or gw._sink_tasks:  # noqa: SLF001
+            await gw.stop()
