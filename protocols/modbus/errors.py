@@ -1,0 +1,115 @@
+"""Exceptions of the Modbus adapter, and the one place pymodbus's are mapped onto them.
+
+ModbusError                       root of everything this package raises
++-- RegisterMapError              a register map is invalid (names the file and the entry)
++-- ModbusIOError                 one request failed; `kind` names the cause, `raw` the frame
+    +-- ModbusConnectError        the connection is down or cannot be opened
+    +-- ModbusTimeout             no answer within the device's timeout
+    +-- GarbledFrameError         bytes came back, but no valid frame (CRC, header)
+    +-- DeviceExceptionError      the device answered with a Modbus exception code
+    +-- ProtocolError             a frame that does not answer the request sent
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+__all__ = [
+    "EXCEPTION_NAMES",
+    "DeviceExceptionError",
+    "GarbledFrameError",
+    "ModbusConnectError",
+    "ModbusError",
+    "ModbusIOError",
+    "ModbusTimeout",
+    "ProtocolError",
+    "RegisterMapError",
+    "map_pymodbus_errors",
+]
+
+#: Modbus exception codes (Modbus Application Protocol v1.1b3, section 7).
+EXCEPTION_NAMES: dict[int, str] = {
+    0x01: "illegal function",
+    0x02: "illegal data address",
+    0x03: "illegal data value",
+    0x04: "server device failure",
+    0x05: "acknowledge",
+    0x06: "server device busy",
+    0x08: "memory parity error",
+    0x0A: "gateway path unavailable",
+    0x0B: "gateway target device failed to respond",
+}
+
+
+class ModbusError(Exception):
+    """Root of the Modbus adapter's exceptions."""
+
+
+class RegisterMapError(ModbusError, ValueError):
+    """A register map cannot be used; the message names the file and the entry."""
+
+
+class ModbusIOError(ModbusError):
+    """A request failed. `kind` is the error-count key, `raw` the frame received if any."""
+
+    kind = "io"
+
+    def __init__(self, message: str, *, raw: bytes | None = None) -> None:
+        super().__init__(message)
+        self.raw = raw
+
+
+class ModbusConnectError(ModbusIOError):
+    """The connection is down, was lost, or cannot be opened (reconnect is pending)."""
+
+    kind = "connection"
+
+
+class ModbusTimeout(ModbusIOError):
+    """No answer within the timeout: the device is off, unplugged or has another unit id."""
+
+    kind = "timeout"
+
+
+class GarbledFrameError(ModbusIOError):
+    """Bytes arrived but formed no valid frame (bad CRC, bad MBAP header, noise)."""
+
+    kind = "garbled"
+
+
+class DeviceExceptionError(ModbusIOError):
+    """The device answered with a Modbus exception response."""
+
+    kind = "exception"
+
+    def __init__(self, code: int, *, raw: bytes | None = None) -> None:
+        self.code = code
+        name = EXCEPTION_NAMES.get(code, "unknown exception")
+        super().__init__(f"modbus exception 0x{code:02X} ({name})", raw=raw)
+
+    @property
+    def retryable(self) -> bool:
+        """Busy and acknowledge mean 'ask again later'; the rest will not change on retry."""
+        return self.code in (0x05, 0x06)
+
+
+class ProtocolError(ModbusIOError):
+    """A frame that does not answer the request (wrong unit, function, length, stale reply)."""
+
+    kind = "protocol"
+
+
+@contextmanager
+def map_pymodbus_errors(raw: bytes | None = None) -> Iterator[None]:
+    """Turn pymodbus's exceptions into ours (`raise ... from exc`), in this one place."""
+    try:
+        yield
+    except ConnectionException as exc:
+        raise ModbusConnectError(f"connection lost ({exc})", raw=raw) from exc
+    except ModbusIOException as exc:
+        raise ProtocolError(f"unexpected response ({exc})", raw=raw) from exc
+    except ModbusException as exc:
+        raise ProtocolError(f"pymodbus error ({exc})", raw=raw) from exc
