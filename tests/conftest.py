@@ -36,16 +36,16 @@ def influx1(tmp_path: Path) -> Iterator[InfluxDB1]:
 
 
 async def wait_until(
-    predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition"
+    predicate: Callable[[], Any], within: float = 20.0, what: str = "condition"
 ) -> Any:
     """Poll a condition that has no event to await (a server's state); fail clearly."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            raise AssertionError(f"timed out after {within:.0f} s waiting for {what}")
         await asyncio.sleep(0.05)
 
 
@@ -108,5 +108,5 @@ async def run_gateway() -> AsyncIterator[Callable[[Config], Awaitable[Gateway]]]
 
     yield start
     for gw in started:
-        if gw.mqtt.connects or gw._sink_tasks:  # noqa: SLF001
+        if gw.mqtt.connects or gw._sink_tasks:
             await gw.stop()

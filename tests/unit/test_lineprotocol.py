@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+
+from gateway.reading import Reading
+from gateway.topology import MeterPlace
+from storage.lineprotocol import ReadingEncoder, encode_point, escape_tag
+
+
+@pytest.mark.parametrize(
+    ("raw", "escaped"),
+    [("tx 17", r"tx\ 17"), ("a,b", r"a\,b"), ("k=v", r"k\=v"), ("plain-id_1.2:3", "plain-id_1.2:3")],
+)
+def test_tag_escaping(raw, escaped):
+    assert escape_tag(raw) == escaped
+
+
+def test_point_types_and_escaping():
+    line = encode_point(
+        "meter event",
+        {"type": "power_outage", "transformer_id": "tx 1,a=b", "empty": None},
+        {"count": 3, "value": 3.0, "ok": True, "message": 'said "hi" \\ there'},
+        1_700_000_000,
+    )
+    assert line == (
+        r"meter\ event,transformer_id=tx\ 1\,a\=b,type=power_outage "
+        r'count=3i,value=3.0,ok=true,message="said \"hi\" \\ there" 1700000000'
+    )
+
+
+def test_integer_and_float_fields_differ():
+    assert encode_point("m", {}, {"n": 5}, None) == "m n=5i"
+    assert encode_point("m", {}, {"x": 5.0}, None) == "m x=5.0"
+
+
+def test_reading_line_has_the_spec_schema_and_precision():
+    r = Reading("m-1", 1_700_000_000_123_456_789, "mqtt",
+                {"energy_import_kwh": 10432.117, "voltage_l1_v": 229.8, "power_w": -3.0})
+    topo = {"m-1": MeterPlace("m-1", transformer_id="tx 17", feeder_id="f-3")}
+    assert ReadingEncoder("s", topo).encode(r) == (
+        r"meter_reading,feeder_id=f-3,meter_id=m-1,source=mqtt,transformer_id=tx\ 17 "
+        'energy_import_kwh=10432.117,voltage_l1_v=229.8,power_w=-3.0,quality="actual" 1700000000'
+    )
+    assert ReadingEncoder("ms").encode(r).endswith(" 1700000000123")
+    assert ReadingEncoder("ns").encode(r._replace(quality="suspect")).endswith(
+        'quality="suspect" 1700000000123456789'
+    )

@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gateway.reading import Reading
+from gateway.validate import Flag, Invalid, MeterRules, Validator
+from protocols.formats import FORMATS
+
+NOW = 1_800_000_000 * 10**9  # 2027-01-15
+TS = "2027-01-15T07:50:00Z"
+
+
+def check(obj: dict) -> Reading:
+    return Validator().check({"meter_id": "m-1", "ts": TS, **obj}, "mqtt", NOW)
+
+
+def test_canonical_reading():
+    r = check({"energy_import_kwh": 10432.117, "energy_export_kwh": 12.5, "power_w": 812.4,
+               "voltage_v": [229.8, 231.2, 230.4], "current_a": [1.2, 0.9, 1.4],
+               "power_factor": 0.97, "frequency_hz": 50.01, "unknown": "ignored"})
+    assert r.meter_id == "m-1"
+    assert r.ts_ns == NOW - 600 * 10**9
+    assert r.values == {
+        "energy_import_kwh": 10432.117, "energy_export_kwh": 12.5, "power_w": 812.4,
+        "power_factor": 0.97, "frequency_hz": 50.01,
+        "voltage_l1_v": 229.8, "voltage_l2_v": 231.2, "voltage_l3_v": 230.4,
+        "current_l1_a": 1.2, "current_l2_a": 0.9, "current_l3_a": 1.4,
+    }
+    assert r.quality == "actual"
+
+
+def test_single_phase_and_integers():
+    r = check({"voltage_v": 230, "current_a": 2})
+    assert r.values == {"voltage_l1_v": 230.0, "current_l1_a": 2.0}
+    assert type(r.values["voltage_l1_v"]) is float
+
+
+@pytest.mark.parametrize(
+    ("obj", "reason"),
+    [
+        ({"voltage_v": [230, 1234.0, 230]}, "voltage_v[1]: 1234.0 above 1000.0"),
+        ({"voltage_v": 5000}, "voltage_v: 5000.0 above 1000.0"),
+        ({"voltage_v": -1}, "voltage_v: -1.0 below 0.0"),
+        ({"voltage_v": [230, 230]}, "voltage_v: expected one number or a list of three"),
+        ({"current_a": 20000}, "current_a: 20000.0 above 10000.0"),
+        ({"frequency_hz": 39.9}, "frequency_hz: 39.9 below 40.0"),
+        ({"power_w": -2e7}, "power_w: -20000000.0 below -10000000.0"),
+        ({"power_factor": 1.2}, "power_factor: 1.2 above 1.0"),
+        ({"energy_import_kwh": -1}, "energy_import_kwh: -1.0 below 0.0"),
+        ({"power_w": "812"}, "power_w: expected a number, got a string '812'"),
+        ({"power_w": True}, "power_w: expected a number, got a boolean True"),
+        ({"power_w": math.nan}, "power_w: nan is not a number"),
+        ({"voltage_v": [230, math.inf, 230]}, "voltage_v[1]: inf is not a number"),
+        ({}, "no measurement"),
+        ({"meter_id": "bad id!", "power_w": 1}, "meter_id: 'bad id!' is not 1-64 characters"),
+        ({"meter_id": 7, "power_w": 1}, "meter_id: expected a string"),
+        ({"ts": "2027-01-15T07:50:00", "power_w": 1}, "has no UTC offset"),
+        ({"ts": "yesterday", "power_w": 1}, "is not an RFC 3339 time"),
+        ({"ts": None, "power_w": 1}, "ts: missing"),
+        ({"ts": "2027-01-15T09:00:00Z", "power_w": 1}, "s in the future (limit 300 s"),
+        ({"ts": "2027-01-01T00:00:00Z", "power_w": 1}, "older than the maximum age of 7 days"),
+    ],
+)
+def test_rejections_name_the_field_and_the_bound(obj, reason):
+    with pytest.raises(Invalid) as info:
+        check(obj)
+    assert reason in str(info.value)
+
+
+def test_timestamps_with_offsets_and_epochs_agree():
+    a = check({"ts": "2027-01-15T08:50:00+01:00", "power_w": 1})
+    b = check({"ts": NOW // 10**9 - 600, "power_w": 1})
+    c = check({"ts": NOW / 10**9 - 600.0, "power_w": 1})
+    assert a.ts_ns == b.ts_ns == c.ts_ns == NOW - 600 * 10**9
+
+
+def reading(ts_s: int, **values: float) -> Reading:
+    return Reading("m-1", ts_s * 10**9, "mqtt", values)
+
+
+def test_register_decrease_is_flagged_once_and_stored_as_suspect():
+    rules, flags = MeterRules(), []
+    assert rules.judge(reading(100, energy_import_kwh=10.0), flags).quality == "actual"
+    r = rules.judge(reading(200, energy_import_kwh=2.0), flags)
+    assert r.quality == "suspect"
+    assert [f.kind for f in flags] == ["register_decrease"]
+    assert "energy_import_kwh went down from 10.0 to 2.0" in flags[0].message
+    assert rules.judge(reading(300, energy_import_kwh=2.5), flags).quality == "actual"
+    assert len(flags) == 1
+
+
+def test_duplicates_identical_dropped_different_flagged():
+    rules, flags = MeterRules(), []
+    assert rules.judge(reading(100, power_w=1.0), flags) is not None
+    assert rules.judge(reading(100, power_w=1.0), flags) is None
+    assert rules.duplicates == 1
+    r = rules.judge(reading(100, power_w=2.0), flags)
+    assert r is not None
+    assert r.quality == "suspect"
+    assert flags == [Flag("duplicate_conflict", "m-1", 100 * 10**9, flags[0].message)]
+
+
+def test_out_of_order_is_accepted_and_checked_against_later_registers():
+    rules, flags = MeterRules(), []
+    rules.judge(reading(200, energy_import_kwh=20.0), flags)
+    assert rules.judge(reading(100, energy_import_kwh=10.0), flags).quality == "actual"
+    assert rules.judge(reading(150, energy_import_kwh=25.0), flags).quality == "suspect"
+    assert flags[-1].kind == "out_of_order_register"
+
+
+def test_duplicate_window_is_bounded():
+    rules, flags = MeterRules(duplicate_window=2), []
+    for t in (1, 2, 3):
+        rules.judge(reading(t, power_w=1.0), flags)
+    assert rules.judge(reading(3, power_w=1.0), flags) is None
+    assert rules.judge(reading(1, power_w=1.0), flags) is not None  # forgotten
+
+
+def test_formats_json_meter_id_from_topic_and_mismatch():
+    ok = FORMATS["json"](b'{"power_w": 1}', "m-7")
+    assert ok.readings == [{"power_w": 1, "meter_id": "m-7"}]
+    bad = FORMATS["json"](b'{"meter_id": "m-8", "power_w": 1}', "m-7")
+    assert "payload names 'm-8' but the topic is for 'm-7'" in bad.rejections[0].reason
+
+
+def test_formats_nan_is_parsed_so_the_field_can_be_named():
+    d = FORMATS["json"](b'{"power_w": NaN}', "m-7")
+    with pytest.raises(Invalid, match="power_w: nan is not a number"):
+        Validator().check({**d.readings[0], "ts": TS}, "mqtt", NOW)
+    assert "invalid JSON" in FORMATS["json"](b'{"power_w": ', "m-7").rejections[0].reason
+
+
+def test_formats_batch_judges_each_element():
+    d = FORMATS["json-batch"](
+        b'{"concentrator_id": "dc-1", "readings": [{"meter_id": "a", "power_w": 1}, 5, {"power_w": 2}]}',
+        "dc-1",
+    )
+    assert d.readings == [{"meter_id": "a", "power_w": 1}]
+    assert d.positions == [0]
+    assert [(r.index, r.reason) for r in d.rejections] == [
+        (1, "readings[1]: expected a JSON object"), (2, "readings[2]: meter_id is missing")]
+
+
+def test_formats_event_and_lwt():
+    e = FORMATS["meter-event"](b'{"ts": 1, "type": "last_gasp"}', "m-1")
+    assert (e.signals[0].meter_id, e.signals[0].value) == ("m-1", "last_gasp")
+    assert "is not one of" in FORMATS["meter-event"](b'{"type": "boom"}', "m-1").rejections[0].reason
+    assert FORMATS["lwt"](b"Offline", "m-1").signals[0].value == "offline"
+    assert FORMATS["lwt"](b"maybe", "m-1").rejections
