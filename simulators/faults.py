@@ -1,0 +1,483 @@
+"""Fault specifications (what a scenario asks for) and their planning into concrete faults.
+
+A spec names a target (meters, a group, a transformer, a feeder, or all meters) and either a
+time (``at``) or a rate (``rate_per_day``, a Poisson process per target unit: per meter for
+meter targets, per transformer or feeder for those). ``plan_faults`` turns specs into
+``FaultInstance`` objects in start order, lazily, so an endless simulation can have rates.
+
+The specs are pydantic models that forbid unknown keys, so a hand-written YAML scenario fails
+with the key path of a typo; the same classes build scenarios in Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import math
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from simulators.profiles import DAY_S, stable_seed
+from simulators.topology import Topology
+
+__all__ = [
+    "FAULT_TYPES",
+    "MALFORMED_KINDS",
+    "ClockDrift",
+    "CommsDropout",
+    "ConsumptionSpike",
+    "Duplicates",
+    "FaultError",
+    "FaultInstance",
+    "FaultSpec",
+    "Malformed",
+    "OutOfOrder",
+    "Outage",
+    "PhaseLoss",
+    "RegisterReset",
+    "ReverseFlow",
+    "Theft",
+    "VoltageSag",
+    "VoltageSwell",
+    "malform",
+    "parse_duration",
+    "parse_time",
+    "plan_faults",
+]
+
+MALFORMED_KINDS = ("invalid_json", "nan", "string_number", "naive_ts", "voltage_5000")
+
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)d)?\s*(?:(\d+(?:\.\d+)?)h)?\s*"
+    r"(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$"
+)
+
+
+class FaultError(ValueError):
+    """A fault spec cannot be applied to this fleet (unknown meter, group, transformer...)."""
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a text like ``90s``, ``15m``, ``2h``, ``1d``, ``1h30m``."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a text like '15m' (got a bool)")
+    seconds: float | None = None
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = _DURATION.match(value)
+        if value.strip() and m and any(m.groups()):
+            d, h, mi, s = (float(g) if g else 0.0 for g in m.groups())
+            seconds = d * DAY_S + h * 3600 + mi * 60 + s
+        else:
+            with contextlib.suppress(ValueError):
+                seconds = float(value)
+    if seconds is not None and math.isfinite(seconds):
+        return seconds
+    raise ValueError(f"not a duration: {value!r} (use seconds or e.g. '90s', '15m', '2h', '1d')")
+
+
+def parse_time(value: object) -> float | datetime:
+    """An offset from the simulation start (a duration), or an RFC 3339 time with an offset."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("a time needs an offset (e.g. 'Z' or '+01:00')")
+        return value
+    try:
+        return parse_duration(value)
+    except ValueError:
+        pass
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            if dt.tzinfo is None:
+                raise ValueError(f"{value!r} has no offset: add 'Z' or '+hh:mm'")
+            return dt
+    raise ValueError(
+        f"not a time: {value!r} (an offset from the start such as '2h', or RFC 3339 with offset)"
+    )
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+TimeSpec = Annotated[float | datetime, BeforeValidator(parse_time)]
+
+
+class _FaultBase(BaseModel):
+    """Target and timing, shared by every fault type."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    meters: list[str] | None = Field(None, min_length=1, description="these meter ids")
+    group: str | None = Field(None, description="a group of the scenario's `groups`")
+    transformer: str | None = Field(None, description="every meter behind this transformer")
+    feeder: str | None = Field(None, description="every meter on this feeder")
+    all: bool = Field(False, description="every meter of the fleet")
+    at: TimeSpec | None = Field(None, description="offset from the start, or RFC 3339")
+    rate_per_day: float | None = Field(None, gt=0, description="Poisson rate per target unit")
+
+    @model_validator(mode="after")
+    def _one_target_one_timing(self) -> _FaultBase:
+        targets = [
+            k for k in ("meters", "group", "transformer", "feeder") if getattr(self, k) is not None
+        ] + (["all"] if self.all else [])
+        if len(targets) != 1:
+            raise ValueError(
+                "give exactly one target of `meters`, `group`, `transformer`, `feeder`, `all`"
+                + (f" (got {', '.join(targets)})" if targets else "")
+            )
+        if (self.at is None) == (self.rate_per_day is None):
+            raise ValueError("give exactly one of `at` and `rate_per_day`")
+        return self
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds the fault lasts; None: until the end of the simulation; 0: one reading."""
+        return getattr(self, "duration", 0.0)
+
+    def params(self) -> dict[str, Any]:
+        """The type-specific settings, as recorded in the ground-truth log."""
+        skip = set(_FaultBase.model_fields) | {"type", "duration"}
+        return {k: v for k, v in self.model_dump().items() if k not in skip}
+
+
+class Outage(_FaultBase):
+    """Power lost: last gasp (unless ``last_gasp: false``), silence, then power_restored."""
+
+    type: Literal["outage"]
+    duration: Duration | None = 1800.0
+    last_gasp: bool = True
+    lwt: bool = Field(False, description="also publish `offline` / `online` on the status topic")
+
+
+class CommsDropout(_FaultBase):
+    """The meter keeps measuring but nothing arrives: no last gasp, then readings resume."""
+
+    type: Literal["comms_dropout"]
+    duration: Duration | None = 3600.0
+    lwt: bool = Field(False, description="publish `offline` / `online` on the status topic")
+
+
+class ConsumptionSpike(_FaultBase):
+    type: Literal["consumption_spike"]
+    duration: Duration | None = 900.0
+    factor: float = Field(5.0, gt=1.0, description="load multiplier")
+
+
+class Theft(_FaultBase):
+    """A meter bypass: a sudden, lasting drop of the metered load."""
+
+    type: Literal["theft"]
+    duration: Duration | None = None
+    factor: float = Field(0.3, ge=0.0, lt=1.0, description="share of the load still metered")
+
+
+class ReverseFlow(_FaultBase):
+    """Energy flows out of a meter that should only import (wiring fault, tamper)."""
+
+    type: Literal["reverse_flow"]
+    duration: Duration | None = 3600.0
+    export_w: float = Field(2000.0, gt=0.0, description="subtracted from the net power")
+
+
+class RegisterReset(_FaultBase):
+    """The cumulative registers jump down (meter replacement, tamper)."""
+
+    type: Literal["register_reset"]
+    import_kwh: float = Field(0.0, ge=0.0)
+    export_kwh: float | None = Field(0.0, ge=0.0, description="null: leave the export register")
+
+
+class VoltageSag(_FaultBase):
+    type: Literal["voltage_sag"]
+    duration: Duration | None = 1800.0
+    factor: float = Field(0.85, gt=0.0, lt=1.0, description="voltage multiplier")
+
+
+class VoltageSwell(_FaultBase):
+    type: Literal["voltage_swell"]
+    duration: Duration | None = 1800.0
+    factor: float = Field(1.15, gt=1.0, le=2.0, description="voltage multiplier")
+
+
+class PhaseLoss(_FaultBase):
+    """One phase at 0 V on three-phase meters (single-phase targets are left out)."""
+
+    type: Literal["phase_loss"]
+    duration: Duration | None = 1800.0
+    phase: int = Field(3, ge=1, le=3)
+
+
+class ClockDrift(_FaultBase):
+    """The meter clock runs fast (or slow, with a negative rate) and may jump."""
+
+    type: Literal["clock_drift"]
+    duration: Duration | None = None
+    rate_s_per_h: float = Field(60.0, description="seconds gained per simulated hour")
+    step_s: float = Field(0.0, description="a jump at the start")
+
+
+class Duplicates(_FaultBase):
+    """Readings sent more than once (identical payloads); duration 0: the next reading only."""
+
+    type: Literal["duplicates"]
+    duration: Duration | None = 0.0
+    copies: int = Field(2, ge=2, le=100)
+
+
+class OutOfOrder(_FaultBase):
+    """Readings held back, then delivered newest first when the window ends."""
+
+    type: Literal["out_of_order"]
+    duration: Duration | None = 3600.0
+
+
+class Malformed(_FaultBase):
+    """Readings that the gateway must reject; duration 0: the next reading only."""
+
+    type: Literal["malformed"]
+    duration: Duration | None = 0.0
+    kind: Literal["invalid_json", "nan", "string_number", "naive_ts", "voltage_5000", "random"] = (
+        "random"
+    )
+
+
+FaultSpec = Annotated[
+    Outage
+    | CommsDropout
+    | ConsumptionSpike
+    | Theft
+    | ReverseFlow
+    | RegisterReset
+    | VoltageSag
+    | VoltageSwell
+    | PhaseLoss
+    | ClockDrift
+    | Duplicates
+    | OutOfOrder
+    | Malformed,
+    Field(discriminator="type"),
+]
+
+FAULT_TYPES: tuple[str, ...] = (
+    "outage",
+    "comms_dropout",
+    "consumption_spike",
+    "theft",
+    "reverse_flow",
+    "register_reset",
+    "voltage_sag",
+    "voltage_swell",
+    "phase_loss",
+    "clock_drift",
+    "duplicates",
+    "out_of_order",
+    "malformed",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FaultInstance:
+    """One planned fault: a spec applied to concrete meters over [start, end]."""
+
+    index: int  # position of the spec in the scenario
+    spec: _FaultBase
+    meters: tuple[str, ...]
+    start: float
+    end: float | None  # None: lasts until the end of the simulation
+    scope: Literal["meter", "group", "transformer", "feeder", "all"]
+    transformer_id: str | None = None
+    feeder_id: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def type(self) -> str:
+        return str(self.spec.type)
+
+
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    """What one occurrence of a fault hits: one meter, or a whole transformer, feeder, group."""
+
+    key: str
+    meters: tuple[str, ...]
+    scope: Literal["meter", "group", "transformer", "feeder", "all"]
+    transformer_id: str | None = None
+    feeder_id: str | None = None
+
+
+def _units(
+    spec: _FaultBase, topology: Topology, groups: dict[str, list[str]], where: str
+) -> list[_Unit]:
+    """The target units; rates apply per unit, a timed fault hits all units together."""
+    if spec.transformer is not None:
+        if spec.transformer not in topology.transformers:
+            raise FaultError(
+                f"{where}.transformer: unknown transformer {spec.transformer!r} "
+                f"(the fleet has {_span(topology.transformers)})"
+            )
+        return [
+            _Unit(
+                spec.transformer,
+                tuple(topology.transformers[spec.transformer]),
+                "transformer",
+                transformer_id=spec.transformer,
+            )
+        ]
+    if spec.feeder is not None:
+        if spec.feeder not in topology.feeders:
+            raise FaultError(
+                f"{where}.feeder: unknown feeder {spec.feeder!r} (the fleet has "
+                f"{_span(topology.feeders)})"
+            )
+        return [
+            _Unit(
+                spec.feeder, tuple(topology.feeders[spec.feeder]), "feeder", feeder_id=spec.feeder
+            )
+        ]
+    if spec.group is not None:
+        if spec.group not in groups:
+            raise FaultError(
+                f"{where}.group: unknown group {spec.group!r} (the scenario defines "
+                f"{', '.join(sorted(groups)) or 'none'})"
+            )
+        meters, scope, label = groups[spec.group], "group", f"groups.{spec.group}"
+    elif spec.meters is not None:
+        meters, scope, label = spec.meters, "meter", f"{where}.meters"
+    else:
+        meters, scope, label = list(topology.sites), "all", f"{where}.all"
+    unknown = [m for m in meters if m not in topology.sites]
+    if unknown:
+        raise FaultError(
+            f"{label}: unknown meter(s) {', '.join(unknown[:5])} (the fleet has "
+            f"{_span(topology.sites)})"
+        )
+    if spec.rate_per_day is not None:
+        return [_Unit(m, (m,), "meter") for m in meters]
+    return [_Unit(spec.group or "", tuple(meters), scope)]  # type: ignore[arg-type]
+
+
+def _span(ids: dict[str, Any]) -> str:
+    keys = sorted(ids)
+    return f"{keys[0]}..{keys[-1]}" if len(keys) > 1 else keys[0]
+
+
+def _applicable(spec: _FaultBase, meters: tuple[str, ...], topology: Topology) -> tuple[str, ...]:
+    if spec.type == "phase_loss":
+        return tuple(m for m in meters if topology.sites[m].phases == 3)
+    return meters
+
+
+def _instance(
+    index: int,
+    spec: _FaultBase,
+    unit: _Unit,
+    start: float,
+    rng: random.Random,
+    topology: Topology,
+) -> FaultInstance | None:
+    meters = _applicable(spec, unit.meters, topology)
+    if not meters:
+        return None
+    duration = spec.duration_s
+    params = spec.params()
+    if params.get("kind") == "random":
+        params["kind"] = rng.choice(MALFORMED_KINDS)
+    return FaultInstance(
+        index=index,
+        spec=spec,
+        meters=meters,
+        start=start,
+        end=None if duration is None else start + duration,
+        scope=unit.scope,
+        transformer_id=unit.transformer_id,
+        feeder_id=unit.feeder_id,
+        params=params,
+    )
+
+
+def plan_faults(
+    specs: list[Any],
+    topology: Topology,
+    groups: dict[str, list[str]],
+    *,
+    seed: int,
+    start: float,
+    end: float | None = None,
+) -> Iterator[FaultInstance]:
+    """Concrete faults in start order (ties: scenario order), up to ``end`` if given.
+
+    Raises ``FaultError`` at once (before yielding) when a spec names what the fleet lacks.
+    """
+    heap: list[tuple[float, int, int, str]] = []
+    arrivals: dict[tuple[int, str], tuple[_Unit, random.Random]] = {}
+    fixed: list[tuple[float, int, _Unit]] = []
+    for i, spec in enumerate(specs):
+        for unit in _units(spec, topology, groups, f"faults[{i}]"):
+            rng = random.Random(stable_seed(seed, "fault", i, unit.key))
+            if spec.at is not None:
+                at = spec.at.timestamp() if isinstance(spec.at, datetime) else start + spec.at
+                fixed.append((at, i, unit))
+                arrivals[(i, unit.key)] = (unit, rng)
+            else:
+                arrivals[(i, unit.key)] = (unit, rng)
+                t = start + rng.expovariate(spec.rate_per_day / DAY_S)
+                heapq.heappush(heap, (t, i, len(heap), unit.key))
+    for at, i, unit in fixed:
+        heapq.heappush(heap, (at, i, -1, unit.key))
+    return _generate(heap, arrivals, specs, topology, end)
+
+
+def _generate(
+    heap: list[tuple[float, int, int, str]],
+    arrivals: dict[tuple[int, str], tuple[_Unit, random.Random]],
+    specs: list[Any],
+    topology: Topology,
+    end: float | None,
+) -> Iterator[FaultInstance]:
+    tie = 0
+    while heap:
+        t, i, _order, key = heapq.heappop(heap)
+        if end is not None and t > end:
+            return
+        spec = specs[i]
+        unit, rng = arrivals[(i, key)]
+        inst = _instance(i, spec, unit, t, rng, topology)
+        if inst is not None:
+            yield inst
+        if spec.rate_per_day is not None:
+            tie += 1
+            nxt = t + rng.expovariate(spec.rate_per_day / DAY_S)
+            if math.isfinite(nxt):
+                heapq.heappush(heap, (nxt, i, tie, key))
+
+
+def malform(reading: dict[str, Any], kind: str) -> bytes:
+    """A reading's payload broken in the way ``kind`` names (see ``MALFORMED_KINDS``)."""
+    if kind == "invalid_json":
+        # Cut mid-document, as a truncated frame would arrive.
+        raw = orjson.dumps(reading)
+        return raw[: len(raw) // 2]
+    bad = dict(reading)
+    if kind == "nan":
+        bad["power_w"] = "\x00NaN\x00"
+        return orjson.dumps(bad).replace(b'"\\u0000NaN\\u0000"', b"NaN")
+    if kind == "string_number":
+        bad["energy_import_kwh"] = str(reading["energy_import_kwh"])
+    elif kind == "naive_ts":
+        bad["ts"] = str(reading["ts"]).removesuffix("Z")
+    elif kind == "voltage_5000":
+        v = reading["voltage_v"]
+        bad["voltage_v"] = [5000.0, *v[1:]] if isinstance(v, list) else 5000.0
+    else:
+        raise ValueError(f"unknown malformed kind {kind!r}; one of {', '.join(MALFORMED_KINDS)}")
+    return orjson.dumps(bad)
