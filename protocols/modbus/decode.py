@@ -47,6 +47,11 @@ def decode(words: Sequence[int], entry: RegisterEntry) -> float:
     raw = decode_raw(words, entry)
     if entry.scale == 1.0 and entry.offset == 0.0:
         return float(raw)
+    # Scales like 0.1 are "divide by 10": dividing gives 230.1 where multiplying by
+    # the binary 0.1 gives 230.10000000000002.
+    divisor = 1.0 / entry.scale
+    if abs(entry.scale) < 1.0 and divisor == round(divisor):
+        return raw / round(divisor) + entry.offset
     return raw * entry.scale + entry.offset
 
 

@@ -60,6 +60,7 @@ class ModbusIOError(ModbusError):
     def __init__(self, message: str, *, raw: bytes | None = None) -> None:
         super().__init__(message)
         self.raw = raw
+        self.sent_at: float | None = None  # epoch s the request went out, when it did
 
 
 class ModbusConnectError(ModbusIOError):
