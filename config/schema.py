@@ -117,6 +117,9 @@ class MqttConfig(_Section):
     shared_group: str | None = None
     max_payload_bytes: int = Field(1_048_576, gt=0)
     keepalive_s: int = Field(60, ge=5)
+    # MQTT 5 Receive Maximum: QoS 1 messages the broker may send before we ack.
+    # While storage is behind, acks are held, so this bounds what is in memory.
+    receive_maximum: int = Field(500, ge=1, le=65535)
     # MQTT 5 drops a persistent session when its expiry passes; a week covers a
     # gateway that is down over a long weekend.
     session_expiry_s: int = Field(604_800, ge=0)

@@ -162,6 +162,7 @@ class MqttSource:
         cfg = self._cfg
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = cfg.session_expiry_s
+        props.ReceiveMaximum = cfg.receive_maximum
         tls_params = None
         if cfg.tls.enabled:
             tls_params = aiomqtt.TLSParameters(

@@ -36,11 +36,15 @@ def fleet_readings(now: int) -> tuple[list[tuple[str, bytes]], dict[tuple[str, i
                 "power_factor": round(rng.uniform(0.8, 1), 3),
                 "frequency_hz": round(rng.uniform(49.9, 50.1), 2),
             }
-            payload = {"ts": ts, **values} if k % 2 else {
-                "meter_id": meter,
-                "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)),
-                **values,
-            }
+            payload = (
+                {"ts": ts, **values}
+                if k % 2
+                else {
+                    "meter_id": meter,
+                    "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)),
+                    **values,
+                }
+            )
             messages.append((f"meters/{meter}/reading", orjson.dumps(payload)))
             expected[(meter, ts)] = values
     batch = []
@@ -50,8 +54,12 @@ def fleet_readings(now: int) -> tuple[list[tuple[str, bytes]], dict[tuple[str, i
         values = {"energy_import_kwh": 100.5 + m, "power_w": 230.25 * m, "voltage_v": 231.5}
         batch.append({"meter_id": meter, "ts": ts, **values})
         expected[(meter, ts)] = values
-    messages.append(("concentrators/dc-01/readings",
-                     orjson.dumps({"concentrator_id": "dc-01", "readings": batch})))
+    messages.append(
+        (
+            "concentrators/dc-01/readings",
+            orjson.dumps({"concentrator_id": "dc-01", "readings": batch}),
+        )
+    )
     return messages, expected
 
 
@@ -81,11 +89,12 @@ def stored_vm(victoria) -> dict[tuple[str, int], dict[str, float]]:
 
 def stored_v1(influx) -> dict[tuple[str, int], dict[str, float]]:
     got: dict[tuple[str, int], dict[str, float]] = {}
-    for row in influx.query('SELECT * FROM meter_reading GROUP BY *'):
+    for row in influx.query("SELECT * FROM meter_reading GROUP BY *"):
         assert row["source"] == "mqtt"
         assert row["quality"] == "actual"
         got[(row["meter_id"], row["time"])] = {
-            k: v for k, v in row.items()
+            k: v
+            for k, v in row.items()
             if k not in {"time", "meter_id", "source", "quality"} and v is not None
         }
     return got
@@ -99,7 +108,9 @@ async def test_readings_are_stored_field_for_field(
     gw = await run_gateway(make_config(tmp_path, mosquitto, storage={"api": api, "url": db.url}))
     messages, expected = fleet_readings(int(time.time()))
     publisher.publish_many(messages)
-    await wait_until(lambda: gw.writer.lines_written >= len(expected), what="1,020 readings written")
+    await wait_until(
+        lambda: gw.writer.lines_written >= len(expected), what="1,020 readings written"
+    )
 
     got = stored_vm(db) if api == "v2" else stored_v1(db)
     assert set(got) == set(expected)

@@ -15,7 +15,12 @@ def test_example_config_loads_and_matches_the_defaults():
     defaults = load_config(None, env={})
     assert cfg == defaults  # the commented example is the shipped defaults: it cannot drift
     assert cfg.storage.batch_size == 5000
-    assert [s.format for s in cfg.mqtt.subscriptions] == ["json", "json-batch", "meter-event", "lwt"]
+    assert [s.format for s in cfg.mqtt.subscriptions] == [
+        "json",
+        "json-batch",
+        "meter-event",
+        "lwt",
+    ]
     assert cfg.client_id == "meter-gateway-gw-01"
 
 

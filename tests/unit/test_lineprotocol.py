@@ -9,7 +9,12 @@ from storage.lineprotocol import ReadingEncoder, encode_point, escape_tag
 
 @pytest.mark.parametrize(
     ("raw", "escaped"),
-    [("tx 17", r"tx\ 17"), ("a,b", r"a\,b"), ("k=v", r"k\=v"), ("plain-id_1.2:3", "plain-id_1.2:3")],
+    [
+        ("tx 17", r"tx\ 17"),
+        ("a,b", r"a\,b"),
+        ("k=v", r"k\=v"),
+        ("plain-id_1.2:3", "plain-id_1.2:3"),
+    ],
 )
 def test_tag_escaping(raw, escaped):
     assert escape_tag(raw) == escaped
@@ -34,14 +39,20 @@ def test_integer_and_float_fields_differ():
 
 
 def test_reading_line_has_the_spec_schema_and_precision():
-    r = Reading("m-1", 1_700_000_000_123_456_789, "mqtt",
-                {"energy_import_kwh": 10432.117, "voltage_l1_v": 229.8, "power_w": -3.0})
+    r = Reading(
+        "m-1",
+        1_700_000_000_123_456_789,
+        "mqtt",
+        {"energy_import_kwh": 10432.117, "voltage_l1_v": 229.8, "power_w": -3.0},
+    )
     topo = {"m-1": MeterPlace("m-1", transformer_id="tx 17", feeder_id="f-3")}
     assert ReadingEncoder("s", topo).encode(r) == (
         r"meter_reading,feeder_id=f-3,meter_id=m-1,source=mqtt,transformer_id=tx\ 17 "
         'energy_import_kwh=10432.117,voltage_l1_v=229.8,power_w=-3.0,quality="actual" 1700000000'
     )
     assert ReadingEncoder("ms").encode(r).endswith(" 1700000000123")
-    assert ReadingEncoder("ns").encode(r._replace(quality="suspect")).endswith(
-        'quality="suspect" 1700000000123456789'
+    assert (
+        ReadingEncoder("ns")
+        .encode(r._replace(quality="suspect"))
+        .endswith('quality="suspect" 1700000000123456789')
     )

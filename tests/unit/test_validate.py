@@ -17,16 +17,32 @@ def check(obj: dict) -> Reading:
 
 
 def test_canonical_reading():
-    r = check({"energy_import_kwh": 10432.117, "energy_export_kwh": 12.5, "power_w": 812.4,
-               "voltage_v": [229.8, 231.2, 230.4], "current_a": [1.2, 0.9, 1.4],
-               "power_factor": 0.97, "frequency_hz": 50.01, "unknown": "ignored"})
+    r = check(
+        {
+            "energy_import_kwh": 10432.117,
+            "energy_export_kwh": 12.5,
+            "power_w": 812.4,
+            "voltage_v": [229.8, 231.2, 230.4],
+            "current_a": [1.2, 0.9, 1.4],
+            "power_factor": 0.97,
+            "frequency_hz": 50.01,
+            "unknown": "ignored",
+        }
+    )
     assert r.meter_id == "m-1"
     assert r.ts_ns == NOW - 600 * 10**9
     assert r.values == {
-        "energy_import_kwh": 10432.117, "energy_export_kwh": 12.5, "power_w": 812.4,
-        "power_factor": 0.97, "frequency_hz": 50.01,
-        "voltage_l1_v": 229.8, "voltage_l2_v": 231.2, "voltage_l3_v": 230.4,
-        "current_l1_a": 1.2, "current_l2_a": 0.9, "current_l3_a": 1.4,
+        "energy_import_kwh": 10432.117,
+        "energy_export_kwh": 12.5,
+        "power_w": 812.4,
+        "power_factor": 0.97,
+        "frequency_hz": 50.01,
+        "voltage_l1_v": 229.8,
+        "voltage_l2_v": 231.2,
+        "voltage_l3_v": 230.4,
+        "current_l1_a": 1.2,
+        "current_l2_a": 0.9,
+        "current_l3_a": 1.4,
     }
     assert r.quality == "actual"
 
@@ -140,12 +156,16 @@ def test_formats_batch_judges_each_element():
     assert d.readings == [{"meter_id": "a", "power_w": 1}]
     assert d.positions == [0]
     assert [(r.index, r.reason) for r in d.rejections] == [
-        (1, "readings[1]: expected a JSON object"), (2, "readings[2]: meter_id is missing")]
+        (1, "readings[1]: expected a JSON object"),
+        (2, "readings[2]: meter_id is missing"),
+    ]
 
 
 def test_formats_event_and_lwt():
     e = FORMATS["meter-event"](b'{"ts": 1, "type": "last_gasp"}', "m-1")
     assert (e.signals[0].meter_id, e.signals[0].value) == ("m-1", "last_gasp")
-    assert "is not one of" in FORMATS["meter-event"](b'{"type": "boom"}', "m-1").rejections[0].reason
+    assert (
+        "is not one of" in FORMATS["meter-event"](b'{"type": "boom"}', "m-1").rejections[0].reason
+    )
     assert FORMATS["lwt"](b"Offline", "m-1").signals[0].value == "offline"
     assert FORMATS["lwt"](b"maybe", "m-1").rejections

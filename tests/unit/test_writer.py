@@ -53,9 +53,14 @@ def lines(n: int) -> list[str]:
 
 async def write_all(client, batch: list[str], **kw) -> tuple[BatchWriter, list[tuple[str, str]]]:
     bad: list[tuple[str, str]] = []
-    w = BatchWriter(client, batch_size=kw.pop("batch_size", 100), flush_interval_s=0.01,
-                    max_retry_delay_s=0.05, on_bad_line=lambda line, why: bad.append((line, why)),
-                    **kw)
+    w = BatchWriter(
+        client,
+        batch_size=kw.pop("batch_size", 100),
+        flush_interval_s=0.01,
+        max_retry_delay_s=0.05,
+        on_bad_line=lambda line, why: bad.append((line, why)),
+        **kw,
+    )
     for line in batch:
         w.add(line)
     w.close()
@@ -67,9 +72,11 @@ async def write_all(client, batch: list[str], **kw) -> tuple[BatchWriter, list[t
 @pytest.mark.parametrize("api", ["v1", "v2"])
 async def test_transient_errors_are_retried_until_accepted(fake, api):
     server, url = fake
-    answers = {1: web.Response(status=503, text="overloaded"),
-               2: web.Response(status=429, headers={"Retry-After": "0.01"}),
-               3: web.Response(status=500)}
+    answers = {
+        1: web.Response(status=503, text="overloaded"),
+        2: web.Response(status=429, headers={"Retry-After": "0.01"}),
+        3: web.Response(status=500),
+    }
     server.script = lambda body, n: answers.get(n)
     cfg = StorageConfig(url=url, api=api)
     client = V1Client(cfg) if api == "v1" else V2Client(cfg)
@@ -101,8 +108,10 @@ async def test_400_bisects_to_the_bad_lines_and_writes_the_rest(fake):
     w, bad = await write_all(V2Client(StorageConfig(url=url)), lines(100))
     assert sorted(server.accepted) == sorted(set(lines(100)) - poison)
     assert {line for line, _ in bad} == poison
-    assert all("refused by the database: HTTP 400" in why and "field type conflict" in why
-               for _, why in bad)
+    assert all(
+        "refused by the database: HTTP 400" in why and "field type conflict" in why
+        for _, why in bad
+    )
     assert w.lines_rejected == 2
 
 

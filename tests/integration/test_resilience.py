@@ -1,0 +1,179 @@
+"""A broker restart, a database outage, a field type conflict, and SIGTERM: nothing lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import orjson
+import yaml
+
+from tests.conftest import Publisher, make_config, wait_until
+
+
+def readings(prefix: str, n: int, now: int) -> list[tuple[str, bytes]]:
+    return [
+        (f"meters/{prefix}-{i}/reading", orjson.dumps({"ts": now - i, "power_w": float(i)}))
+        for i in range(n)
+    ]
+
+
+async def test_broker_restart_loses_nothing_published_while_disconnected(
+    tmp_path, mosquitto, victoria, run_gateway
+):
+    cfg = make_config(
+        tmp_path,
+        mosquitto,
+        storage={"url": victoria.url},
+        mqtt={"reconnect_min_s": 2.0, "reconnect_max_s": 4.0},
+    )
+    gw = await run_gateway(cfg)
+    now = int(time.time())
+    pub = Publisher(mosquitto)
+    pub.publish_many(readings("before", 20, now))
+    pub.close()
+    await wait_until(lambda: gw.writer.lines_written >= 20, what="the first readings")
+
+    mosquitto.restart()  # the session and its subscriptions survive in mosquitto's store
+    await wait_until(lambda: not gw.mqtt.connected, what="the gateway to notice")
+    pub = Publisher(mosquitto)
+    pub.publish_many(readings("during", 50, now))
+    pub.close()
+    assert not gw.mqtt.connected, "published while the gateway was away"
+
+    await wait_until(lambda: gw.mqtt.connected, within=15, what="the gateway to reconnect")
+    await wait_until(lambda: gw.writer.lines_written >= 70, what="the queued readings")
+    assert victoria.count("meter_reading_power_w") == 70
+    assert gw.mqtt.connects == 2
+
+
+async def test_database_down_then_up_loses_nothing(
+    tmp_path, mosquitto, victoria, publisher, run_gateway
+):
+    gw = await run_gateway(make_config(tmp_path, mosquitto, storage={"url": victoria.url}))
+    victoria.stop()
+    now = int(time.time())
+    publisher.publish_many(readings("m", 300, now))
+    await wait_until(lambda: gw.writer.retries >= 2, what="failed writes being retried")
+    assert not gw.writer.healthy
+    assert gw.writer.lines_written == 0
+    victoria.start()
+    await wait_until(lambda: gw.writer.lines_written >= 300, within=30, what="the backlog")
+    assert gw.writer.healthy
+    assert victoria.count("meter_reading_power_w") == 300
+
+
+async def test_storage_backpressure_holds_acks_and_loses_nothing(
+    tmp_path, mosquitto, victoria, publisher, run_gateway
+):
+    cfg = make_config(
+        tmp_path,
+        mosquitto,
+        mqtt={"receive_maximum": 20},
+        storage={"url": victoria.url, "batch_size": 10, "max_buffered_lines": 20},
+    )
+    gw = await run_gateway(cfg)
+    victoria.stop()
+    now = int(time.time())
+    publisher.publish_many(readings("bp", 200, now))
+    await wait_until(lambda: gw.writer.paused, what="the writer to pause the source")
+    # Acks are held while paused: a crash now would have the broker redeliver them.
+    await wait_until(lambda: len(gw.mqtt._held) > 0, what="acks being held")
+    victoria.start()
+    await wait_until(lambda: gw.writer.lines_written >= 200, within=60, what="all 200 stored")
+    assert victoria.count("meter_reading_power_w") == 200
+
+
+async def test_v1_field_type_conflict_isolates_the_bad_line(
+    tmp_path, mosquitto, influx1, publisher, run_gateway
+):
+    # InfluxDB 1.x keeps one type per field per shard (7-day shard groups here). An
+    # integer power_w stored in an old shard makes the gateway's float for that shard a
+    # conflict, while readings in the current shard are fine.
+    now = int(time.time())
+    week = 7 * 86400
+    old = (now - 20 * 86400) // week * week + 3600
+    req = urllib.request.Request(
+        f"{influx1.url}/write?db=meters&precision=s",
+        data=f"legacy,meter_id=x power_w=1i {old}\nmeter_reading,meter_id=x power_w=1i {old}".encode(),
+        method="POST",
+    )
+    urllib.request.urlopen(req, timeout=10).close()
+    cfg = make_config(
+        tmp_path,
+        mosquitto,
+        storage={"api": "v1", "url": influx1.url},
+        validation={"max_age_s": 30 * 86400},
+    )
+    gw = await run_gateway(cfg)
+    msgs = readings("m", 10, now)
+    msgs[3] = ("meters/m-3/reading", orjson.dumps({"ts": old + 60, "power_w": 3.0}))
+    publisher.publish_many(msgs)
+    await wait_until(
+        lambda: gw.writer.lines_written >= 9 and gw.writer.lines_rejected >= 1,
+        what="9 stored and 1 refused",
+    )
+    rows = influx1.query("SELECT power_w FROM meter_reading WHERE time > now() - 10m GROUP BY *")
+    assert sorted(r["meter_id"] for r in rows) == sorted(f"m-{i}" for i in range(10) if i != 3)
+    assert [
+        r["meter_id"]
+        for r in influx1.query("SELECT * FROM meter_reading GROUP BY *")
+        if r["meter_id"] == "m-3"
+    ] == []
+    await wait_until(
+        lambda: list((cfg.gateway.data_dir / "dead-letter").glob("*.jsonl")),
+        what="the dead-letter file",
+    )
+    (f,) = (cfg.gateway.data_dir / "dead-letter").glob("*.jsonl")
+    (rec,) = [json.loads(line) for line in f.read_text().splitlines()]
+    assert rec["source"] == "storage"
+    assert "field type conflict" in rec["reason"]
+    assert rec["payload"].startswith("meter_reading,meter_id=m-3,source=mqtt power_w=3.0")
+
+
+def test_sigterm_drains_and_exits_zero(tmp_path, mosquitto, victoria):
+    cfg_file = tmp_path / "gw.yaml"
+    cfg_file.write_text(
+        yaml.safe_dump(
+            {
+                "gateway": {"id": "gw-sig", "data_dir": str(tmp_path / "var")},
+                "mqtt": {"host": mosquitto.host, "port": mosquitto.port},
+                # Only a full batch or the drain writes: the last partial batch proves the drain.
+                "storage": {"url": victoria.url, "batch_size": 100, "flush_interval_s": 3600},
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg_file)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        for line in proc.stderr:
+            if "mqtt: connected" in line:
+                break
+        pub = Publisher(mosquitto)
+        pub.publish_many(readings("s", 250, int(time.time())))
+        pub.close()
+        deadline = time.monotonic() + 20
+        while victoria.count("meter_reading_power_w") < 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=30) == 0, rest
+    finally:
+        proc.kill()
+    m = re.search(r"(\d+) readings received, (\d+) stored", rest)
+    assert m, rest
+    received, stored = int(m.group(1)), int(m.group(2))
+    assert received >= 200
+    assert stored == received
+    assert victoria.count("meter_reading_power_w") == stored
+    assert "draining and stopping" in rest
