@@ -99,7 +99,7 @@ async def test_each_bad_input_is_dead_lettered_and_good_ones_stored(
     by_topic = {}
     for r in records:
         by_topic.setdefault(r["topic"], []).append(r)
-    for topic, payload, reason in bad:
+    for topic, _payload, reason in bad:
         (rec,) = by_topic[topic]
         assert reason in rec["reason"], (topic, rec["reason"])
         assert rec["source"] == "mqtt"

@@ -150,7 +150,8 @@ def test_formats_nan_is_parsed_so_the_field_can_be_named():
 
 def test_formats_batch_judges_each_element():
     d = FORMATS["json-batch"](
-        b'{"concentrator_id": "dc-1", "readings": [{"meter_id": "a", "power_w": 1}, 5, {"power_w": 2}]}',
+        b'{"concentrator_id": "dc-1", "readings": '
+        b'[{"meter_id": "a", "power_w": 1}, 5, {"power_w": 2}]}',
         "dc-1",
     )
     assert d.readings == [{"meter_id": "a", "power_w": 1}]
