@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from protocols.modbus.config import ModbusConfig
+
 __all__ = [
     "Config",
     "EventsConfig",
@@ -30,14 +32,6 @@ _ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-try:
-    from protocols.modbus.config import ModbusConfig
-except ImportError:  # until the Modbus package lands
-
-    class ModbusConfig(_Section):  # type: ignore[no-redef]
-        devices: list[dict[str, Any]] = []
 
 
 def _read_secret(data: Any, key: str) -> Any:

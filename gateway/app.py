@@ -9,6 +9,7 @@ import time
 
 from config.schema import Config
 from gateway.pipeline import Pipeline
+from gateway.reading import canonical_from_fields
 from gateway.topology import MeterPlace, load_topology
 from gateway.validate import Flag, MeterRules, Validator
 from protocols.formats import Signal
@@ -70,6 +71,16 @@ class Gateway:
             handler=self.pipeline.handle_message,
             flow=self.writer,
         )
+        self.modbus = None
+        if config.modbus.devices:
+            from protocols.modbus.poller import Poller  # pymodbus only when it is used
+
+            self.modbus = Poller(
+                config.modbus,
+                on_reading=self._modbus_reading,
+                on_error=self._modbus_error,
+                wait_ready=self.writer.wait_resumed,
+            )
         self._source_tasks: list[asyncio.Task[None]] = []
         self._sink_tasks: list[asyncio.Task[None]] = []
 
@@ -79,6 +90,12 @@ class Gateway:
 
     def _flag(self, flag: Flag) -> None:
         pass  # logged by the pipeline; the register_decrease event hangs here
+
+    def _modbus_reading(self, reading: dict[str, object], device: str) -> None:
+        self.pipeline.handle_reading(canonical_from_fields(reading), "modbus", device)
+
+    def _modbus_error(self, device: str, reason: str, raw: bytes | None) -> None:
+        self.pipeline.reject(source="modbus", reason=reason, device=device, payload=raw)
 
     def _bad_line(self, line: str, reason: str) -> None:
         self.dead_letter.add(
@@ -103,6 +120,8 @@ class Gateway:
             asyncio.create_task(self.dead_letter.run(), name="dead-letter"),
         ]
         self._source_tasks = [asyncio.create_task(self.mqtt.run(), name="mqtt-source")]
+        if self.modbus is not None:
+            self._source_tasks.append(asyncio.create_task(self.modbus.run(), name="modbus-poller"))
 
     async def stop(self) -> None:
         """Stop taking input, flush what was taken, close."""

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 __all__ = [
     "CURRENT_FIELDS",
+    "canonical_from_fields",
     "FIELDS",
     "QUALITIES",
     "VOLTAGE_FIELDS",
@@ -38,3 +39,18 @@ class Reading(NamedTuple):
     source: str  # "mqtt" | "modbus"
     values: dict[str, float]
     quality: str = "actual"
+
+
+def canonical_from_fields(values: dict[str, object]) -> dict[str, object]:
+    """SPEC 7 field names (a poller's output) -> the SPEC 5 reading the validator takes.
+
+    Three phases become a list; a meter with only L1 is single phase.
+    """
+    out = {k: v for k, v in values.items() if k not in VOLTAGE_FIELDS and k not in CURRENT_FIELDS}
+    for key, names in (("voltage_v", VOLTAGE_FIELDS), ("current_a", CURRENT_FIELDS)):
+        phases = [values.get(n) for n in names]
+        if all(v is not None for v in phases):
+            out[key] = phases
+        elif phases[0] is not None:
+            out[key] = phases[0]
+    return out
