@@ -153,7 +153,7 @@ class _FaultBase(BaseModel):
 class Outage(_FaultBase):
     """Power lost: last gasp (unless ``last_gasp: false``), silence, then power_restored."""
 
-    type: Literal["outage"]
+    type: Literal["outage"] = "outage"
     duration: Duration | None = 1800.0
     last_gasp: bool = True
     lwt: bool = Field(False, description="also publish `offline` / `online` on the status topic")
@@ -162,13 +162,13 @@ class Outage(_FaultBase):
 class CommsDropout(_FaultBase):
     """The meter keeps measuring but nothing arrives: no last gasp, then readings resume."""
 
-    type: Literal["comms_dropout"]
+    type: Literal["comms_dropout"] = "comms_dropout"
     duration: Duration | None = 3600.0
     lwt: bool = Field(False, description="publish `offline` / `online` on the status topic")
 
 
 class ConsumptionSpike(_FaultBase):
-    type: Literal["consumption_spike"]
+    type: Literal["consumption_spike"] = "consumption_spike"
     duration: Duration | None = 900.0
     factor: float = Field(5.0, gt=1.0, description="load multiplier")
 
@@ -176,7 +176,7 @@ class ConsumptionSpike(_FaultBase):
 class Theft(_FaultBase):
     """A meter bypass: a sudden, lasting drop of the metered load."""
 
-    type: Literal["theft"]
+    type: Literal["theft"] = "theft"
     duration: Duration | None = None
     factor: float = Field(0.3, ge=0.0, lt=1.0, description="share of the load still metered")
 
@@ -184,7 +184,7 @@ class Theft(_FaultBase):
 class ReverseFlow(_FaultBase):
     """Energy flows out of a meter that should only import (wiring fault, tamper)."""
 
-    type: Literal["reverse_flow"]
+    type: Literal["reverse_flow"] = "reverse_flow"
     duration: Duration | None = 3600.0
     export_w: float = Field(2000.0, gt=0.0, description="subtracted from the net power")
 
@@ -192,19 +192,19 @@ class ReverseFlow(_FaultBase):
 class RegisterReset(_FaultBase):
     """The cumulative registers jump down (meter replacement, tamper)."""
 
-    type: Literal["register_reset"]
+    type: Literal["register_reset"] = "register_reset"
     import_kwh: float = Field(0.0, ge=0.0)
     export_kwh: float | None = Field(0.0, ge=0.0, description="null: leave the export register")
 
 
 class VoltageSag(_FaultBase):
-    type: Literal["voltage_sag"]
+    type: Literal["voltage_sag"] = "voltage_sag"
     duration: Duration | None = 1800.0
     factor: float = Field(0.85, gt=0.0, lt=1.0, description="voltage multiplier")
 
 
 class VoltageSwell(_FaultBase):
-    type: Literal["voltage_swell"]
+    type: Literal["voltage_swell"] = "voltage_swell"
     duration: Duration | None = 1800.0
     factor: float = Field(1.15, gt=1.0, le=2.0, description="voltage multiplier")
 
@@ -212,7 +212,7 @@ class VoltageSwell(_FaultBase):
 class PhaseLoss(_FaultBase):
     """One phase at 0 V on three-phase meters (single-phase targets are left out)."""
 
-    type: Literal["phase_loss"]
+    type: Literal["phase_loss"] = "phase_loss"
     duration: Duration | None = 1800.0
     phase: int = Field(3, ge=1, le=3)
 
@@ -220,7 +220,7 @@ class PhaseLoss(_FaultBase):
 class ClockDrift(_FaultBase):
     """The meter clock runs fast (or slow, with a negative rate) and may jump."""
 
-    type: Literal["clock_drift"]
+    type: Literal["clock_drift"] = "clock_drift"
     duration: Duration | None = None
     rate_s_per_h: float = Field(60.0, description="seconds gained per simulated hour")
     step_s: float = Field(0.0, description="a jump at the start")
@@ -229,7 +229,7 @@ class ClockDrift(_FaultBase):
 class Duplicates(_FaultBase):
     """Readings sent more than once (identical payloads); duration 0: the next reading only."""
 
-    type: Literal["duplicates"]
+    type: Literal["duplicates"] = "duplicates"
     duration: Duration | None = 0.0
     copies: int = Field(2, ge=2, le=100)
 
@@ -237,14 +237,14 @@ class Duplicates(_FaultBase):
 class OutOfOrder(_FaultBase):
     """Readings held back, then delivered newest first when the window ends."""
 
-    type: Literal["out_of_order"]
+    type: Literal["out_of_order"] = "out_of_order"
     duration: Duration | None = 3600.0
 
 
 class Malformed(_FaultBase):
     """Readings that the gateway must reject; duration 0: the next reading only."""
 
-    type: Literal["malformed"]
+    type: Literal["malformed"] = "malformed"
     duration: Duration | None = 0.0
     kind: Literal["invalid_json", "nan", "string_number", "naive_ts", "voltage_5000", "random"] = (
         "random"

@@ -25,6 +25,7 @@ from simulators.profiles import (
     shape,
     stable_seed,
     unit,
+    unit_pair,
 )
 
 __all__ = ["STEP_S", "Effect", "MeterModel", "RegisterReset", "rfc3339"]
@@ -187,10 +188,11 @@ class MeterModel:
     def _load_w(self, k: int) -> float:
         """Consumption in step ``k``: profile shape x per-step noise, plus appliance bursts."""
         p = self.params
-        t = k * STEP_S
-        load = p.mean_kw * shape(self.profile, t) * (0.7 + 0.6 * unit(self.seed, k, 1))
+        level = shape(self.profile, k * STEP_S)
+        noise, burst = unit_pair(self.seed, k, 1)
+        load = p.mean_kw * level * (0.7 + 0.6 * noise)
         # A kettle, oven or compressor: more likely when people are up and about.
-        if unit(self.seed, k, 2) < 0.04 * shape(self.profile, t):
+        if burst < 0.04 * level:
             load += p.burst_kw
         return load * 1000.0
 

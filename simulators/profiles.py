@@ -22,6 +22,7 @@ __all__ = [
     "shape",
     "stable_seed",
     "unit",
+    "unit_pair",
 ]
 
 Profile = Literal["household", "commercial"]
@@ -29,6 +30,7 @@ Profile = Literal["household", "commercial"]
 DAY_S = 86_400
 _M64 = (1 << 64) - 1
 _INV_2_64 = 1.0 / float(1 << 64)
+_INV_2_32 = 1.0 / float(1 << 32)
 
 
 def stable_seed(*parts: object) -> int:
@@ -50,40 +52,47 @@ def unit(seed: int, step: int, salt: int) -> float:
     return _mix64(seed ^ _mix64((step << 8) + salt)) * _INV_2_64
 
 
-def _normalised(hourly: list[float]) -> tuple[float, ...]:
-    # Scale so that the daily mean is 1: a meter's ``mean_kw`` is then its average load.
-    mean = sum(hourly) / len(hourly)
-    return tuple(v / mean for v in hourly)
+def unit_pair(seed: int, step: int, salt: int) -> tuple[float, float]:
+    """Two independent uniforms in [0, 1) from one hash (its high and low 32 bits)."""
+    h = _mix64(seed ^ _mix64((step << 8) + salt))
+    return (h >> 32) * _INV_2_32, (h & 0xFFFFFFFF) * _INV_2_32
 
 
-# Hourly load relative to the daily mean, local time, one value per hour (linearly
+def _normalised(weekday: list[float], weekend: list[float]) -> tuple[tuple[float, ...], ...]:
+    # Scale both by the weekday mean: a meter's ``mean_kw`` is then its average weekday load,
+    # and a weekend keeps its own level (an office uses far less on a Sunday).
+    mean = sum(weekday) / len(weekday)
+    return tuple(v / mean for v in weekday), tuple(v / mean for v in weekend)
+
+
+# Hourly load relative to the weekday mean, local time, one value per hour (linearly
 # interpolated in between). Households: a breakfast bump and an evening peak; at weekends a
 # later morning and more use at midday. Businesses: open 8-18 on weekdays, base load otherwise.
 # fmt: off
+_HOUSEHOLD = _normalised(
+    [0.55, 0.45, 0.40, 0.38, 0.38, 0.45, 0.80, 1.30, 1.20, 0.85, 0.75, 0.75,
+     0.85, 0.80, 0.70, 0.70, 0.85, 1.30, 1.80, 2.00, 1.80, 1.50, 1.10, 0.80],
+    [0.60, 0.50, 0.42, 0.40, 0.38, 0.40, 0.50, 0.75, 1.10, 1.35, 1.30, 1.20,
+     1.30, 1.15, 1.00, 0.95, 1.05, 1.40, 1.80, 1.95, 1.80, 1.55, 1.20, 0.85],
+)
+_COMMERCIAL = _normalised(
+    [0.30, 0.30, 0.30, 0.30, 0.30, 0.32, 0.45, 0.80, 1.40, 1.70, 1.75, 1.75,
+     1.55, 1.70, 1.75, 1.70, 1.60, 1.25, 0.70, 0.45, 0.38, 0.35, 0.32, 0.30],
+    [0.30, 0.30, 0.30, 0.30, 0.30, 0.30, 0.30, 0.32, 0.40, 0.45, 0.45, 0.45,
+     0.45, 0.45, 0.42, 0.40, 0.38, 0.35, 0.33, 0.32, 0.30, 0.30, 0.30, 0.30],
+)
 _SHAPES: dict[tuple[str, bool], tuple[float, ...]] = {
-    ("household", False): _normalised([
-        0.55, 0.45, 0.40, 0.38, 0.38, 0.45, 0.80, 1.30, 1.20, 0.85, 0.75, 0.75,
-        0.85, 0.80, 0.70, 0.70, 0.85, 1.30, 1.80, 2.00, 1.80, 1.50, 1.10, 0.80,
-    ]),
-    ("household", True): _normalised([
-        0.60, 0.50, 0.42, 0.40, 0.38, 0.40, 0.50, 0.75, 1.10, 1.35, 1.30, 1.20,
-        1.30, 1.15, 1.00, 0.95, 1.05, 1.40, 1.80, 1.95, 1.80, 1.55, 1.20, 0.85,
-    ]),
-    ("commercial", False): _normalised([
-        0.30, 0.30, 0.30, 0.30, 0.30, 0.32, 0.45, 0.80, 1.40, 1.70, 1.75, 1.75,
-        1.55, 1.70, 1.75, 1.70, 1.60, 1.25, 0.70, 0.45, 0.38, 0.35, 0.32, 0.30,
-    ]),
-    ("commercial", True): _normalised([
-        0.30, 0.30, 0.30, 0.30, 0.30, 0.30, 0.30, 0.32, 0.40, 0.45, 0.45, 0.45,
-        0.45, 0.45, 0.42, 0.40, 0.38, 0.35, 0.33, 0.32, 0.30, 0.30, 0.30, 0.30,
-    ]),
+    ("household", False): _HOUSEHOLD[0],
+    ("household", True): _HOUSEHOLD[1],
+    ("commercial", False): _COMMERCIAL[0],
+    ("commercial", True): _COMMERCIAL[1],
 }
 # fmt: on
 _HOUSEHOLD_PEAK = max(_SHAPES[("household", False)])
 
 
 def shape(profile: Profile, t: float) -> float:
-    """Load at epoch seconds ``t`` relative to the daily mean (simulated clock = local)."""
+    """Load at epoch seconds ``t`` relative to the weekday mean (simulated clock = local)."""
     day, sec = divmod(t, DAY_S)
     weekend = (int(day) + 3) % 7 >= 5  # 1970-01-01 was a Thursday; Monday = 0
     table = _SHAPES[(profile, weekend)]

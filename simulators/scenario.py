@@ -83,6 +83,10 @@ def _loc(loc: tuple[int | str, ...]) -> str:
 def _message(err: Any) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown key"
+    if err["type"] == "union_tag_not_found":
+        return f"`type` is missing (one of {', '.join(FAULT_TYPES)})"
+    if err["type"] == "union_tag_invalid":
+        return f"unknown fault type {err['input'].get('type')!r} (one of {', '.join(FAULT_TYPES)})"
     msg = str(err["msg"])
     return msg.removeprefix("Value error, ")
 
