@@ -6,11 +6,11 @@ from typing import NamedTuple
 
 __all__ = [
     "CURRENT_FIELDS",
-    "canonical_from_fields",
     "FIELDS",
     "QUALITIES",
     "VOLTAGE_FIELDS",
     "Reading",
+    "canonical_from_fields",
 ]
 
 # Storage field names (SPEC 7), in the order they are written.
