@@ -59,6 +59,7 @@ def _cmd(args: argparse.Namespace) -> int:
 
     setup_logging("warning")
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="meter-gateway-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     try:
         return _run_loop(
             run_demo(workdir, args.duration, args.meters, args.modbus_meters, args.seed)
@@ -82,7 +83,6 @@ async def run_demo(
     from simulators.scenario import load_scenario
     from simulators.services import Mosquitto, VictoriaMetrics
 
-    workdir.mkdir(parents=True, exist_ok=True)
     _say(f"demo: working in {workdir}")
     with Mosquitto(workdir / "mosquitto") as broker, VictoriaMetrics(workdir / "victoria") as vm:
         _say(
@@ -102,8 +102,7 @@ async def run_demo(
             )
             gw = Gateway(cfg)
             await gw.start()
-            while not gw.mqtt.connected:
-                await asyncio.sleep(0.05)
+            await asyncio.wait_for(gw.mqtt.wait_connected(), 30)
             # A simulated day at 15-minute intervals, spread over the run.
             sim_span = 86_400.0
             fleet = Fleet(

@@ -103,7 +103,7 @@ async def run_gateway() -> AsyncIterator[Callable[[Config], Awaitable[Gateway]]]
         gw = Gateway(config, shutdown_timeout_s=5)
         await gw.start()
         started.append(gw)
-        await wait_until(lambda: gw.mqtt.connected, what="the gateway to connect to the broker")
+        await asyncio.wait_for(gw.mqtt.wait_connected(), 20)
         return gw
 
     yield start

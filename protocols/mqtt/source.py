@@ -101,9 +101,14 @@ class MqttSource:
         self._held: list[tuple[int, int]] = []
         self._release_task: asyncio.Task[None] | None = None
         self.connected = False
+        self._connected_event = asyncio.Event()
         self.connects = 0
         self.unrouted = 0
         self.publish_dropped = 0
+
+    async def wait_connected(self) -> None:
+        """Until the source is connected and subscribed."""
+        await self._connected_event.wait()
 
     # -- routing ------------------------------------------------------------------------
     def _route(self, topic: str) -> tuple[PayloadFormat, str | None] | None:
@@ -216,6 +221,7 @@ class MqttSource:
                         self._client_id,
                         ", ".join(t for t, _ in subs),
                     )
+                    self._connected_event.set()
                     self._on_state(True)
                     # Our messages never reach aiomqtt's queue, so this only ends
                     # (with MqttError) when the connection does.
@@ -231,6 +237,7 @@ class MqttSource:
             finally:
                 was = self.connected
                 self.connected = False
+                self._connected_event.clear()
                 self._client = None
                 self._held.clear()  # message ids die with the connection; the broker resends
                 if was:
