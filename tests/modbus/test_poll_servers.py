@@ -55,19 +55,7 @@ def device(
     return {**d, **kw}
 
 
-@pytest.mark.parametrize("transport", ["tcp", "rtu-over-tcp", "rtu"])
-@pytest.mark.parametrize("model", ["sdm630", "sdm120", "em24", "iem3155"])
-async def test_readings_exact_under_spec_field_names(
-    model: str, transport: str, modbus_meters, sink, request: pytest.FixtureRequest
-) -> None:
-    if transport == "rtu":
-        server_end, client_end = request.getfixturevalue("serial_pty_pair")
-        await modbus_meters(1, model=model, values=VALUES, serial_port=server_end)
-        where: Any = client_end
-    else:
-        framer = "rtu" if transport == "rtu-over-tcp" else "socket"
-        server = await modbus_meters(1, model=model, values=VALUES, framer=framer)
-        where = server.port
+async def assert_exact(model: str, transport: str, where: Any, sink: Any) -> None:
     cfg = ModbusConfig(devices=[device("m-1", model, transport, where, 1)])
     poller = Poller(cfg, on_reading=sink.on_reading, on_error=sink.on_error)
     before = time.time()
@@ -84,6 +72,26 @@ async def test_readings_exact_under_spec_field_names(
     assert reading == expected(model)
     stats = poller.stats()["m-1"]
     assert (stats.polls, stats.readings, stats.requests) == (1, 1, len(cfg.devices[0].read_plan()))
+
+
+MODELS = ["sdm630", "sdm120", "em24", "iem3155"]
+
+
+@pytest.mark.parametrize("transport", ["tcp", "rtu-over-tcp"])
+@pytest.mark.parametrize("model", MODELS)
+async def test_tcp_readings_exact_under_spec_field_names(
+    model: str, transport: str, modbus_meters, sink
+) -> None:
+    framer = "rtu" if transport == "rtu-over-tcp" else "socket"
+    server = await modbus_meters(1, model=model, values=VALUES, framer=framer)
+    await assert_exact(model, transport, server.port, sink)
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_rtu_on_a_serial_line_exact(model: str, modbus_meters, serial_pty_pair, sink) -> None:
+    server_end, client_end = serial_pty_pair
+    await modbus_meters(1, model=model, values=VALUES, serial_port=server_end)
+    await assert_exact(model, "rtu", client_end, sink)
 
 
 async def test_live_values_from_the_meter_model(modbus_fleet, sink) -> None:
