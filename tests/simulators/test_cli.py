@@ -1,0 +1,101 @@
+"""`meter-gateway simulate mqtt`: the command against a real mosquitto."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulators.fleet import Fleet
+from simulators.mqtt_cli import main
+from simulators.scenario import load_scenario
+from simulators.truth import read_truth
+from tests.simulators.conftest import Recorder
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE = Path(__file__).parents[2] / "simulators" / "scenarios" / "example.yaml"
+
+
+def test_publishes_exactly_the_generated_bytes_and_writes_truth_and_topology(
+    mqtt_broker: Any, recorder: Recorder, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truth, topo = tmp_path / "truth.jsonl", tmp_path / "topology.csv"
+    code = main(
+        [
+            "--scenario", str(EXAMPLE), "--speed", "0", "--quiet",
+            "--host", mqtt_broker.host, "--port", str(mqtt_broker.port),
+            "--truth-out", str(truth), "--topology-out", str(topo),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    expected = [
+        (m.topic, m.payload)
+        for step in Fleet(load_scenario(EXAMPLE)).steps()
+        for m in step.messages
+    ]
+    got = recorder.wait_for(len(expected))
+    assert sorted((m.topic, m.payload) for m in got) == sorted(expected)
+    # Per topic, the broker keeps the order they were sent in.
+    for topic in {t for t, _ in expected}:
+        assert [p for t, p in expected if t == topic] == [
+            m.payload for m in got if m.topic == topic
+        ]
+    records = read_truth(truth)
+    assert len(records) == 13
+    assert records[0]["fault_id"] == "F000001"
+    assert topo.read_text().startswith("meter_id,transformer_id,feeder_id,customer_id,phases,")
+    assert capsys.readouterr().err == ""  # --quiet
+
+
+def test_progress_and_summary_on_stderr(
+    mqtt_broker: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "--meters", "3", "--interval", "15m", "--duration", "2h", "--speed", "0",
+            "--seed", "5", "--host", mqtt_broker.host, "--port", str(mqtt_broker.port),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "for 3 meters" in err
+    assert "published 30 messages (27 reading, 3 status)" in err
+    assert "faults injected: none" in err
+
+
+def test_a_bad_scenario_exits_2_listing_every_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("faults:\n  - {type: outage, transformer: tx-001, at: 1h, colour: red}\n")
+    assert main(["--scenario", str(bad), "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "scenario is not valid (1 error(s))" in err
+    assert "faults[0].colour: unknown key" in err
+
+
+def test_unknown_target_and_unreachable_broker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("faults:\n  - {type: outage, transformer: tx-042, at: 1h}\n")
+    assert main(["--scenario", str(bad), "--meters", "3"]) == 2
+    assert "faults[0].transformer: unknown transformer 'tx-042'" in capsys.readouterr().err
+    from simulators.services import free_port
+
+    assert main(["--meters", "1", "--duration", "1h", "--port", str(free_port())]) == 1
+    assert "cannot connect" in capsys.readouterr().err
+
+
+def test_registered_under_meter_gateway_simulate(capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main as gateway_main
+
+    with pytest.raises(SystemExit) as info:
+        gateway_main(["simulate", "mqtt", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--meters", "--interval", "--speed", "--scenario", "--truth-out",
+                   "--topology-out", "--concentrators", "--tls", "--start"):  # fmt: skip
+        assert option in out
