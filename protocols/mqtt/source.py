@@ -92,7 +92,7 @@ class _Client(aiomqtt.Client):
                 if sock is not None and hasattr(sock, "pending") and sock.pending() > 0:
                     continue
                 break
-        except Exception as exc:  # noqa: BLE001 - any failure here means the connection is gone
+        except Exception as exc:  # any failure here means the connection is gone
             if not self._disconnected.done():
                 self._disconnected.set_exception(exc)
 
