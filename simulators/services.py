@@ -182,8 +182,14 @@ class Mosquitto(_Service):
         max_queued_messages: int = 1_000_000,
         max_inflight_messages: int = 20,
         extra_config: str = "",
+        tls: tuple[Path, Path, Path] | None = None,
+        password_file: Path | None = None,
     ) -> None:
+        """`tls`: (CA, certificate, key) files make the listener TLS-only;
+        `password_file` (mosquitto_passwd format) turns anonymous access off."""
         super().__init__(workdir)
+        self.tls = tls
+        self.password_file = password_file
         self.persistence = persistence
         self.max_queued_messages = max_queued_messages
         self.max_inflight_messages = max_inflight_messages
@@ -193,7 +199,16 @@ class Mosquitto(_Service):
         conf = self.workdir / "mosquitto.conf"
         lines = [
             f"listener {self.port} {self.host}",
-            "allow_anonymous true",
+            *(
+                [f"cafile {self.tls[0]}", f"certfile {self.tls[1]}", f"keyfile {self.tls[2]}"]
+                if self.tls
+                else []
+            ),
+            *(
+                ["allow_anonymous false", f"password_file {self.password_file}"]
+                if self.password_file
+                else ["allow_anonymous true"]
+            ),
             # Run as whoever started us, so the persistence file stays in our folder.
             f"user {getpass.getuser()}",
             f"max_queued_messages {self.max_queued_messages}",

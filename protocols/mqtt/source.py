@@ -155,6 +155,7 @@ class MqttSource:
         self.connected = False
         self._connected_event = asyncio.Event()
         self.connects = 0
+        self.attempts = 0
         self.unrouted = 0
         self.publish_dropped = 0
 
@@ -260,14 +261,17 @@ class MqttSource:
         cfg = self._cfg
         delay = cfg.reconnect_min_s
         where = f"{cfg.host}:{cfg.port}"
+        failing = False
         while True:
             client = self._make_client()
+            self.attempts += 1
             try:
                 async with client:
                     self._client = client
                     self.connected = True
                     self.connects += 1
                     delay = cfg.reconnect_min_s
+                    failing = False
                     subs = self._subscriptions()
                     await client.subscribe(subs)
                     log.info(
@@ -283,12 +287,19 @@ class MqttSource:
                     async for _ in client.messages:
                         pass
             except aiomqtt.MqttError as exc:
+                # One line per state change: the first failure at ERROR, repeats at DEBUG.
                 if self.connected:
-                    log.error("mqtt: connection to %s lost: %s", where, exc)
-                else:
+                    log.error("mqtt: connection to %s lost: %s; reconnecting", where, exc)
+                elif not failing:
                     log.error(
-                        "mqtt: cannot connect to %s: %s; retrying in %.1f s", where, exc, delay
+                        "mqtt: cannot connect to %s: %s; retrying with backoff up to %.0f s",
+                        where,
+                        exc,
+                        cfg.reconnect_max_s,
                     )
+                else:
+                    log.debug("mqtt: still cannot connect to %s: %s", where, exc)
+                failing = not self.connected
             finally:
                 was = self.connected
                 self.connected = False
