@@ -72,12 +72,24 @@ def make_tls_files(d) -> tuple:
     return ca, cert, key
 
 
-async def test_tls_with_username_and_password(tmp_path, victoria, run_gateway):
-    ca, cert, key = make_tls_files(tmp_path / "tls")
+@pytest.fixture
+def passwd(tmp_path):
+    """A mosquitto password file with user `gw`, password `s3cret`."""
     pw = tmp_path / "passwd"
     pw.write_text("")
     subprocess.run(["mosquitto_passwd", "-b", str(pw), "gw", "s3cret"], check=True)
     pw.chmod(0o600)
+    return pw
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    return make_tls_files(tmp_path / "tls")
+
+
+async def test_tls_with_username_and_password(tmp_path, victoria, run_gateway, passwd, tls_files):
+    ca, cert, key = tls_files
+    pw = passwd
     secret = tmp_path / "mqtt-password"
     secret.write_text("s3cret\n")
     with Mosquitto(tmp_path / "mq", tls=(ca, cert, key), password_file=pw) as broker:
@@ -106,12 +118,10 @@ async def test_tls_with_username_and_password(tmp_path, victoria, run_gateway):
         await gw.stop()
 
 
-async def test_wrong_password_is_retried_and_logged_once(tmp_path, victoria, caplog):
+async def test_wrong_password_is_retried_and_logged_once(tmp_path, victoria, caplog, passwd):
     from gateway.app import Gateway
 
-    pw = tmp_path / "passwd"
-    pw.write_text("")
-    subprocess.run(["mosquitto_passwd", "-b", str(pw), "gw", "right"], check=True)
+    pw = passwd
     with Mosquitto(tmp_path / "mq", password_file=pw) as broker:
         cfg = make_config(
             tmp_path,
