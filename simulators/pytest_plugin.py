@@ -62,7 +62,11 @@ class FleetRun:
         self._publisher = MqttPublisher(
             BrokerOptions(host=host, port=port), connections=connections
         )
-        self._publisher.connect()  # fail in the test, not in a thread, if the broker is not there
+        try:
+            self._publisher.connect()  # fail in the test, not in a thread, without a broker
+        except BaseException:
+            self._publisher.close()
+            raise
         self._thread = threading.Thread(
             target=self._run, args=(speed,), name="meter-fleet", daemon=True
         )

@@ -13,7 +13,6 @@ value is an error naming the key path (``faults[1].factr: unknown key``) and the
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +113,3 @@ def load_scenario(path: str | Path) -> Scenario:
     except yaml.YAMLError as exc:
         raise ScenarioError(str(path), [f"not valid YAML: {exc}"]) from None
     return parse_scenario(data, str(path))
-
-
-def start_epoch(value: datetime | None) -> float | None:
-    return None if value is None else value.timestamp()
