@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
+from collections.abc import Callable
 
 from config.schema import Config
 from gateway.pipeline import Pipeline
@@ -27,6 +29,27 @@ log = logging.getLogger("meter_gateway")
 
 def make_client(config: Config) -> LineClient:
     return V1Client(config.storage) if config.storage.api == "v1" else V2Client(config.storage)
+
+
+class RateMeter:
+    """Readings per second over the last minute, sampled every few seconds."""
+
+    def __init__(self, total: Callable[[], int], every_s: float = 5.0, window: int = 12) -> None:
+        self._total = total
+        self._every = every_s
+        self._samples: deque[tuple[float, int]] = deque(maxlen=window + 1)
+
+    @property
+    def per_second(self) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+    async def run(self) -> None:
+        while True:
+            self._samples.append((time.monotonic(), self._total()))
+            await asyncio.sleep(self._every)
 
 
 class Gateway:
@@ -81,6 +104,10 @@ class Gateway:
                 on_error=self._modbus_error,
                 wait_ready=self.writer.wait_resumed,
             )
+        self.rate = RateMeter(lambda: sum(self.pipeline.received.values()))
+        from gateway.http import StatusServer
+
+        self.http = StatusServer(self)
         self._source_tasks: list[asyncio.Task[None]] = []
         self._sink_tasks: list[asyncio.Task[None]] = []
 
@@ -104,9 +131,27 @@ class Gateway:
             )
         )
 
+    def ready(self) -> tuple[bool, list[str]]:
+        """Broker connected, and storage writable or its backlog below the bound."""
+        why = []
+        if not self.mqtt.connected:
+            why.append(
+                f"not connected to the broker {self.config.mqtt.host}:{self.config.mqtt.port}"
+            )
+        if not self.writer.healthy and self.writer.paused:
+            why.append(f"storage failing ({self.writer.last_error}) and its buffer is full")
+        return not why, why
+
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         self.config.gateway.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            await self.http.start()
+        except OSError as exc:
+            raise OSError(
+                f"http.listen {self.config.http.listen}: cannot listen: {exc.strerror}; "
+                "set http.listen to a free address"
+            ) from exc
         log.info(
             "gateway %s starting: storage %s, broker %s:%d, data in %s",
             self.config.gateway.id,
@@ -119,6 +164,7 @@ class Gateway:
             asyncio.create_task(self.writer.run(), name="storage-writer"),
             asyncio.create_task(self.dead_letter.run(), name="dead-letter"),
         ]
+        self._rate_task = asyncio.create_task(self.rate.run(), name="rate")
         self._source_tasks = [asyncio.create_task(self.mqtt.run(), name="mqtt-source")]
         if self.modbus is not None:
             self._source_tasks.append(asyncio.create_task(self.modbus.run(), name="modbus-poller"))
@@ -150,6 +196,8 @@ class Gateway:
         with contextlib.suppress(asyncio.CancelledError):
             await dl_task
         await self.client.close()
+        self._rate_task.cancel()
+        await self.http.stop()
         p = self.pipeline
         log.info(
             "gateway stopped: %d messages, %d readings received, %d stored, %d rejected, "

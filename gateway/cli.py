@@ -141,6 +141,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except TopologyError as exc:
         log.error("%s; not starting", exc)
         return EXIT_CONFIG
+    except OSError as exc:  # the status page's address is taken, the data_dir is not writable
+        log.error("%s; not starting", exc)
+        return 1
 
 
 async def _serve(cfg: object, shutdown_timeout: float) -> int:

@@ -63,6 +63,7 @@ class Pipeline:
         self.flagged: Counter[str] = Counter()  # by flag kind
         self.signals: Counter[str] = Counter()  # meter events and status, by value
         self.messages = 0
+        self.last_seen: dict[str, int] = {}  # meter id -> when its last valid reading came (ns)
 
     @property
     def paused(self) -> bool:
@@ -117,6 +118,7 @@ class Pipeline:
         flags: list[Flag] = []
         positions = decoded.positions
         stored = 0
+        last_seen = self.last_seen
         items = decoded.readings
         for i, obj in enumerate(items):
             try:
@@ -127,6 +129,7 @@ class Pipeline:
                 else:
                     self._reject_item(topic, obj, f"readings[{positions[i]}]: {exc}", positions[i])
                 continue
+            last_seen[r.meter_id] = now_ns
             r = judge(r, flags)
             if r is None:
                 continue  # exact duplicate (a QoS 1 redelivery); counted by the rules
@@ -143,11 +146,13 @@ class Pipeline:
     def handle_reading(self, obj: dict[str, Any], source: str, origin: str) -> None:
         """One reading already in canonical form (a poller's); never raises."""
         self.received[source] += 1
+        now_ns = time.time_ns()
         try:
-            r = self._validator.check(obj, source, time.time_ns())
+            r = self._validator.check(obj, source, now_ns)
         except Invalid as exc:
             self.reject(source=source, reason=str(exc), device=origin, item=obj)
             return
+        self.last_seen[r.meter_id] = now_ns
         flags: list[Flag] = []
         r2 = self._rules.judge(r, flags)
         if r2 is not None:

@@ -98,11 +98,13 @@ async def run_demo(
                     "mqtt": {"host": broker.host, "port": broker.port},
                     "storage": {"api": "v2", "url": vm.url, "flush_interval_s": 0.5},
                     "modbus": {"devices": modbus.device_configs(interval_s=2)},
+                    "http": {"listen": "127.0.0.1:0"},
                 }
             )
             gw = Gateway(cfg)
             await gw.start()
             await asyncio.wait_for(gw.mqtt.wait_connected(), 30)
+            _say(f"demo: the gateway's status page: http://127.0.0.1:{gw.http.port}/")
             # A simulated day at 15-minute intervals, spread over the run.
             sim_span = 86_400.0
             fleet = Fleet(

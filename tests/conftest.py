@@ -88,6 +88,7 @@ def make_config(tmp_path: Path, broker: Mosquitto, **sections: dict[str, Any]) -
             "reconnect_max_s": 0.5,
         },
         "storage": {"batch_size": 500, "flush_interval_s": 0.1, "max_retry_delay_s": 0.5},
+        "http": {"listen": "127.0.0.1:0"},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

@@ -1,0 +1,320 @@
+"""HTTP endpoints (SPEC 11): /metrics, /healthz, /readyz, /status and a status page.
+
+Metrics are read from the gateway's plain counters at scrape time (a custom
+collector), so the hot path pays nothing for them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+__all__ = ["StatusServer", "status_snapshot"]
+
+
+def status_snapshot(gw: Gateway) -> dict[str, Any]:
+    """What /status returns and the page shows."""
+    p, w = gw.pipeline, gw.writer
+    now_ns = time.time_ns()
+    offline_ns = int(gw.config.events.offline_after_s * 1e9)
+    seen = p.last_seen
+    online = sum(1 for t in seen.values() if now_ns - t <= offline_ns)
+    out: dict[str, Any] = {
+        "gateway_id": gw.config.gateway.id,
+        "uptime_s": round(time.time() - gw.started_at, 1),
+        "ready": gw.ready()[0],
+        "not_ready_because": gw.ready()[1],
+        "mqtt": {
+            "broker": f"{gw.config.mqtt.host}:{gw.config.mqtt.port}",
+            "connected": gw.mqtt.connected,
+            "connects": gw.mqtt.connects,
+            "messages": p.messages,
+        },
+        "meters": {"seen": len(seen), "online": online, "offline": len(seen) - online},
+        "readings": {
+            "received": dict(p.received),
+            "stored": dict(p.stored),
+            "rejected": dict(p.rejected),
+            "flagged": dict(p.flagged),
+            "duplicates": p.duplicates,
+            "rate_per_s": round(gw.rate.per_second, 1),
+        },
+        "storage": {
+            "target": gw.client.target,
+            "healthy": w.healthy,
+            "lines_written": w.lines_written,
+            "lines_refused": w.lines_rejected,
+            "pending_lines": w.pending,
+            "paused_sources": w.paused,
+            "retries": w.retries,
+            "last_error": w.last_error,
+        },
+        "dead_letter": {
+            "records": gw.dead_letter.count,
+            "directory": str(gw.dead_letter.directory),
+        },
+        "signals": dict(p.signals),
+    }
+    if gw.modbus is not None:
+        out["modbus"] = {
+            mid: {
+                "label": s.label,
+                "polls": s.polls,
+                "readings": s.readings,
+                "failed_polls": s.failed_polls,
+                "errors": dict(s.errors),
+                "breaker": s.breaker,
+                "last_error": s.last_error,
+            }
+            for mid, s in gw.modbus.stats().items()
+        }
+    return out
+
+
+class _Collector(Collector):
+    def __init__(self, gw: Gateway) -> None:
+        self._gw = gw
+
+    def collect(self) -> Iterator[Any]:
+        gw, p, w = self._gw, self._gw.pipeline, self._gw.writer
+
+        def counter(name: str, doc: str, label: str | None, values: dict[str, int]) -> Any:
+            fam = CounterMetricFamily(
+                f"meter_gateway_{name}", doc, labels=[label] if label else None
+            )
+            for key, value in values.items():
+                fam.add_metric([key] if label else [], value)
+            return fam
+
+        yield counter("readings_received", "Readings received, by source.", "source", p.received)
+        yield counter(
+            "readings_stored", "Readings handed to storage, by source.", "source", p.stored
+        )
+        yield counter(
+            "readings_rejected", "Readings or messages rejected, by reason.", "reason", p.rejected
+        )
+        yield counter("readings_flagged", "Readings stored as suspect, by rule.", "rule", p.flagged)
+        yield counter("readings_duplicate", "Exact duplicates dropped.", None, {"": p.duplicates})
+        yield counter(
+            "meter_signals", "Meter events and status reports, by value.", "value", p.signals
+        )
+        yield counter("mqtt_messages", "MQTT messages received.", None, {"": p.messages})
+        yield counter("mqtt_connects", "MQTT connections made.", None, {"": gw.mqtt.connects})
+        yield counter(
+            "storage_lines_written", "Lines accepted by the database.", None, {"": w.lines_written}
+        )
+        yield counter(
+            "storage_lines_refused",
+            "Lines the database refused (dead-lettered).",
+            None,
+            {"": w.lines_rejected},
+        )
+        yield counter("storage_batches", "Batches written.", None, {"": w.batches_written})
+        yield counter(
+            "storage_retries", "Write attempts that failed and were retried.", None, {"": w.retries}
+        )
+        yield counter(
+            "dead_letter_records",
+            "Records written to the dead-letter store.",
+            None,
+            {"": gw.dead_letter.count},
+        )
+        gauges = {
+            "mqtt_connected": ("1 while connected to the broker.", float(gw.mqtt.connected)),
+            "storage_pending_lines": ("Lines waiting for the database.", float(w.pending)),
+            "storage_healthy": ("1 while the database accepts writes.", float(w.healthy)),
+            "storage_paused": ("1 while sources are paused by backpressure.", float(w.paused)),
+            "storage_last_write_seconds": (
+                "Duration of the last successful write.",
+                w.last_write_s or 0.0,
+            ),
+            "meters_seen": ("Meters that sent a valid reading.", float(len(p.last_seen))),
+        }
+        for name, (doc, value) in gauges.items():
+            g = GaugeMetricFamily(f"meter_gateway_{name}", doc)
+            g.add_metric([], value)
+            yield g
+        if gw.modbus is not None:
+            polls = CounterMetricFamily(
+                "meter_gateway_modbus_polls", "Modbus polls, by device.", labels=["meter_id"]
+            )
+            errors = CounterMetricFamily(
+                "meter_gateway_modbus_errors",
+                "Modbus poll errors, by device and kind.",
+                labels=["meter_id", "kind"],
+            )
+            breaker = GaugeMetricFamily(
+                "meter_gateway_modbus_breaker_open",
+                "1 while a device's circuit breaker is open.",
+                labels=["meter_id"],
+            )
+            for mid, s in gw.modbus.stats().items():
+                polls.add_metric([mid], s.polls)
+                for kind, n in s.errors.items():
+                    errors.add_metric([mid, kind], n)
+                breaker.add_metric([mid], float(s.breaker != "closed"))
+            yield polls
+            yield errors
+            yield breaker
+
+
+_PAGE = """<!doctype html><html><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="5"><title>meter-gateway {gid}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:60em}}
+table{{border-collapse:collapse;margin-bottom:1.5em}}td,th{{padding:.2em .8em;text-align:left;
+border-bottom:1px solid #ddd}}.ok{{color:#080}}.bad{{color:#b00;font-weight:bold}}</style>
+</head><body><h1>meter-gateway {gid}</h1>
+<p class="{ready_class}">{ready_text}</p>
+{tables}
+<p>Machine-readable: <a href="status">/status</a> · <a href="metrics">/metrics</a>.
+This page refreshes every 5 s.</p></body></html>"""
+
+
+def _table(title: str, rows: dict[str, Any]) -> str:
+    body = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in rows.items()
+    )
+    return f"<h2>{html.escape(title)}</h2><table>{body}</table>"
+
+
+def render_page(s: dict[str, Any]) -> str:
+    r, st, m = s["readings"], s["storage"], s["mqtt"]
+    tables = [
+        _table(
+            "Meters",
+            {
+                "online": s["meters"]["online"],
+                "offline": s["meters"]["offline"],
+                "seen since start": s["meters"]["seen"],
+            },
+        ),
+        _table(
+            "Readings",
+            {
+                "per second (last minute)": r["rate_per_s"],
+                "received": sum(r["received"].values()),
+                "stored": sum(r["stored"].values()),
+                "rejected": f"{sum(r['rejected'].values())} {r['rejected'] or ''}",
+                "suspect": f"{sum(r['flagged'].values())} {r['flagged'] or ''}",
+                "duplicates dropped": r["duplicates"],
+            },
+        ),
+        _table(
+            "Storage",
+            {
+                "database": st["target"],
+                "state": "accepting writes" if st["healthy"] else f"FAILING: {st['last_error']}",
+                "waiting to be written (spool depth)": st["pending_lines"],
+                "sources paused": "yes" if st["paused_sources"] else "no",
+                "written": st["lines_written"],
+                "refused by the database": st["lines_refused"],
+            },
+        ),
+        _table(
+            "MQTT",
+            {
+                "broker": m["broker"],
+                "state": "connected" if m["connected"] else "DISCONNECTED",
+                "messages": m["messages"],
+                "connections made": m["connects"],
+            },
+        ),
+        _table(
+            "Dead letter",
+            {"records": s["dead_letter"]["records"], "files in": s["dead_letter"]["directory"]},
+        ),
+        _table("Meter reports", s["signals"] or {"none": ""}),
+    ]
+    if "modbus" in s:
+        tables.append(
+            _table(
+                "Modbus devices",
+                {
+                    f"{mid} ({d['label']})": (
+                        f"breaker {d['breaker']}, {d['readings']}/{d['polls']} polls ok"
+                        + (f", last error: {d['last_error']}" if d["last_error"] else "")
+                    )
+                    for mid, d in s["modbus"].items()
+                },
+            )
+        )
+    ready = s["ready"]
+    return _PAGE.format(
+        gid=html.escape(s["gateway_id"]),
+        ready_class="ok" if ready else "bad",
+        ready_text="Ready"
+        if ready
+        else "Not ready: " + html.escape("; ".join(s["not_ready_because"])),
+        tables="".join(tables),
+    )
+
+
+class StatusServer:
+    def __init__(self, gw: Gateway) -> None:
+        self._gw = gw
+        self._token = gw.config.http.token
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(_Collector(gw))
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/", self._page)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/status", self._status)
+        self._runner = web.AppRunner(app, access_log=None)
+        self.port: int | None = None
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self._token and request.path != "/healthz":
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given, f"Bearer {self._token}"):
+                return web.Response(
+                    status=401, text="401: send Authorization: Bearer <http.token>\n"
+                )
+        return await handler(request)
+
+    async def start(self) -> None:
+        host, _, port = self._gw.config.http.listen.rpartition(":")
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host.strip("[]"), int(port))
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # the real port when 0 was asked
+        self.port = sockets[0].getsockname()[1] if sockets else int(port)
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    async def _page(self, request: web.Request) -> web.Response:
+        return web.Response(text=render_page(status_snapshot(self._gw)), content_type="text/html")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self._registry),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ready, why = self._gw.ready()
+        return web.Response(
+            status=200 if ready else 503,
+            text="ready\n" if ready else "not ready: " + "; ".join(why) + "\n",
+        )
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return web.json_response(status_snapshot(self._gw))
