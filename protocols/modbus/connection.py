@@ -248,20 +248,22 @@ class Connection:
             raw = self._last_rx
             self._last_good = time.monotonic()
             self._timeouts_since_good = 0
+        problem: ModbusIOError | None = None
+        registers: list[int] = []
         if rsp.isError():
-            exc = DeviceExceptionError(int(getattr(rsp, "exception_code", 0)), raw=raw or None)
-            exc.sent_at = sent_at
-            raise exc
-        if rsp.function_code != function:
-            raise ProtocolError(
-                f"answer has function code {rsp.function_code}, expected {function}",
-                raw=raw or None,
+            problem = DeviceExceptionError(int(getattr(rsp, "exception_code", 0)))
+        elif rsp.function_code != function:
+            problem = ProtocolError(
+                f"answer has function code {rsp.function_code}, expected {function}"
             )
-        registers = list(rsp.registers)
-        if len(registers) != count:
-            raise ProtocolError(
-                f"answer has {len(registers)} registers, expected {count}", raw=raw or None
-            )
+        else:
+            registers = list(rsp.registers)
+            if len(registers) != count:
+                problem = ProtocolError(f"answer has {len(registers)} registers, expected {count}")
+        if problem is not None:
+            problem.raw = raw or None
+            problem.sent_at = sent_at
+            raise problem
         return ReadResult(registers, sent_at, received_at, raw)
 
     def _timed_out(self, client: ModbusBaseClient, timeout_s: float) -> ModbusIOError:

@@ -182,7 +182,10 @@ class Poller:
         cfg, stats = dev.cfg, dev.stats
         stats.polls += 1
         healthy = dev.breaker.healthy
-        attempts = 1 + (cfg.retries if healthy else 0)
+        # Retries are for glitches of a meter known to answer: one that never has, or
+        # failed last time, gets one attempt (a silent unit would hold its line for
+        # (1 + retries) timeouts a poll), and it queues behind the answering ones.
+        attempts = 1 + (cfg.retries if healthy and stats.last_success is not None else 0)
         priority = 0 if healthy else 1
         values: dict[str, float] = {}
         ts: float | None = None
@@ -242,7 +245,9 @@ class Poller:
                     address=req.address,
                     count=req.count,
                     timeout_s=dev.cfg.timeout_s,
-                    priority=priority,
+                    # A retry waits behind every first attempt: one device's bad luck
+                    # must not cost the others a second timeout.
+                    priority=priority if attempt == 1 else max(priority, 1),
                 )
                 return result, None, attempt
             except ModbusConnectError as exc:
