@@ -117,6 +117,7 @@ class _FaultBase(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    type: str  # each fault type narrows this to its own literal name
     meters: list[str] | None = Field(None, min_length=1, description="these meter ids")
     group: str | None = Field(None, description="a group of the scenario's `groups`")
     transformer: str | None = Field(None, description="every meter behind this transformer")
