@@ -46,9 +46,13 @@ class RateMeter:
         (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
-    async def run(self) -> None:
+    async def run(self, report: Callable[[], None] | None = None, report_every: int = 12) -> None:
+        n = 0
         while True:
             self._samples.append((time.monotonic(), self._total()))
+            n += 1
+            if report is not None and n % report_every == 0:
+                report()
             await asyncio.sleep(self._every)
 
 
@@ -131,6 +135,23 @@ class Gateway:
             )
         )
 
+    def _report(self) -> None:
+        """A line a minute that an operator can grep: `ingest:`."""
+        p, w = self.pipeline, self.writer
+        log.info(
+            "ingest: %.0f readings/s; received %d, stored %d, rejected %d, suspect %d, "
+            "duplicates %d; pending %d; mqtt %s; storage %s",
+            self.rate.per_second,
+            sum(p.received.values()),
+            w.lines_written,
+            sum(p.rejected.values()),
+            sum(p.flagged.values()),
+            p.duplicates,
+            w.pending,
+            "connected" if self.mqtt.connected else "DISCONNECTED",
+            "ok" if w.healthy else f"FAILING ({w.last_error})",
+        )
+
     def ready(self) -> tuple[bool, list[str]]:
         """Broker connected, and storage writable or its backlog below the bound."""
         why = []
@@ -164,7 +185,7 @@ class Gateway:
             asyncio.create_task(self.writer.run(), name="storage-writer"),
             asyncio.create_task(self.dead_letter.run(), name="dead-letter"),
         ]
-        self._rate_task = asyncio.create_task(self.rate.run(), name="rate")
+        self._rate_task = asyncio.create_task(self.rate.run(self._report), name="rate")
         self._source_tasks = [asyncio.create_task(self.mqtt.run(), name="mqtt-source")]
         if self.modbus is not None:
             self._source_tasks.append(asyncio.create_task(self.modbus.run(), name="modbus-poller"))

@@ -373,3 +373,30 @@ def test_malformed_at_a_rate_records_each_occurrence(run_on_wire: RunOnWire) -> 
                  or b'"energy_import_kwh":"' in p or b':00","energy' in p)  # fmt: skip
     # Two occurrences may fall on the same reading; each broken reading has a record.
     assert 0 < broken <= len(truth)
+
+
+def test_comms_dropout_with_backfill_delivers_late_oldest_first(run_on_wire: RunOnWire) -> None:
+    msgs, _ = run_on_wire(
+        concentrators=1,
+        faults=[CommsDropout(transformer="tx-001", at="1h", duration="45m", backfill=True)],
+    )
+    order = [r["ts"][11:16] for r in readings(msgs, "m-000001")]
+    assert order == [
+        "00:00", "00:15", "00:30", "00:45", "01:00", "01:15", "01:30",
+        "01:45", "02:00", "02:15", "02:30", "02:45", "03:00",
+    ]  # fmt: skip
+    # ... but the three missed readings arrive in the 01:45 batch, not at their own time.
+    batches = [m.json() for m in msgs if m.topic == "concentrators/dc-01/readings"]
+    late = next(b for b in batches if any(r["ts"] == ts("01:45") for r in b["readings"]))
+    assert [r["ts"][11:16] for r in late["readings"] if r["meter_id"] == "m-000001"] == [
+        "01:00", "01:15", "01:30", "01:45",
+    ]  # fmt: skip
+    assert len(batches) == 13 - 3
+
+
+def test_theft_can_raise_a_tamper_event(run_on_wire: RunOnWire) -> None:
+    msgs, truth = run_on_wire(faults=[Theft(meters=["m-000002"], at="2h", event="cover_open")])
+    assert events(msgs, "m-000002") == [
+        {"ts": ts("02:00"), "type": "cover_open", "meter_id": "m-000002"}
+    ]
+    assert only(truth)["params"] == {"factor": 0.3, "event": "cover_open"}
