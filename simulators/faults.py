@@ -166,6 +166,9 @@ class CommsDropout(_FaultBase):
     type: Literal["comms_dropout"] = "comms_dropout"
     duration: Duration | None = 3600.0
     lwt: bool = Field(False, description="publish `offline` / `online` on the status topic")
+    backfill: bool = Field(
+        False, description="deliver the missed readings, oldest first, when comms return"
+    )
 
 
 class ConsumptionSpike(_FaultBase):
@@ -180,6 +183,9 @@ class Theft(_FaultBase):
     type: Literal["theft"] = "theft"
     duration: Duration | None = None
     factor: float = Field(0.3, ge=0.0, lt=1.0, description="share of the load still metered")
+    event: Literal["tamper", "cover_open"] | None = Field(
+        None, description="a meter event sent when the bypass is fitted (tamper detection)"
+    )
 
 
 class ReverseFlow(_FaultBase):

@@ -59,10 +59,12 @@ class _Wire:
 
     down: int = 0  # active outages
     silent: int = 0  # active comms dropouts
+    backfill: int = 0  # active dropouts whose readings are kept and sent when comms return
     reorder: int = 0  # active out-of-order windows
     copies: list[int] = field(default_factory=list)
     malformed: list[str] = field(default_factory=list)
     held: list[tuple[bytes, bool]] = field(default_factory=list)  # (payload, broken JSON)
+    backlog: list[tuple[bytes, bool]] = field(default_factory=list)  # kept while silent
 
 
 def default_start(interval_s: float, duration_s: float | None, now: float | None = None) -> float:
@@ -213,8 +215,11 @@ class Fleet:
                     step.messages.append(msg)
             elif f.type == "comms_dropout":
                 w.silent += 1
+                w.backfill += p["backfill"]
                 if w.silent == 1 and p["lwt"] and (msg := self._status(t, m, False)):
                     step.messages.append(msg)
+            elif f.type == "theft" and p["event"]:
+                step.messages.append(self._event(t, m, p["event"]))
             elif f.type == "duplicates":
                 w.copies.append(p["copies"])
             elif f.type == "malformed":
@@ -234,6 +239,7 @@ class Fleet:
                         step.messages.append(msg)
             elif f.type == "comms_dropout":
                 w.silent -= 1
+                w.backfill -= p["backfill"]
                 if w.silent == 0 and p["lwt"] and (msg := self._status(t, m, True)):
                     step.messages.append(msg)
             elif f.type == "duplicates":
@@ -250,16 +256,23 @@ class Fleet:
         for meter_id, model in self.meters.items():
             model.advance(t)
             w = self._wire[meter_id]
-            if w.down or w.silent:
+            if w.down or (w.silent and not w.backfill):
                 continue
-            out: list[tuple[bytes, bool]] = []
-            if w.held and not w.reorder:
-                out += reversed(w.held)  # newest first: the gateway sees them out of order
-                w.held.clear()
             reading = model.reading()
             kind = w.malformed[-1] if w.malformed else None
             payload = malform(reading, kind) if kind else orjson.dumps(reading)
             frags = [(payload, kind == "invalid_json")] * max(w.copies, default=1)
+            if w.silent:
+                # Measured and stored in the meter (or its concentrator), sent later.
+                w.backlog += frags
+                continue
+            out: list[tuple[bytes, bool]] = []
+            if w.backlog:
+                out += w.backlog  # late, oldest first, as a concentrator back-fills
+                w.backlog.clear()
+            if w.held and not w.reorder:
+                out += reversed(w.held)  # newest first: the gateway sees them out of order
+                w.held.clear()
             if w.reorder:
                 w.held += frags
                 if final:  # the run ends inside the window: deliver what was held
