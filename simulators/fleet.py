@@ -22,7 +22,7 @@ import orjson
 
 from simulators.faults import FaultInstance, malform, plan_faults
 from simulators.meter import Effect, MeterModel, RegisterReset, rfc3339
-from simulators.scenario import FleetSettings, Scenario
+from simulators.scenario import Scenario, fleet_settings
 from simulators.topology import Topology, build_topology
 from simulators.truth import truth_record
 
@@ -82,7 +82,7 @@ class Fleet:
         self.scenario = scenario or Scenario()
         data = self.scenario.fleet.model_dump(exclude_unset=True)
         data.update({k: v for k, v in overrides.items() if v is not None})
-        self.settings = s = FleetSettings.model_validate(data)
+        self.settings = s = fleet_settings(data)
         self.interval_s = float(s.interval_s)
         self.start = (
             s.start.timestamp()

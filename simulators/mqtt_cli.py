@@ -434,7 +434,7 @@ def run_cli(args: argparse.Namespace) -> int:
     try:
         fleet = _fleet_from_args(args)
     except ScenarioError as exc:
-        print(f"{exc.source}: scenario is not valid ({len(exc.errors)} error(s)):", file=err)
+        print(f"{exc.source}: not valid ({len(exc.errors)} error(s)):", file=err)
         for e in exc.errors:
             print(f"  {e}", file=err)
         return EXIT_USAGE

@@ -21,7 +21,14 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from simulators.faults import FAULT_TYPES, Duration, FaultSpec
 
-__all__ = ["FleetSettings", "Scenario", "ScenarioError", "load_scenario", "parse_scenario"]
+__all__ = [
+    "FleetSettings",
+    "Scenario",
+    "ScenarioError",
+    "fleet_settings",
+    "load_scenario",
+    "parse_scenario",
+]
 
 
 class FleetSettings(BaseModel):
@@ -98,6 +105,15 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
         return Scenario.model_validate(data)
     except ValidationError as exc:
         errors = [f"{_loc(e['loc'])}: {_message(e)}" for e in exc.errors()]
+        raise ScenarioError(source, errors) from None
+
+
+def fleet_settings(data: dict[str, Any], source: str = "fleet settings") -> FleetSettings:
+    """Validate fleet settings (a scenario's ``fleet:`` merged with overrides)."""
+    try:
+        return FleetSettings.model_validate(data)
+    except ValidationError as exc:
+        errors = [f"fleet.{_loc(e['loc'])}: {_message(e)}" for e in exc.errors()]
         raise ScenarioError(source, errors) from None
 
 

@@ -72,7 +72,7 @@ def test_a_bad_scenario_exits_2_listing_every_error(
     bad.write_text("faults:\n  - {type: outage, transformer: tx-001, at: 1h, colour: red}\n")
     assert main(["--scenario", str(bad), "--port", "1"]) == 2
     err = capsys.readouterr().err
-    assert "scenario is not valid (1 error(s))" in err
+    assert f"{bad}: not valid (1 error(s))" in err
     assert "faults[0].colour: unknown key" in err
 
 
@@ -99,3 +99,10 @@ def test_registered_under_meter_gateway_simulate(capsys: pytest.CaptureFixture[s
     for option in ("--meters", "--interval", "--speed", "--scenario", "--truth-out",
                    "--topology-out", "--concentrators", "--tls", "--start"):  # fmt: skip
         assert option in out
+
+
+def test_bad_fleet_options_are_named(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--meters", "0", "--start", "2026-11-26T00:00:00", "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "fleet.meters: Input should be greater than or equal to 1" in err
+    assert "fleet.start: Input should have timezone info" in err
