@@ -126,6 +126,7 @@ class Fleet:
         self._actions: list[tuple[float, int, int, str, FaultInstance]] = []
         self._seq = itertools.count()
         self._n_faults = 0
+        self._started = False
 
     # -- the clock ----------------------------------------------------------------------
 
@@ -134,7 +135,13 @@ class Fleet:
         return self.start + max(k, 0) * self.interval_s
 
     def steps(self) -> Iterator[Step]:
-        """One ``Step`` per reading interval, from start to start + duration (or forever)."""
+        """One ``Step`` per reading interval, from start to start + duration (or forever).
+
+        A fleet runs once (its meters and faults move on); build another to run again.
+        """
+        if self._started:
+            raise RuntimeError("this fleet has already run; build a new Fleet to run again")
+        self._started = True
         plan = iter(self._plan)
         pending = next(plan, None)
         for k in itertools.count():

@@ -146,3 +146,10 @@ def test_overlapping_outages_send_one_last_gasp_and_one_restore() -> None:
         ("power_restored", "02:30"),
     ]
     assert len(truth) == 2
+
+
+def test_a_fleet_runs_once() -> None:
+    fleet = Fleet(meters=1, seed=1, start="2026-11-20T00:00:00Z", duration="15m")
+    assert sum(1 for _ in fleet.steps()) == 2
+    with pytest.raises(RuntimeError, match="already run"):
+        next(fleet.steps())
