@@ -45,6 +45,7 @@ _PYMODBUS_TIMEOUT_S = 3600.0
 # half-open (NAT dropped it, gateway rebooted silently) and is reopened.
 _STALE_AFTER_S = 30.0
 _STALE_MIN_TIMEOUTS = 3
+_LOW_PRIORITY_GRACE_S = 0.02
 
 
 @dataclass(slots=True)
@@ -216,7 +217,10 @@ class Connection:
         priority: int = 0,
     ) -> ReadResult:
         """Read `count` registers; raises a `ModbusIOError` subclass naming the cause."""
-        async with self._lock.hold(priority):
+        # Low-priority requests (devices that failed) defer to the others due at the same
+        # slot instead of grabbing a free line a microsecond before them.
+        grace = _LOW_PRIORITY_GRACE_S if priority > 0 else 0.0
+        async with self._lock.hold(priority, grace):
             client = await self._ensure_connected()
             self._last_rx = b""
             self.stats.requests += 1

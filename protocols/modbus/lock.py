@@ -34,7 +34,11 @@ class PriorityLock:
         return sum(1 for _, _, fut in self._waiters if not fut.done())
 
     @asynccontextmanager
-    async def hold(self, priority: int = 0) -> AsyncIterator[None]:
+    async def hold(self, priority: int = 0, grace_s: float = 0.0) -> AsyncIterator[None]:
+        """Hold the lock. With `grace_s`, a free lock is taken only after that pause, so
+        higher-priority requests made at the same moment (a poll slot) queue first."""
+        if grace_s > 0 and not self._locked:
+            await asyncio.sleep(grace_s)
         await self._acquire(priority)
         try:
             yield
