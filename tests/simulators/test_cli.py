@@ -106,3 +106,47 @@ def test_bad_fleet_options_are_named(capsys: pytest.CaptureFixture[str]) -> None
     err = capsys.readouterr().err
     assert "fleet.meters: Input should be greater than or equal to 1" in err
     assert "fleet.start: Input should have timezone info" in err
+
+
+def _tls_files(d: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1, made with openssl."""
+    import subprocess
+
+    d.mkdir()
+    ca_key, ca, key, csr, cert, ext = (
+        d / n for n in ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem", "ext.cnf")
+    )
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    for args in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=sim-ca",
+         "-keyout", ca_key, "-out", ca],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", key,
+         "-out", csr],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days",
+         "2", "-extfile", ext, "-out", cert],
+    ):  # fmt: skip
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+    return ca, cert, key
+
+
+def test_tls_with_username_and_password_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import subprocess
+
+    from simulators.services import Mosquitto
+
+    users = tmp_path / "passwd"
+    users.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(users), "sim", "s3cret"], check=True)
+    users.chmod(0o600)
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    ca, cert, key = _tls_files(tmp_path / "tls")
+    with Mosquitto(tmp_path / "mq", tls=(ca, cert, key), password_file=users) as broker:
+        common = ["--meters", "2", "--duration", "30m", "--speed", "0", "--quiet",
+                  "--host", broker.host, "--port", str(broker.port), "--tls",
+                  "--ca-file", str(ca), "--username", "sim"]  # fmt: skip
+        assert main([*common, "--password-file", str(secret)]) == 0
+        assert main([*common, "--password", "wrong"]) == 1
+        assert "refused" in capsys.readouterr().err
