@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections import OrderedDict
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -24,6 +24,7 @@ __all__ = ["Flag", "Invalid", "MeterRules", "Validator", "format_ts"]
 _METER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INF = math.inf
+_MAX = sys.float_info.max  # a finite "no upper bound", so the fast path rejects infinity
 _NS = 1_000_000_000
 MEASUREMENT_KEYS = (
     "energy_import_kwh",
@@ -68,6 +69,20 @@ def _type_name(v: object) -> str:
     return type(v).__name__
 
 
+def _number(key: str, v: object, lo: float, hi: float) -> float:
+    """The slow path: convert an integer, or say exactly what is wrong."""
+    t = type(v)
+    if t is int:
+        v = float(v)  # type: ignore[arg-type]
+    elif t is not float or v != v or v in (_INF, -_INF):
+        raise _bad_number(key, v)
+    if v < lo:  # type: ignore[operator]
+        raise Invalid(f"{key}: {v!r} below {lo!r}")
+    if v > hi:  # type: ignore[operator]
+        raise Invalid(f"{key}: {v!r} above {hi!r}")
+    return v  # type: ignore[return-value]
+
+
 def _bad_number(key: str, v: object) -> Invalid:
     if isinstance(v, float):  # only NaN and infinities get here
         return Invalid(f"{key}: {v!r} is not a number (NaN and Infinity are not allowed)")
@@ -85,8 +100,8 @@ class Validator:
         self._max_age_text = _duration_text(b.max_age_s)
         # (payload key, storage field, low, high); checked in this order.
         self._scalars = (
-            ("energy_import_kwh", "energy_import_kwh", 0.0, _INF),
-            ("energy_export_kwh", "energy_export_kwh", 0.0, _INF),
+            ("energy_import_kwh", "energy_import_kwh", 0.0, _MAX),
+            ("energy_export_kwh", "energy_export_kwh", 0.0, _MAX),
             ("power_w", "power_w", -b.power_max_w, b.power_max_w),
             ("power_factor", "power_factor", -1.0, 1.0),
             ("frequency_hz", "frequency_hz", b.frequency_min_hz, b.frequency_max_hz),
@@ -114,54 +129,49 @@ class Validator:
                 f"ts: {format_ts(ts_ns)} is older than the maximum age of {self._max_age_text}"
             )
 
+        # Fast path: a float inside its bounds (NaN and infinities fail the chained
+        # comparison); anything else goes to _number() for conversion or a reason.
         values: dict[str, float] = {}
+        get = obj.get
         for key, name, lo, hi in self._scalars:
-            v = obj.get(key)
+            v = get(key)
             if v is None:
                 continue
-            t = type(v)
-            if t is int:
-                v = float(v)
-            elif t is not float or v != v or v == _INF or v == -_INF:
-                raise _bad_number(key, v)
-            if v < lo:
-                raise Invalid(f"{key}: {v!r} below {lo!r}")
-            if v > hi:
-                raise Invalid(f"{key}: {v!r} above {hi!r}")
+            if type(v) is not float or not lo <= v <= hi:
+                v = _number(key, v, lo, hi)
             values[name] = v
         for key, names, lo, hi in self._phases:
-            v = obj.get(key)
+            v = get(key)
             if v is None:
                 continue
             if type(v) is list:
                 n = len(v)
-                if n != 3 and n != 1:
+                if n == 3:
+                    a, b, c = v
+                    if not (
+                        type(a) is float
+                        and type(b) is float
+                        and type(c) is float
+                        and lo <= a <= hi
+                        and lo <= b <= hi
+                        and lo <= c <= hi
+                    ):
+                        a = _number(f"{key}[0]", a, lo, hi)
+                        b = _number(f"{key}[1]", b, lo, hi)
+                        c = _number(f"{key}[2]", c, lo, hi)
+                    values[names[0]] = a
+                    values[names[1]] = b
+                    values[names[2]] = c
+                elif n == 1:
+                    values[names[0]] = _number(f"{key}[0]", v[0], lo, hi)
+                else:
                     raise Invalid(
                         f"{key}: expected one number or a list of three (L1, L2, L3), "
                         f"got a list of {n}"
                     )
-                for i in range(n):
-                    x = v[i]
-                    t = type(x)
-                    if t is int:
-                        x = float(x)
-                    elif t is not float or x != x or x == _INF or x == -_INF:
-                        raise _bad_number(f"{key}[{i}]", x)
-                    if x < lo:
-                        raise Invalid(f"{key}[{i}]: {x!r} below {lo!r}")
-                    if x > hi:
-                        raise Invalid(f"{key}[{i}]: {x!r} above {hi!r}")
-                    values[names[i]] = x
             else:
-                t = type(v)
-                if t is int:
-                    v = float(v)
-                elif t is not float or v != v or v == _INF or v == -_INF:
-                    raise _bad_number(key, v)
-                if v < lo:
-                    raise Invalid(f"{key}: {v!r} below {lo!r}")
-                if v > hi:
-                    raise Invalid(f"{key}: {v!r} above {hi!r}")
+                if type(v) is not float or not lo <= v <= hi:
+                    v = _number(key, v, lo, hi)
                 values[names[0]] = v
         if not values:
             raise Invalid(
@@ -230,10 +240,8 @@ class _MeterState:
         self.last_ts = -1
         self.last_import: float | None = None
         self.last_export: float | None = None
-        self.recent: OrderedDict[int, int] = OrderedDict()  # ts_ns -> fingerprint
-
-
-_REGISTERS = (("energy_import_kwh", "last_import"), ("energy_export_kwh", "last_export"))
+        # ts_ns -> fingerprint, oldest first (dicts keep insertion order).
+        self.recent: dict[int, int] = {}
 
 
 class MeterRules:
@@ -256,8 +264,10 @@ class MeterRules:
         if st is None:
             st = self._meters[r.meter_id] = _MeterState()
         values = r.values
-        fp = hash(tuple(values.items()))
-        seen = st.recent.get(r.ts_ns)
+        ts = r.ts_ns
+        fp = hash((tuple(values), tuple(values.values())))
+        recent = st.recent
+        seen = recent.get(ts)
         if seen is not None:
             if seen == fp:
                 self.duplicates += 1
@@ -266,53 +276,64 @@ class MeterRules:
                 Flag(
                     "duplicate_conflict",
                     r.meter_id,
-                    r.ts_ns,
-                    f"{r.meter_id} sent different values for {format_ts(r.ts_ns)}",
+                    ts,
+                    f"{r.meter_id} sent different values for {format_ts(ts)}",
                 )
             )
-            st.recent[r.ts_ns] = fp
+            recent[ts] = fp
             return r._replace(quality="suspect")
-        st.recent[r.ts_ns] = fp
-        if len(st.recent) > self._window:
-            st.recent.popitem(last=False)
+        recent[ts] = fp
+        if len(recent) > self._window:
+            del recent[next(iter(recent))]
 
+        imp = values.get("energy_import_kwh")
+        exp = values.get("energy_export_kwh")
+        if imp is None and exp is None:
+            if ts > st.last_ts:
+                st.last_ts = ts
+            return r
         suspect = False
-        if r.ts_ns > st.last_ts:
-            for key, attr in _REGISTERS:
-                v = values.get(key)
-                if v is None:
-                    continue
-                last = getattr(st, attr)
-                if last is not None and v < last:
-                    flags.append(
-                        Flag(
-                            "register_decrease",
-                            r.meter_id,
-                            r.ts_ns,
-                            f"{key} went down from {last!r} to {v!r} "
-                            "(meter replaced, rollover or tampering)",
-                        )
-                    )
-                    suspect = True
-                # The new value is the reference from now on: a replaced meter is
-                # flagged once, not on every reading after.
-                setattr(st, attr, v)
-            st.last_ts = r.ts_ns
+        if ts > st.last_ts:
+            st.last_ts = ts
+            # The new value is the reference from now on: a replaced meter is flagged
+            # once, not on every reading after.
+            if imp is not None:
+                last = st.last_import
+                st.last_import = imp
+                if last is not None and imp < last:
+                    suspect = _decrease(flags, r, "energy_import_kwh", last, imp)
+            if exp is not None:
+                last = st.last_export
+                st.last_export = exp
+                if last is not None and exp < last:
+                    suspect = _decrease(flags, r, "energy_export_kwh", last, exp)
         else:
-            # Late data is normal (concentrators back-fill). It must still fit
-            # below the register value of the later reading we already hold.
-            for key, attr in _REGISTERS:
-                v = values.get(key)
-                last = getattr(st, attr)
+            # Late data is normal (concentrators back-fill). It must still fit below
+            # the register value of the later reading already held.
+            for key, v, last in (
+                ("energy_import_kwh", imp, st.last_import),
+                ("energy_export_kwh", exp, st.last_export),
+            ):
                 if v is not None and last is not None and v > last:
                     flags.append(
                         Flag(
                             "out_of_order_register",
                             r.meter_id,
-                            r.ts_ns,
-                            f"{key} {v!r} at {format_ts(r.ts_ns)} is above "
-                            f"{last!r} of a later reading",
+                            ts,
+                            f"{key} {v!r} at {format_ts(ts)} is above {last!r} of a later reading",
                         )
                     )
                     suspect = True
         return r._replace(quality="suspect") if suspect else r
+
+
+def _decrease(flags: list[Flag], r: Reading, key: str, last: float, v: float) -> bool:
+    flags.append(
+        Flag(
+            "register_decrease",
+            r.meter_id,
+            r.ts_ns,
+            f"{key} went down from {last!r} to {v!r} (meter replaced, rollover or tampering)",
+        )
+    )
+    return True

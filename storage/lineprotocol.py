@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import orjson
+
 from gateway.reading import Reading
 
 __all__ = ["PRECISION_DIVISOR", "ReadingEncoder", "encode_point", "escape_key", "escape_tag"]
@@ -76,6 +78,7 @@ class ReadingEncoder:
         self._divisor = PRECISION_DIVISOR[precision]
         self._topology = topology or {}
         self._prefix: dict[tuple[str, str], str] = {}
+        self._templates: dict[tuple[str, ...], str] = {}
 
     def prefix(self, meter_id: str, source: str) -> str:
         key = (meter_id, source)
@@ -92,6 +95,15 @@ class ReadingEncoder:
 
     def encode(self, r: Reading) -> str:
         prefix = self._prefix.get((r.meter_id, r.source)) or self.prefix(r.meter_id, r.source)
-        # Values hold only SPEC 7 field names (the validator builds them), so no escaping.
-        fields = ",".join([f"{k}={v!r}" for k, v in r.values.items()])
-        return f'{prefix}{fields},quality="{r.quality}" {r.ts_ns // self._divisor}'
+        values = r.values
+        keys = tuple(values)
+        template = self._templates.get(keys)
+        if template is None:
+            # Values hold only SPEC 7 field names (the validator builds them): no escaping.
+            template = ",".join(f"{k}=%s" for k in keys) + ',quality="%s" %d'
+            self._templates[keys] = template
+        # Float formatting is most of the cost of a line; orjson formats all of a
+        # reading's floats in one call, about twice as fast as repr() each
+        # (bench/bench_lineprotocol.py), in a form InfluxDB parses back exactly.
+        nums = orjson.dumps(tuple(values.values()))[1:-1].decode().split(",")
+        return prefix + template % (*nums, r.quality, r.ts_ns // self._divisor)

@@ -56,3 +56,14 @@ def test_reading_line_has_the_spec_schema_and_precision():
         .encode(r._replace(quality="suspect"))
         .endswith('quality="suspect" 1700000000123456789')
     )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1e16, 1e-05, 123456789.12345679, 0.1 + 0.2, -0.0, 5e-324, 1.7976931348623157e308, 230.0],
+)
+def test_float_fields_round_trip_exactly(value):
+    line = ReadingEncoder("s").encode(Reading("m", 0, "mqtt", {"power_w": value}))
+    text = line.split("power_w=", 1)[1].split(",", 1)[0]
+    assert float(text) == value
+    assert "." in text or "e" in text  # never mistaken for an integer field
