@@ -102,6 +102,8 @@ class Connection:
         self._last_good = time.monotonic()
         self._timeouts_since_good = 0
         self.stats = ConnectionStats(endpoint)
+        # Modbus over serial line, 2.5.1.1: 3.5 characters (11 bits each), at least 1.75 ms.
+        self._frame_gap_s = max(38.5 / serial.baudrate, 0.00175) if serial is not None else 0.0
 
     # -- the pymodbus client -------------------------------------------------------
 
@@ -252,6 +254,10 @@ class Connection:
             raw = self._last_rx
             self._last_good = time.monotonic()
             self._timeouts_since_good = 0
+            if self._frame_gap_s:
+                # RTU frames are delimited by 3.5 character times of silence: keep the
+                # line quiet that long before the next request goes out.
+                await asyncio.sleep(self._frame_gap_s)
         problem: ModbusIOError | None = None
         registers: list[int] = []
         if rsp.isError():

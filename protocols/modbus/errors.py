@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-
 __all__ = [
     "EXCEPTION_NAMES",
     "DeviceExceptionError",
@@ -106,6 +104,9 @@ class ProtocolError(ModbusIOError):
 @contextmanager
 def map_pymodbus_errors(raw: bytes | None = None) -> Iterator[None]:
     """Turn pymodbus's exceptions into ours (`raise ... from exc`), in this one place."""
+    # Imported here: the configuration imports this module, and needs no pymodbus.
+    from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
     try:
         yield
     except ConnectionException as exc:

@@ -164,9 +164,9 @@ class Poller:
             if not dev.breaker.allow():
                 dev.stats.skipped += 1
             else:
-                if self._wait_ready is not None:
-                    await self._wait_ready()
                 try:
+                    if self._wait_ready is not None:
+                        await self._wait_ready()  # storage backpressure: wait, drop nothing
                     await self._poll(dev, due)
                 except Exception:  # a bug must not end this device's polling for good
                     log.exception("modbus %s: poll failed unexpectedly", dev.cfg.meter_id)
