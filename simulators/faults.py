@@ -234,11 +234,14 @@ class ClockDrift(_FaultBase):
 
 
 class Duplicates(_FaultBase):
-    """Readings sent more than once (identical payloads); duration 0: the next reading only."""
+    """Readings sent more than once; duration 0: the next reading only."""
 
     type: Literal["duplicates"] = "duplicates"
     duration: Duration | None = 0.0
     copies: int = Field(2, ge=2, le=100)
+    identical: bool = Field(
+        True, description="false: the copies carry other values for the same meter and ts"
+    )
 
 
 class OutOfOrder(_FaultBase):

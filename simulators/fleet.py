@@ -61,7 +61,7 @@ class _Wire:
     silent: int = 0  # active comms dropouts
     backfill: int = 0  # active dropouts whose readings are kept and sent when comms return
     reorder: int = 0  # active out-of-order windows
-    copies: list[int] = field(default_factory=list)
+    copies: list[tuple[int, bool]] = field(default_factory=list)  # (copies, identical)
     malformed: list[str] = field(default_factory=list)
     held: list[tuple[bytes, bool]] = field(default_factory=list)  # (payload, broken JSON)
     backlog: list[tuple[bytes, bool]] = field(default_factory=list)  # kept while silent
@@ -228,7 +228,7 @@ class Fleet:
             elif f.type == "theft" and p["event"]:
                 step.messages.append(self._event(t, m, p["event"]))
             elif f.type == "duplicates":
-                w.copies.append(p["copies"])
+                w.copies.append((p["copies"], p["identical"]))
             elif f.type == "malformed":
                 w.malformed.append(p["kind"])
             elif f.type == "out_of_order":
@@ -250,7 +250,7 @@ class Fleet:
                 if w.silent == 0 and p["lwt"] and (msg := self._status(t, m, True)):
                     step.messages.append(msg)
             elif f.type == "duplicates":
-                w.copies.remove(p["copies"])
+                w.copies.remove((p["copies"], p["identical"]))
             elif f.type == "malformed":
                 w.malformed.remove(p["kind"])
             elif f.type == "out_of_order":
@@ -268,7 +268,15 @@ class Fleet:
             reading = model.reading()
             kind = w.malformed[-1] if w.malformed else None
             payload = malform(reading, kind) if kind else orjson.dumps(reading)
-            frags = [(payload, kind == "invalid_json")] * max(w.copies, default=1)
+            frags = [(payload, kind == "invalid_json")]
+            if w.copies:
+                copies, identical = max(w.copies)
+                if identical:
+                    frags *= copies
+                else:
+                    # Same meter and ts, other values: a corrected resend, which the gateway
+                    # must flag rather than drop as a duplicate.
+                    frags += [(_altered(reading, i), False) for i in range(1, copies)]
             if w.silent:
                 # Measured and stored in the meter (or its concentrator), sent later.
                 w.backlog += frags
@@ -310,6 +318,12 @@ def _batch(t: float, concentrator_id: str, readings: list[bytes]) -> Message:
     head = orjson.dumps(concentrator_id)
     payload = b'{"concentrator_id":' + head + b',"readings":[' + b",".join(readings) + b"]}"
     return Message(t, f"concentrators/{concentrator_id}/readings", payload, "batch")
+
+
+def _altered(reading: dict[str, Any], i: int) -> bytes:
+    """The reading with ``i`` W more power: same meter and ts, different values."""
+    power = float(reading["power_w"])  # type: ignore[arg-type]
+    return orjson.dumps({**reading, "power_w": round(power + i, 1)})
 
 
 def _effect(f: FaultInstance) -> Effect | None:

@@ -287,7 +287,7 @@ def test_duplicates_arrive_byte_for_byte(run_on_wire: RunOnWire) -> None:
     assert json.loads(payloads[4])["ts"] == ts("01:00")  # the next reading after 00:50
     rec = only(truth)
     assert rec["start"] == rec["end"] == ts("01:00")
-    assert rec["params"] == {"copies": 3}
+    assert rec["params"] == {"copies": 3, "identical": True}
 
 
 def test_out_of_order_delivers_the_held_readings_newest_first(run_on_wire: RunOnWire) -> None:
@@ -400,3 +400,16 @@ def test_theft_can_raise_a_tamper_event(run_on_wire: RunOnWire) -> None:
         {"ts": ts("02:00"), "type": "cover_open", "meter_id": "m-000002"}
     ]
     assert only(truth)["params"] == {"factor": 0.3, "event": "cover_open"}
+
+
+def test_duplicates_with_other_values(run_on_wire: RunOnWire) -> None:
+    msgs, truth = run_on_wire(
+        faults=[Duplicates(meters=["m-000001"], at="1h", copies=2, identical=False)]
+    )
+    at_one = [r for r in readings(msgs, "m-000001") if r["ts"] == ts("01:00")]
+    assert len(at_one) == 2
+    assert at_one[1]["power_w"] == pytest.approx(at_one[0]["power_w"] + 1)
+    assert {k: v for k, v in at_one[1].items() if k != "power_w"} == {
+        k: v for k, v in at_one[0].items() if k != "power_w"
+    }
+    assert only(truth)["params"] == {"copies": 2, "identical": False}
