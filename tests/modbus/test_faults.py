@@ -258,3 +258,36 @@ async def test_callback_errors_do_not_stop_polling(modbus_meters) -> None:
     async with Poller(cfg, on_reading=on_reading, on_error=lambda *a: None):
         await asyncio.wait_for(done.wait(), 10)
     assert len(calls) >= 2
+
+
+async def test_a_meter_known_to_answer_is_retried_when_it_goes_quiet(modbus_meters, sink) -> None:
+    server = await modbus_meters(1, live=False)
+    cfg = ModbusConfig.model_validate({"devices": [tcp("m", server.port, 1, timeout_s=0.1)]})
+    poller = Poller(cfg, on_reading=sink.on_reading, on_error=sink.on_error)
+    assert await poller.poll_once("m") is not None
+    server.set_fault(1, "silent")
+    assert await poller.poll_once("m") is None
+    assert sink.errors[0][1].endswith(
+        "no answer within 0.1 s reading input registers 0x0000-0x004B (3 attempts)"
+    )
+    assert await poller.poll_once("m") is None  # failed last time: one attempt only
+    s = poller.stats()["m"]
+    assert (s.requests, s.retries, s.errors) == (1 + 3 + 1, 2, {"timeout": 2})
+
+
+async def test_missing_serial_port_is_a_connection_error(tmp_path, sink) -> None:
+    port = str(tmp_path / "ttyUSB9")
+    dev = {"meter_id": "m", "model": "sdm120", "transport": "rtu", "serial": {"port": port}}
+    poller = Poller(
+        ModbusConfig.model_validate({"devices": [dev]}),
+        on_reading=sink.on_reading,
+        on_error=sink.on_error,
+    )
+    assert await poller.poll_once("m") is None
+    assert await poller.poll_once("m") is None
+    reasons = [r for _, r, _ in sink.errors]
+    assert reasons[0].startswith(
+        f"m (rtu://{port}/1): connection: cannot open serial port {port}; retrying in 0.5 s"
+    )
+    assert "next attempt in" in reasons[1]  # within the backoff: fails at once, no I/O
+    assert poller.connection_stats()[f"rtu://{port}"].connect_failures == 1
