@@ -153,3 +153,23 @@ def test_a_fleet_runs_once() -> None:
     assert sum(1 for _ in fleet.steps()) == 2
     with pytest.raises(RuntimeError, match="already run"):
         next(fleet.steps())
+
+
+def test_transformer_outages_at_a_rate_take_whole_transformers_down() -> None:
+    scenario = Scenario(
+        faults=[Outage(transformer="tx-002", rate_per_day=3, duration="20m", last_gasp=True)]
+    )
+    _, truth = _wire(Fleet(scenario, meters=6, meters_per_transformer=3, seed=2, duration="3d"))
+    assert 2 <= len(truth) <= 25  # about 9 expected in 3 days
+    assert all(r["meters"] == ["m-000004", "m-000005", "m-000006"] for r in truth)
+    assert all(r["scope"] == "transformer" for r in truth)
+
+
+def test_readings_held_out_of_order_are_delivered_when_the_run_ends() -> None:
+    from simulators.faults import OutOfOrder
+
+    scenario = Scenario(faults=[OutOfOrder(meters=["m-000001"], at="30m", duration="2h")])
+    msgs, _ = _wire(Fleet(scenario, meters=1, seed=2, start="2026-11-20T00:00:00Z",
+                          duration="1h", status_online=False))  # fmt: skip
+    stamps = [orjson.loads(p)["ts"][11:16] for *_, p in msgs]
+    assert stamps == ["00:00", "00:15", "01:00", "00:45", "00:30"]
