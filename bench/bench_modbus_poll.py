@@ -97,7 +97,8 @@ async def main(args: argparse.Namespace) -> int:
         silent = args.dead // 2
         for k in range(silent):  # unit ids above the served ones, on the live connections
             port = base + k % ports
-            unit = args.units_per_port + 1 + k // ports
+            served = min(args.units_per_port, live - (k % ports) * args.units_per_port)
+            unit = served + 1 + k // ports
             devices.append(
                 {"meter_id": f"silent-{k:03d}", "model": args.model, "host": "127.0.0.1",
                  "port": port, "unit": unit, **common}
