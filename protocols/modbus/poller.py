@@ -191,9 +191,9 @@ class Poller:
         ts: float | None = None
         answered = False
         failure: ModbusIOError | None = None
-        for req in dev.plan:
+        for k, req in enumerate(dev.plan):
             result, err, tries = await self._read(dev, req, attempts, priority)
-            if ts is None:
+            if k == 0:  # lateness: the slot -> the poll's first request on the wire
                 sent = result.sent_at if result else (err.sent_at if err else None)
                 if sent is not None:
                     stats.lateness_s.append(max(0.0, sent - due))
