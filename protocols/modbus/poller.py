@@ -181,12 +181,12 @@ class Poller:
     async def _poll(self, dev: _Device, due: float) -> dict[str, object] | None:
         cfg, stats = dev.cfg, dev.stats
         stats.polls += 1
-        healthy = dev.breaker.healthy
-        # Retries are for glitches of a meter known to answer: one that never has, or
-        # failed last time, gets one attempt (a silent unit would hold its line for
-        # (1 + retries) timeouts a poll), and it queues behind the answering ones.
-        attempts = 1 + (cfg.retries if healthy and stats.last_success is not None else 0)
-        priority = 0 if healthy else 1
+        # A meter known to answer goes first and gets retries (for glitches). One that
+        # never answered or failed last time gets one attempt (a silent unit holds its
+        # line a full timeout per attempt) and queues behind the answering ones.
+        proven = dev.breaker.healthy and stats.last_success is not None
+        attempts = 1 + (cfg.retries if proven else 0)
+        priority = 0 if proven else 1
         values: dict[str, float] = {}
         ts: float | None = None
         answered = False

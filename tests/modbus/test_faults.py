@@ -57,7 +57,8 @@ async def test_dead_devices_do_not_hold_up_live_ones(modbus_meters, sink, closed
     assert d.breaker == "open"
     assert d.skipped >= 2
     g = stats["gone"]
-    assert g.errors["connection"] == g.polls  # reported every poll, at no cost to others
+    # Reported every poll (but the one in flight as the stats were read), at no cost to others.
+    assert g.errors["connection"] >= g.polls - 1
     assert g.breaker == "closed"  # a connection problem is not the meter's fault
     c = conns[f"tcp://127.0.0.1:{closed_port}"]
     assert not c.connected
