@@ -38,7 +38,7 @@ def test_help_explains_the_mapping_and_register_adds_the_command() -> None:
     parser = argparse.ArgumentParser(prog="meter-gateway simulate")
     register(parser.add_subparsers(dest="simulator"))
     args = parser.parse_args(["modbus", "--meters", "5", "--model", "em24", "--fault", "2=silent"])
-    assert (args.meters, args.model, args.fault[0][0], args.fault[0][1].value) == (
+    assert (args.meters, args.model, args.fault[0][0], args.fault[0][1]) == (
         5,
         "em24",
         2,
