@@ -6,12 +6,13 @@ it awaits `wait_ready()` when given (storage backpressure: polling waits, nothin
 dropped). A reading is `{"meter_id", "ts", <SPEC 7 field>: float, ...}` with `ts` the
 UTC epoch seconds at which the poll's first request went on the wire.
 
-Scheduling: each device polls on the wall-clock grid of its interval (10 s -> :00,
-:10, ...), so readings of many meters line up. Slots a slow poll overran are skipped
-and counted, never queued up. Requests share a connection one at a time, healthy
-devices first (see `lock.py`); a device whose last poll failed gets no retries and
-queues behind the others, and its circuit breaker soon stops polling it except for a
-probe now and then, so a dead meter does not hold up its line.
+Scheduling: each device polls once at start, then on the wall-clock grid of its
+interval (10 s -> :00, :10, ...), so readings of many meters line up. Slots a slow
+poll overran are skipped and counted, never queued up. Requests share a connection
+one at a time, meters known to answer first (see `lock.py`); a meter that never
+answered or failed its last poll gets no retries and queues behind the others, and
+its circuit breaker soon stops polling it except for a probe now and then, so a dead
+meter does not hold up its line.
 """
 
 from __future__ import annotations
@@ -149,12 +150,16 @@ class Poller:
 
     async def poll_once(self, meter_id: str) -> dict[str, object] | None:
         """Poll one device now (outside its schedule); returns the reading, if any."""
-        return await self._poll(self._devices[meter_id], time.time())
+        return await self._poll(self._devices[meter_id], None)
 
     # -- scheduling ------------------------------------------------------------------
 
     async def _device_loop(self, dev: _Device) -> None:
         interval = dev.cfg.interval_s
+        # A first poll at once, off the grid: every meter gives a reading soon after the
+        # start, and by the first slot the poller knows which meters answer (until then
+        # all are unproven, so a live meter could wait behind a dead one's timeout).
+        await self._guarded_poll(dev, None)
         slot = math.floor(time.time() / interval) + 1
         while True:
             due = slot * interval
@@ -164,21 +169,24 @@ class Poller:
             if not dev.breaker.allow():
                 dev.stats.skipped += 1
             else:
-                try:
-                    if self._wait_ready is not None:
-                        await self._wait_ready()  # storage backpressure: wait, drop nothing
-                    await self._poll(dev, due)
-                except Exception:  # a bug must not end this device's polling for good
-                    log.exception("modbus %s: poll failed unexpectedly", dev.cfg.meter_id)
+                await self._guarded_poll(dev, due)
             # Next grid point in the future; at least the next slot, even if the wall
             # clock lags the loop's monotonic clock by a hair.
             next_slot = max(slot + 1, math.floor(time.time() / interval) + 1)
             dev.stats.missed_slots += next_slot - slot - 1
             slot = next_slot
 
+    async def _guarded_poll(self, dev: _Device, due: float | None) -> None:
+        try:
+            if self._wait_ready is not None:
+                await self._wait_ready()  # storage backpressure: wait, drop nothing
+            await self._poll(dev, due)
+        except Exception:  # a bug must not end this device's polling for good
+            log.exception("modbus %s: poll failed unexpectedly", dev.cfg.meter_id)
+
     # -- one poll --------------------------------------------------------------------
 
-    async def _poll(self, dev: _Device, due: float) -> dict[str, object] | None:
+    async def _poll(self, dev: _Device, due: float | None) -> dict[str, object] | None:
         cfg, stats = dev.cfg, dev.stats
         stats.polls += 1
         # A meter known to answer goes first and gets retries (for glitches). One that
@@ -193,7 +201,7 @@ class Poller:
         failure: ModbusIOError | None = None
         for k, req in enumerate(dev.plan):
             result, err, tries = await self._read(dev, req, attempts, priority)
-            if k == 0:  # lateness: the slot -> the poll's first request on the wire
+            if k == 0 and due is not None:  # lateness: slot -> first request on the wire
                 sent = result.sent_at if result else (err.sent_at if err else None)
                 if sent is not None:
                     stats.lateness_s.append(max(0.0, sent - due))
