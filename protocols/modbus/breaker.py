@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from enum import StrEnum
@@ -24,11 +25,16 @@ class CircuitBreaker:
         backoff_s: float,
         max_backoff_s: float,
         clock: Callable[[], float] = time.monotonic,
+        jitter: float = 0.2,
     ) -> None:
         self._threshold = failures
         self._backoff_min = backoff_s
         self._backoff_max = max_backoff_s
         self._clock = clock
+        # Breakers opened together (a line's meters lost at once) would probe together;
+        # +-jitter spreads the probes so they do not queue up on the line.
+        self._jitter = jitter
+        self._rng = random.Random()
         self.state = BreakerState.CLOSED
         self.consecutive_failures = 0
         self.backoff_s = 0.0
@@ -63,7 +69,8 @@ class CircuitBreaker:
     def _open(self, backoff: float) -> None:
         self.state = BreakerState.OPEN
         self.backoff_s = backoff
-        self._retry_at = self._clock() + backoff
+        spread = self._rng.uniform(1 - self._jitter, 1 + self._jitter) if self._jitter else 1.0
+        self._retry_at = self._clock() + backoff * spread
         self.opened += 1
 
     def retry_in(self) -> float:

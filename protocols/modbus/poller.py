@@ -69,7 +69,14 @@ class _Device:
     conn: Connection
     breaker: CircuitBreaker
     stats: DeviceStats
+    peers: list[_Device] = field(default_factory=list)  # devices on the same connection
+    next_due: float = 0.0  # epoch s of the slot it sleeps towards (or is polling)
     failing: bool = False  # for logging: the first failure at WARNING, repeats at DEBUG
+
+    @property
+    def proven(self) -> bool:
+        """Answered its last poll: goes first on its connection and gets retries."""
+        return self.breaker.healthy and self.stats.last_success is not None
 
 
 class Poller:
@@ -112,6 +119,11 @@ class Poller:
                 breaker=CircuitBreaker(b.failures, b.backoff_s, b.max_backoff_s),
                 stats=DeviceStats(cfg.meter_id, cfg.label),
             )
+        by_conn: dict[str, list[_Device]] = {}
+        for dev in self._devices.values():
+            by_conn.setdefault(dev.cfg.endpoint, []).append(dev)
+        for dev in self._devices.values():
+            dev.peers = [d for d in by_conn[dev.cfg.endpoint] if d is not dev]
         self._task: asyncio.Task[None] | None = None
 
     # -- public ----------------------------------------------------------------------
@@ -163,6 +175,7 @@ class Poller:
         slot = math.floor(time.time() / interval) + 1
         while True:
             due = slot * interval
+            dev.next_due = due
             delay = due - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -192,7 +205,7 @@ class Poller:
         # A meter known to answer goes first and gets retries (for glitches). One that
         # never answered or failed last time gets one attempt (a silent unit holds its
         # line a full timeout per attempt) and queues behind the answering ones.
-        proven = dev.breaker.healthy and stats.last_success is not None
+        proven = dev.proven
         attempts = 1 + (cfg.retries if proven else 0)
         priority = 0 if proven else 1
         values: dict[str, float] = {}
@@ -243,6 +256,9 @@ class Poller:
     ) -> tuple[ReadResult | None, ModbusIOError | None, int]:
         err: ModbusIOError | None = None
         for attempt in range(1, attempts + 1):
+            low = priority > 0 or attempt > 1
+            if low:
+                await self._defer_to_next_slot(dev)
             dev.stats.requests += 1
             if attempt > 1:
                 dev.stats.retries += 1
@@ -255,7 +271,7 @@ class Poller:
                     timeout_s=dev.cfg.timeout_s,
                     # A retry waits behind every first attempt: one device's bad luck
                     # must not cost the others a second timeout.
-                    priority=priority if attempt == 1 else max(priority, 1),
+                    priority=1 if low else 0,
                 )
                 return result, None, attempt
             except ModbusConnectError as exc:
@@ -267,6 +283,18 @@ class Poller:
             except ModbusIOError as exc:
                 err = exc
         return None, err, attempts
+
+    async def _defer_to_next_slot(self, dev: _Device) -> None:
+        """Hold back a low-priority request that could still be on the wire when the
+        meters that answer on its connection are next due: it would make them late by
+        up to its timeout. It goes after that slot's polls instead (once; it is not
+        starved when the line never has a long enough pause)."""
+        now = time.time()
+        upcoming = [d.next_due for d in dev.peers if d.next_due > now and d.proven]
+        if upcoming:
+            soonest = min(upcoming)
+            if now + dev.cfg.timeout_s > soonest:
+                await asyncio.sleep(soonest - now)
 
     def _report(self, dev: _Device, kind: str, cause: str, raw: bytes | None, tries: int) -> None:
         cfg = dev.cfg

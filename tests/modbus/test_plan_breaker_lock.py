@@ -67,7 +67,7 @@ class Clock:
 
 def test_breaker_opens_backs_off_doubles_and_closes() -> None:
     clock = Clock()
-    b = CircuitBreaker(failures=2, backoff_s=10, max_backoff_s=25, clock=clock)
+    b = CircuitBreaker(failures=2, backoff_s=10, max_backoff_s=25, clock=clock, jitter=0)
     assert b.allow()
     b.record_failure()
     assert b.state is BreakerState.CLOSED
@@ -120,3 +120,15 @@ async def test_priority_lock_serves_healthy_first_then_fifo() -> None:
     await asyncio.gather(first, *tasks)
     assert order == ["live-1", "live-2", "dead-1", "dead-2"]
     assert not lock.locked
+
+
+def test_breaker_backoff_is_jittered_within_bounds() -> None:
+    waits = set()
+    for _ in range(20):
+        clock = Clock()
+        b = CircuitBreaker(failures=1, backoff_s=10, max_backoff_s=10, clock=clock, jitter=0.2)
+        b.record_failure()
+        assert b.backoff_s == 10
+        waits.add(round(b.retry_in(), 6))
+        assert 8 <= b.retry_in() <= 12
+    assert len(waits) > 1

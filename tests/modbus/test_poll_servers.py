@@ -126,3 +126,14 @@ async def test_poller_runs_every_device_on_its_interval(modbus_meters, sink) -> 
     # Readings of one device are one interval apart on the wall-clock grid.
     ts = [r["ts"] for r, _ in sink.readings if r["meter_id"] == "m-1"]
     assert all(b > a for a, b in itertools.pairwise(ts))
+
+
+async def test_first_poll_at_start_then_on_the_grid(modbus_meters, sink) -> None:
+    server = await modbus_meters(1, values=VALUES)
+    # An hour's interval: the only reading this test can see is the start-up poll.
+    cfg = ModbusConfig(devices=[device("m", "sdm630", "tcp", server.port, 1, interval_s=3600)])
+    async with Poller(cfg, on_reading=sink.on_reading, on_error=sink.on_error) as poller:
+        await sink.wait_for(lambda: len(sink.readings) == 1)
+        stats = poller.stats()["m"]
+    assert (stats.polls, stats.readings) == (1, 1)
+    assert list(stats.lateness_s) == []  # off the grid: no slot to be late for
