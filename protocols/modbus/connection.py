@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -217,47 +218,66 @@ class Connection:
         count: int,
         timeout_s: float,
         priority: int = 0,
+        busy_at: Callable[[], float | None] | None = None,
     ) -> ReadResult:
-        """Read `count` registers; raises a `ModbusIOError` subclass naming the cause."""
-        # Low-priority requests (devices that failed) defer to the others due at the same
-        # slot instead of grabbing a free line a microsecond before them.
+        """Read `count` registers; raises a `ModbusIOError` subclass naming the cause.
+
+        `priority` > 0 marks a request that may well time out (a meter that has not
+        been answering). Such a request waits a moment before taking a free line, so
+        requests of the same slot go first; and when `busy_at()` (the next time the
+        answering meters are due) falls within its timeout once it holds the line, it
+        lets go, waits for that slot, and queues again behind it (once, so it is not
+        starved on a line that is never idle for a whole timeout).
+        """
         grace = _LOW_PRIORITY_GRACE_S if priority > 0 else 0.0
+        if busy_at is not None:
+            async with self._lock.hold(priority, grace):
+                until = busy_at()
+                if until is None or time.time() + timeout_s <= until:
+                    return await self._request(unit, function, address, count, timeout_s)
+            await asyncio.sleep(max(0.0, until - time.time()))
         async with self._lock.hold(priority, grace):
-            client = await self._ensure_connected()
-            self._last_rx = b""
-            self.stats.requests += 1
-            sent_at = time.time()
-            try:
-                async with asyncio.timeout(timeout_s):
-                    with map_pymodbus_errors():
-                        if function == 3:
-                            rsp = await client.read_holding_registers(
-                                address, count=count, device_id=unit
-                            )
-                        else:
-                            rsp = await client.read_input_registers(
-                                address, count=count, device_id=unit
-                            )
-            except TimeoutError:
-                err = self._timed_out(client, timeout_s)
-                err.sent_at = sent_at
-                raise err from None
-            except ModbusConnectError as exc:
-                self._drop("connection lost")
-                exc.sent_at = sent_at
-                raise
-            except ProtocolError as exc:
-                exc.raw = self._last_rx or None
-                exc.sent_at = sent_at
-                raise
-            received_at = time.time()
-            raw = self._last_rx
-            self._last_good = time.monotonic()
-            self._timeouts_since_good = 0
-            if self._frame_gap_s:
-                # RTU frames are delimited by 3.5 character times of silence: keep the
-                # line quiet that long before the next request goes out.
-                await asyncio.sleep(self._frame_gap_s)
+            return await self._request(unit, function, address, count, timeout_s)
+
+    async def _request(
+        self, unit: int, function: int, address: int, count: int, timeout_s: float
+    ) -> ReadResult:
+        """One request, with the line held."""
+        client = await self._ensure_connected()
+        self._last_rx = b""
+        self.stats.requests += 1
+        sent_at = time.time()
+        try:
+            async with asyncio.timeout(timeout_s):
+                with map_pymodbus_errors():
+                    if function == 3:
+                        rsp = await client.read_holding_registers(
+                            address, count=count, device_id=unit
+                        )
+                    else:
+                        rsp = await client.read_input_registers(
+                            address, count=count, device_id=unit
+                        )
+        except TimeoutError:
+            err = self._timed_out(client, timeout_s)
+            err.sent_at = sent_at
+            raise err from None
+        except ModbusConnectError as exc:
+            self._drop("connection lost")
+            exc.sent_at = sent_at
+            raise
+        except ProtocolError as exc:
+            exc.raw = self._last_rx or None
+            exc.sent_at = sent_at
+            raise
+        received_at = time.time()
+        raw = self._last_rx
+        self._last_good = time.monotonic()
+        self._timeouts_since_good = 0
+        if self._frame_gap_s:
+            # RTU frames are delimited by 3.5 character times of silence: keep the
+            # line quiet that long before the next request goes out.
+            await asyncio.sleep(self._frame_gap_s)
         problem: ModbusIOError | None = None
         registers: list[int] = []
         if rsp.isError():

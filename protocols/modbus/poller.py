@@ -257,8 +257,6 @@ class Poller:
         err: ModbusIOError | None = None
         for attempt in range(1, attempts + 1):
             low = priority > 0 or attempt > 1
-            if low:
-                await self._defer_to_next_slot(dev)
             dev.stats.requests += 1
             if attempt > 1:
                 dev.stats.retries += 1
@@ -272,6 +270,11 @@ class Poller:
                     # A retry waits behind every first attempt: one device's bad luck
                     # must not cost the others a second timeout.
                     priority=1 if low else 0,
+                    # A meter not answering yields the line to the next slot of those
+                    # that do; a good meter's retry (a glitch) is not held back that long.
+                    busy_at=(lambda: self._next_due_of_answering_peers(dev))
+                    if priority > 0
+                    else None,
                 )
                 return result, None, attempt
             except ModbusConnectError as exc:
@@ -284,17 +287,12 @@ class Poller:
                 err = exc
         return None, err, attempts
 
-    async def _defer_to_next_slot(self, dev: _Device) -> None:
-        """Hold back a low-priority request that could still be on the wire when the
-        meters that answer on its connection are next due: it would make them late by
-        up to its timeout. It goes after that slot's polls instead (once; it is not
-        starved when the line never has a long enough pause)."""
+    @staticmethod
+    def _next_due_of_answering_peers(dev: _Device) -> float | None:
+        """When the meters that answer on `dev`'s connection next need the line."""
         now = time.time()
         upcoming = [d.next_due for d in dev.peers if d.next_due > now and d.proven]
-        if upcoming:
-            soonest = min(upcoming)
-            if now + dev.cfg.timeout_s > soonest:
-                await asyncio.sleep(soonest - now)
+        return min(upcoming) if upcoming else None
 
     def _report(self, dev: _Device, kind: str, cause: str, raw: bytes | None, tries: int) -> None:
         cfg = dev.cfg
