@@ -11,7 +11,8 @@ case); the other half point at a port where nothing listens (connection refused)
 
 Prints poll lateness (slot time on the interval grid -> the poll's first request on
 the wire) p50 / p99 / max in ms for the live meters, requests per second, readings,
-errors by kind, and the poller process's CPU use.
+errors by kind, and the poller process's CPU use. Meters behind one connection are
+polled one request at a time, so lateness includes waiting for the others on it.
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ async def main(args: argparse.Namespace) -> int:
         stats = poller.stats()
         live_ids = {d["meter_id"] for d in devices[:live]}
         late_ms = [x * 1000 for m in live_ids for x in stats[m].lateness_s]
-        # Steady state: without each device's first poll (at start nobody knows who is
-        # dead, so a live meter may queue behind a dead one's first timeout).
+        # Without each meter's first slot (the start-up poll, off the grid, may still be
+        # sorting out which meters are dead when it comes).
         steady_ms = [x * 1000 for m in live_ids for x in list(stats[m].lateness_s)[1:]]
         requests = sum(s.requests for s in stats.values())
         missed = sum(stats[m].missed_slots for m in live_ids)
@@ -142,12 +143,13 @@ async def main(args: argparse.Namespace) -> int:
               f"{args.timeout:g} s; retries {args.retries}; "
               f"loop {'uvloop' if args.uvloop else 'asyncio'}")  # fmt: skip
         print(f"duration: {elapsed:.1f} s")
-        print(f"live polls: {len(late_ms)}  readings: {sum(readings.values())}  "
+        print(f"grid polls of live meters: {len(late_ms)}  readings (with the start-up poll): "
+              f"{sum(readings.values())}  "
               f"failed live polls: {failed_live}  missed slots: {missed}")  # fmt: skip
         print(f"lateness ms (live): p50 {_pct(late_ms, 50):.2f}  p99 {_pct(late_ms, 99):.2f}  "
               f"max {max(late_ms, default=float('nan')):.2f}  "
               f"mean {statistics.fmean(late_ms):.2f}")  # fmt: skip
-        print(f"lateness ms (live, steady state): p50 {_pct(steady_ms, 50):.2f}  "
+        print(f"lateness ms (live, after the first slot): p50 {_pct(steady_ms, 50):.2f}  "
               f"p99 {_pct(steady_ms, 99):.2f}  "
               f"max {max(steady_ms, default=float('nan')):.2f}")  # fmt: skip
         print(f"requests/s: {requests / elapsed:.1f}  ({requests} requests)")
