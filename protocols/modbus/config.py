@@ -131,6 +131,11 @@ class ModbusDeviceConfig(_Model):
             base = (info.context or {}).get("config_dir")
             if base is not None:
                 v = Path(base) / v
+        if v is not None:
+            try:
+                load_map(v)  # checked here so that the error names this key
+            except RegisterMapError as exc:
+                raise ValueError(str(exc)) from None
         return v
 
     @field_validator("host")
