@@ -103,8 +103,10 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
     for key_path, (_, value) in overrides.items():
         _apply(data, key_path, value)
 
+    # Relative paths in the file (a Modbus `map:`) mean: next to the config file.
+    context = {"config_dir": Path(path).resolve().parent} if path is not None else None
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data, context=context)
     except ValidationError as exc:
         errors = []
         for err in exc.errors():

@@ -37,3 +37,8 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     logging.getLogger("meter_gateway.mqtt.paho").setLevel(
         logging.DEBUG if level.lower() == "debug" else logging.WARNING
     )
+    # pymodbus warns on every reconnect attempt to a dead meter; our poller already
+    # logs state changes once and counts the rest.
+    logging.getLogger("pymodbus").setLevel(
+        logging.DEBUG if level.lower() == "debug" else logging.ERROR
+    )

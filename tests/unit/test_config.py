@@ -108,3 +108,16 @@ def test_check_config_exit_codes(tmp_path, capsys):
 def test_run_refuses_a_bad_config(tmp_path):
     bad = write(tmp_path, "storage:\n  batch_size: 0\n")
     assert main(["run", "-c", str(bad)]) == 2
+
+
+def test_relative_register_map_path_is_next_to_the_config_file(tmp_path):
+    from protocols.modbus.registermap import BUNDLED_MAPS_DIR
+
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "mine.yaml").write_text((BUNDLED_MAPS_DIR / "sdm120.yaml").read_text())
+    p = write(
+        tmp_path,
+        "modbus:\n  devices:\n    - {meter_id: x, map: maps/mine.yaml, host: 127.0.0.1}\n",
+    )
+    cfg = load_config(p, env={})
+    assert cfg.modbus.devices[0].register_map.registers
