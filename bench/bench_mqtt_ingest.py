@@ -231,6 +231,7 @@ class Drain:
     broker_cpu_s: float = 0.0  # CPU time of mosquitto meanwhile
     db_cpu_s: float = 0.0  # CPU time of VictoriaMetrics meanwhile
     duplicates: int = 0  # redelivered messages' readings the gateway dropped
+    connects: int = 1  # MQTT connections the consumer made (more: it lost one)
 
     @property
     def msg_rate(self) -> float:
@@ -364,6 +365,7 @@ async def gateway_drain(
         meter.broker_s,
         meter.db_s,
         p.duplicates,
+        gw.mqtt.connects,
     )
 
 
@@ -550,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"      gateway {gw.reading_rate:9,.0f} readings/s in {gw.seconds:5.2f} s"
                         f" ({cpu_text(gw)}; first message after {gw.first_s * 1000:.0f} ms, "
                         f"last at {gw.received_s:.2f} s)"
-                        + (f"; {gw.duplicates} duplicates dropped" if gw.duplicates else ""),
+                        + (f"; {gw.duplicates} duplicates dropped" if gw.duplicates else "")
+                        + (f"; {gw.connects} connections" if gw.connects != 1 else ""),
                         flush=True,
                     )
             stored = vm.count("meter_reading_power_w")
