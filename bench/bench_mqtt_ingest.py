@@ -34,8 +34,14 @@ configured one, 500 by default), so only the client side differs. Timestamps are
 within the last days (the gateway refuses readings older than 7 days), distinct per
 meter, and meter ids are distinct per case and repeat, so nothing is a duplicate.
 
+Each case runs `--repeat` times (3 by default; about a minute in all); the summary
+gives the median and range. Each drain also reports the CPU time the consumer, the
+broker and the database used meanwhile, in % of one core: on a 2-core machine the
+gateway and VictoriaMetrics share the cores, so the database's work bounds the rate.
+
 `--profile FILE` runs the gateway drains under cProfile and writes the stats to FILE
-(the rates are then not representative).
+(the rates are then not representative). `--shim` works around a bug of the MQTT
+source at connect time (see `early_client_shim`); by default the code runs unmodified.
 """
 
 from __future__ import annotations
