@@ -74,7 +74,10 @@ class _Client(aiomqtt.Client):
     """
 
     def __init__(
-        self, *args: Any, on_message: Callable[[paho.MQTTMessage], None], **kw: Any
+        self,
+        *args: Any,
+        on_message: Callable[[paho.Client, paho.MQTTMessage], None],
+        **kw: Any,
     ) -> None:
         super().__init__(*args, **kw)
         self._direct = on_message
@@ -125,7 +128,7 @@ class _Client(aiomqtt.Client):
                 self._loop.add_reader(self._fd, self._read)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        self._direct(message)
+        self._direct(client, message)
 
     @property
     def paho(self) -> paho.Client:
@@ -176,7 +179,9 @@ class MqttSource:
         self._routes[topic] = route
         return route
 
-    def _on_message(self, msg: paho.MQTTMessage) -> None:
+    def _on_message(self, client: paho.Client, msg: paho.MQTTMessage) -> None:
+        # `client` is the connection this message came on: messages can arrive right
+        # after CONNACK, before run() has finished setting up, and must be acked there.
         topic = msg.topic
         route = self._routes.get(topic, False)
         if route is False:
@@ -189,12 +194,12 @@ class MqttSource:
         if msg.qos:
             if self._held or self._flow.paused:
                 self._held.append((msg.mid, msg.qos))
-                if len(self._held) >= self._cfg.receive_maximum:
-                    self._client.pause_reading()  # type: ignore[union-attr]
+                if len(self._held) >= self._cfg.receive_maximum and self._client is not None:
+                    self._client.pause_reading()
                 if self._release_task is None or self._release_task.done():
                     self._release_task = asyncio.get_running_loop().create_task(self._release())
             else:
-                self._client.paho.ack(msg.mid, msg.qos)  # type: ignore[union-attr]
+                client.ack(msg.mid, msg.qos)
 
     async def _release(self) -> None:
         await self._flow.wait_resumed()
@@ -265,9 +270,10 @@ class MqttSource:
         while True:
             client = self._make_client()
             self.attempts += 1
+            # Set before connecting: a resumed session's backlog arrives with the CONNACK.
+            self._client = client
             try:
                 async with client:
-                    self._client = client
                     self.connected = True
                     self.connects += 1
                     delay = cfg.reconnect_min_s

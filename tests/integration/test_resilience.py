@@ -51,6 +51,10 @@ async def test_broker_restart_loses_nothing_published_while_disconnected(
     await wait_until(lambda: gw.writer.lines_written >= 70, what="the queued readings")
     assert victoria.count("meter_reading_power_w") == 70
     assert gw.mqtt.connects == 2
+    # Messages that arrive right after CONNACK are acked like any other: none is
+    # handled twice.
+    assert gw.pipeline.messages == 70
+    assert gw.pipeline.duplicates == 0
 
 
 async def test_database_down_then_up_loses_nothing(
