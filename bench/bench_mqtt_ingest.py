@@ -40,8 +40,7 @@ broker and the database used meanwhile, in % of one core: on a 2-core machine th
 gateway and VictoriaMetrics share the cores, so the database's work bounds the rate.
 
 `--profile FILE` runs the gateway drains under cProfile and writes the stats to FILE
-(the rates are then not representative). `--shim` works around a bug of the MQTT
-source at connect time (see `early_client_shim`); by default the code runs unmodified.
+(the rates are then not representative).
 """
 
 from __future__ import annotations
@@ -61,7 +60,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import orjson
 import paho.mqtt.client as paho
@@ -309,33 +307,9 @@ async def gateway_session(config: Config) -> None:
         await gw.stop()
 
 
-def early_client_shim(gw: Gateway) -> None:
-    """Opt-in (`--shim`): store the MQTT client in the source as soon as it is made.
-
-    A resumed session's backlog starts flowing right after CONNACK, inside aiomqtt's
-    `async with client`, before `MqttSource.run` stores the client in `_client`; the
-    first message's ack then fails with AttributeError in paho's callback. The code at
-    3d3382a stalled on that; since dc7677e the gateway recovers (one redelivery, counted
-    as a duplicate). This does what `run` does a moment later and adds no work per message.
-    """
-    src = gw.mqtt
-    make = src._make_client
-
-    def make_and_store() -> Any:
-        client = make()
-        src._client = client
-        return client
-
-    src._make_client = make_and_store  # type: ignore[method-assign]
-
-
-async def gateway_drain(
-    config: Config, n: int, readings: int, meter: CpuMeter, *, shim: bool = False
-) -> Drain:
+async def gateway_drain(config: Config, n: int, readings: int, meter: CpuMeter) -> Drain:
     """Start a gateway on the preloaded session; time until `readings` lines are stored."""
     gw = Gateway(config)
-    if shim:
-        early_client_shim(gw)
     p, w = gw.pipeline, gw.writer
     first = received = 0.0
     meter.start()
@@ -496,11 +470,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--messages", type=int, default=50_000, help="single-reading messages")
     ap.add_argument("--batches", type=int, default=2_000, help="100-reading batch messages")
     ap.add_argument("--repeat", type=int, default=3, help="repeat both cases K times")
-    ap.add_argument(
-        "--shim",
-        action="store_true",
-        help="work around the source's early-message bug (see early_client_shim)",
-    )
     ap.add_argument("--profile", metavar="FILE", help="cProfile the gateway drains into FILE")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -545,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
                     bare = paho_drain(broker, n, rx_max, meter)
                     if profiler is not None:
                         profiler.enable()
-                    gw = uvloop.run(gateway_drain(config, n, readings, meter, shim=args.shim))
+                    gw = uvloop.run(gateway_drain(config, n, readings, meter))
                     if profiler is not None:
                         profiler.disable()
                     expected += readings
