@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Callable
 
 from config.schema import Config
+from gateway.http import StatusServer
 from gateway.pipeline import Pipeline
 from gateway.reading import canonical_from_fields
 from gateway.topology import MeterPlace, load_topology
@@ -109,8 +110,6 @@ class Gateway:
                 wait_ready=self.writer.wait_resumed,
             )
         self.rate = RateMeter(lambda: sum(self.pipeline.received.values()))
-        from gateway.http import StatusServer
-
         self.http = StatusServer(self)
         self._source_tasks: list[asyncio.Task[None]] = []
         self._sink_tasks: list[asyncio.Task[None]] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -50,11 +51,9 @@ def dead_letter_record(
     if index is not None:
         rec["index"] = index
     if item is not None:
-        rec["payload"] = (
-            orjson.dumps(item, option=orjson.OPT_SERIALIZE_NUMPY).decode("utf-8", "replace")
-            if not isinstance(item, str)
-            else item
-        )
+        # The standard library writes NaN as NaN (orjson would write null): the
+        # record shows what the meter sent. Not the hot path.
+        rec["payload"] = item if isinstance(item, str) else json.dumps(item, default=str)
     elif isinstance(payload, str):
         rec["payload"] = payload
     elif payload is not None:
