@@ -31,11 +31,11 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating the virtual environment .venv" >&2
     "$PY" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+stamp=.venv/.installed-$(cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
-    echo "setup: installing Python packages (pinned in pyproject.toml)" >&2
+    echo "setup: installing Python packages (pinned in pyproject.toml and requirements.lock)" >&2
     .venv/bin/python -m pip install -q --upgrade pip >&2
-    .venv/bin/python -m pip install -q -e '.[dev]' >&2
+    .venv/bin/python -m pip install -q -c requirements.lock -e '.[dev]' >&2
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
