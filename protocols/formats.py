@@ -111,16 +111,24 @@ def _own_meter(obj: dict[str, Any], topic_id: str | None) -> str | None:
     return None
 
 
-@register_format("json")
-def json_reading(payload: bytes, topic_id: str | None) -> Decoded:
-    out = Decoded()
+def _json_object(payload: bytes, out: Decoded) -> dict[str, Any] | None:
+    """The payload as a JSON object, or None with the reason added to `out`."""
     try:
         obj = decode_json(payload)
     except ValueError as exc:
         out.rejections.append(Rejection(str(exc)))
-        return out
+        return None
     if not isinstance(obj, dict):
         out.rejections.append(Rejection(f"expected a JSON object, got {type(obj).__name__}"))
+        return None
+    return obj
+
+
+@register_format("json")
+def json_reading(payload: bytes, topic_id: str | None) -> Decoded:
+    out = Decoded()
+    obj = _json_object(payload, out)
+    if obj is None:
         return out
     reason = _own_meter(obj, topic_id)
     if reason:
@@ -171,13 +179,8 @@ def json_batch(payload: bytes, topic_id: str | None) -> Decoded:
 @register_format("meter-event")
 def meter_event(payload: bytes, topic_id: str | None) -> Decoded:
     out = Decoded()
-    try:
-        obj = decode_json(payload)
-    except ValueError as exc:
-        out.rejections.append(Rejection(str(exc)))
-        return out
-    if not isinstance(obj, dict):
-        out.rejections.append(Rejection(f"expected a JSON object, got {type(obj).__name__}"))
+    obj = _json_object(payload, out)
+    if obj is None:
         return out
     reason = _own_meter(obj, topic_id)
     kind = obj.get("type")

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from config.loader import ConfigError
 from simulators.faults import FAULT_TYPES, Duration, FaultSpec
 
 __all__ = [
@@ -63,13 +64,8 @@ class Scenario(BaseModel):
     faults: list[FaultSpec] = Field(default_factory=list)
 
 
-class ScenarioError(Exception):
+class ScenarioError(ConfigError):
     """A scenario cannot be used; ``errors`` lists every problem, each with its key path."""
-
-    def __init__(self, source: str, errors: list[str]) -> None:
-        self.source = source
-        self.errors = errors
-        super().__init__(f"{source}: {len(errors)} error(s):\n" + "\n".join(errors))
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

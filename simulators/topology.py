@@ -12,19 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from gateway.topology import COLUMNS
 from simulators.profiles import Profile, stable_seed
 
 __all__ = ["CSV_HEADER", "MeterSite", "Topology", "build_topology", "write_csv"]
 
-CSV_HEADER = (
-    "meter_id",
-    "transformer_id",
-    "feeder_id",
-    "customer_id",
-    "phases",
-    "nominal_voltage_v",
-    "prosumer",
-)
+# The gateway's topology file format, so what we write it can read.
+CSV_HEADER = COLUMNS
 
 
 @dataclass(frozen=True, slots=True)
