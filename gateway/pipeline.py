@@ -210,4 +210,6 @@ def _category(reason: str) -> str:
         rest = reason.split(": ", 2)
         head = rest[1] if len(rest) > 2 else "reading"
     head = head.split("[", 1)[0].strip()
+    if head.startswith("invalid JSON"):
+        return "invalid_json"
     return head if head.replace("_", "").isalnum() and len(head) <= 32 else "invalid"

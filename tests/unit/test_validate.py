@@ -170,3 +170,18 @@ def test_formats_event_and_lwt():
     )
     assert FORMATS["lwt"](b"Offline", "m-1").signals[0].value == "offline"
     assert FORMATS["lwt"](b"maybe", "m-1").rejections
+
+
+@pytest.mark.parametrize(
+    ("reason", "category"),
+    [
+        ("invalid JSON: unexpected end of data: line 1 column 5 (char 4)", "invalid_json"),
+        ("readings[10]: voltage_v[1]: 1234.0 above 1000.0", "voltage_v"),
+        ("power_w: expected a number, got a string '812'", "power_w"),
+        ("payload of 5000 bytes is over max_payload_bytes (4096)", "invalid"),
+    ],
+)
+def test_rejection_categories_for_metrics(reason, category):
+    from gateway.pipeline import _category
+
+    assert _category(reason) == category
