@@ -74,10 +74,23 @@ def flatten(values: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+TAGS: dict[str, dict[str, str]] = {}  # meter id -> tags seen in the database
+
+
+def place(meter_id: str) -> dict[str, str]:
+    """The topology the test gives: meters m-0000..m-0049 on tx-1 (feeder f 1), the rest none."""
+    if meter_id.startswith("m-00") and int(meter_id[2:]) < 50:
+        return {"transformer_id": "tx-1", "feeder_id": "f 1"}
+    return {}
+
+
 def stored_vm(victoria) -> dict[tuple[str, int], dict[str, float]]:
     got: dict[tuple[str, int], dict[str, float]] = {}
     for series in victoria.export('{__name__=~"meter_reading_.*"}'):
         labels = series["metric"]
+        TAGS[labels["meter_id"]] = {
+            k: v for k, v in labels.items() if k in ("transformer_id", "feeder_id")
+        }
         field = labels["__name__"].removeprefix("meter_reading_")
         if field == "quality":
             continue  # VictoriaMetrics keeps no strings; v1 checks the quality field
@@ -92,10 +105,12 @@ def stored_v1(influx) -> dict[tuple[str, int], dict[str, float]]:
     for row in influx.query("SELECT * FROM meter_reading GROUP BY *"):
         assert row["source"] == "mqtt"
         assert row["quality"] == "actual"
+        TAGS[row["meter_id"]] = {k: row[k] for k in ("transformer_id", "feeder_id") if row.get(k)}
         got[(row["meter_id"], row["time"])] = {
             k: v
             for k, v in row.items()
-            if k not in {"time", "meter_id", "source", "quality"} and v is not None
+            if k not in {"time", "meter_id", "source", "quality", "transformer_id", "feeder_id"}
+            and v is not None
         }
     return got
 
@@ -105,7 +120,15 @@ async def test_readings_are_stored_field_for_field(
     api, tmp_path, mosquitto, victoria, influx1, publisher, run_gateway
 ):
     db = victoria if api == "v2" else influx1
-    gw = await run_gateway(make_config(tmp_path, mosquitto, storage={"api": api, "url": db.url}))
+    topology = tmp_path / "topology.csv"
+    topology.write_text(
+        "meter_id,transformer_id,feeder_id\n" + "".join(f"m-{m:04d},tx-1,f 1\n" for m in range(50))
+    )
+    TAGS.clear()
+    cfg = make_config(
+        tmp_path, mosquitto, storage={"api": api, "url": db.url}, topology={"file": str(topology)}
+    )
+    gw = await run_gateway(cfg)
     messages, expected = fleet_readings(int(time.time()))
     publisher.publish_many(messages)
     await wait_until(
@@ -116,5 +139,8 @@ async def test_readings_are_stored_field_for_field(
     assert set(got) == set(expected)
     for key, values in expected.items():
         assert got[key] == flatten(values), key
+    # Tags from the topology file, escaped on the wire and read back as written.
+    assert {m: TAGS[m] for m in TAGS} == {m: place(m) for m in TAGS}
+    assert len(TAGS) == 120
     assert gw.pipeline.stored["mqtt"] == len(expected)
     assert sum(gw.pipeline.rejected.values()) == 0
