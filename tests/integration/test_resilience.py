@@ -178,6 +178,8 @@ def test_sigterm_drains_and_exits_zero(tmp_path, mosquitto, victoria):
         assert proc.wait(timeout=30) == 0, rest
     finally:
         proc.kill()
+        proc.wait()
+        proc.stderr.close()
     m = re.search(r"(\d+) readings received, (\d+) stored", rest)
     assert m, rest
     received, stored = int(m.group(1)), int(m.group(2))
