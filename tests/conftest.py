@@ -17,6 +17,18 @@ from gateway.app import Gateway
 from simulators.services import InfluxDB1, Mosquitto, VictoriaMetrics
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """`meter-gateway run` called in-process sets up logging; undo it for the next test."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     with Mosquitto(tmp_path / "mosquitto") as broker:

@@ -154,6 +154,7 @@ def test_sigterm_drains_and_exits_zero(tmp_path, mosquitto, victoria):
                 "mqtt": {"host": mosquitto.host, "port": mosquitto.port},
                 # Only a full batch or the drain writes: the last partial batch proves the drain.
                 "storage": {"url": victoria.url, "batch_size": 100, "flush_interval_s": 3600},
+                "http": {"listen": "127.0.0.1:0"},
             }
         )
     )
@@ -187,3 +188,29 @@ def test_sigterm_drains_and_exits_zero(tmp_path, mosquitto, victoria):
     assert stored == received
     assert victoria.count("meter_reading_power_w") == stored
     assert "draining and stopping" in rest
+
+
+def test_run_refuses_a_taken_status_address(tmp_path, mosquitto, victoria, capsys):
+    import socket
+
+    from gateway.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg_file = tmp_path / "gw.yaml"
+        cfg_file.write_text(
+            yaml.safe_dump(
+                {
+                    "gateway": {"data_dir": str(tmp_path / "var")},
+                    "mqtt": {"host": mosquitto.host, "port": mosquitto.port},
+                    "storage": {"url": victoria.url},
+                    "http": {"listen": f"127.0.0.1:{port}"},
+                }
+            )
+        )
+        assert main(["run", "-c", str(cfg_file)]) == 1
+    err = capsys.readouterr().err
+    assert f"http.listen 127.0.0.1:{port}: cannot listen" in err
+    assert "not starting" in err
