@@ -68,6 +68,18 @@ class TlsConfig(_Section):
     key_file: Path | None = None
     insecure: bool = False
 
+    @model_validator(mode="after")
+    def _files_exist(self) -> TlsConfig:
+        # Found at start, not at the first connection attempt hours later.
+        if self.enabled:
+            for key in ("ca_file", "cert_file", "key_file"):
+                path = getattr(self, key)
+                if path is not None and not path.is_file():
+                    raise ValueError(f"{key}: no such file {str(path)!r}")
+            if (self.cert_file is None) != (self.key_file is None):
+                raise ValueError("cert_file and key_file go together (client certificate)")
+        return self
+
 
 class Subscription(_Section):
     topic: str

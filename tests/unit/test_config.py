@@ -121,3 +121,10 @@ def test_relative_register_map_path_is_next_to_the_config_file(tmp_path):
     )
     cfg = load_config(p, env={})
     assert cfg.modbus.devices[0].register_map.registers
+
+
+def test_tls_files_must_exist(tmp_path):
+    p = write(tmp_path, f"mqtt:\n  tls: {{enabled: true, ca_file: {tmp_path / 'nope.pem'}}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(p, env={})
+    assert "mqtt.tls: ca_file: no such file" in info.value.errors[0]
