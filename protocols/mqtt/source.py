@@ -410,6 +410,11 @@ class MqttSource:
                 else:
                     log.debug("mqtt: still cannot connect to %s: %s", where, exc)
                 failing = not self.connected
+            except Exception:
+                # Not a connection problem we know (a TLS or library error): say so with
+                # the traceback, and keep trying; ingestion must not end on one bad attempt.
+                log.exception("mqtt: unexpected error with %s; reconnecting", where)
+                failing = not self.connected
             finally:
                 was = self.connected
                 self.connected = False
