@@ -15,6 +15,20 @@ import pytest
 # expected timestamps can be written down.
 START = "2026-11-26T00:00:00Z"
 
+# A small fleet that shows each fault quickly: two transformers of two three-phase
+# household meters, three simulated hours.
+SMALL_FLEET: dict[str, Any] = {
+    "meters": 4,
+    "meters_per_transformer": 2,
+    "seed": 11,
+    "start": START,
+    "duration": "3h",
+    "commercial_share": 0.0,
+    "prosumer_share": 0.0,
+    "three_phase_share": 1.0,
+    "status_online": False,
+}
+
 
 @dataclass(frozen=True)
 class Received:
@@ -77,18 +91,7 @@ def run_on_wire(
     """Run a small fleet as fast as possible; return what arrived and the truth log."""
 
     def run(**kwargs: Any) -> tuple[list[Received], list[dict[str, Any]]]:
-        settings: dict[str, Any] = {
-            "meters": 4,
-            "meters_per_transformer": 2,
-            "seed": 11,
-            "start": START,
-            "duration": "3h",
-            "commercial_share": 0.0,
-            "prosumer_share": 0.0,
-            "three_phase_share": 1.0,
-            "status_online": False,
-        }
-        settings.update(kwargs)
+        settings = {**SMALL_FLEET, **kwargs}
         fleet_run = meter_fleet(**settings)
         stats = fleet_run.wait()
         return recorder.wait_for(stats.messages), fleet_run.truth

@@ -32,22 +32,11 @@ from simulators.faults import (
     VoltageSwell,
 )
 from simulators.fleet import Fleet
-from tests.simulators.conftest import START, Received
+from tests.simulators.conftest import SMALL_FLEET, Received
 
 pytestmark = pytest.mark.integration
 
 RunOnWire = Callable[..., tuple[list[Received], list[dict[str, Any]]]]
-BASE = {
-    "meters": 4,
-    "meters_per_transformer": 2,
-    "seed": 11,
-    "start": START,
-    "duration": "3h",
-    "commercial_share": 0.0,
-    "prosumer_share": 0.0,
-    "three_phase_share": 1.0,
-    "status_online": False,
-}
 
 
 def ts(hhmm: str) -> str:
@@ -72,7 +61,7 @@ def by_ts(rs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def baseline(meter_id: str, **kw: Any) -> dict[str, dict[str, Any]]:
     """The meter's readings without any fault, generated in-process."""
     out: dict[str, dict[str, Any]] = {}
-    for step in Fleet(**{**BASE, **kw}).steps():
+    for step in Fleet(**{**SMALL_FLEET, **kw}).steps():
         for m in step.messages:
             if m.topic == f"meters/{meter_id}/reading":
                 r = orjson.loads(m.payload)
