@@ -16,7 +16,7 @@ from gateway.reading import canonical_from_fields
 from gateway.topology import MeterPlace, load_topology
 from gateway.validate import Flag, MeterRules, Validator
 from protocols.formats import Signal
-from protocols.mqtt.source import MqttSource
+from protocols.mqtt.source import LOOP_WINDOW_S, MqttSource
 from storage.deadletter import DeadLetterStore, dead_letter_record
 from storage.influxdb.v1 import V1Client
 from storage.influxdb.v2 import V2Client
@@ -26,6 +26,9 @@ from storage.lineprotocol import ReadingEncoder
 __all__ = ["Gateway"]
 
 log = logging.getLogger("meter_gateway")
+
+STALL_S = 60.0  # messages unacknowledged this long without progress: not ready
+WATCH_S = 5.0  # how often readiness is checked for the log
 
 
 def make_client(config: Config) -> LineClient:
@@ -98,6 +101,8 @@ class Gateway:
             client_id=config.client_id,
             handler=self.pipeline.handle_message,
             flow=self.writer,
+            durability=self.dead_letter,
+            state_dir=config.gateway.data_dir,
         )
         self.modbus = None
         if config.modbus.devices:
@@ -152,15 +157,43 @@ class Gateway:
         )
 
     def ready(self) -> tuple[bool, list[str]]:
-        """Broker connected, and storage writable or its backlog below the bound."""
+        """Broker connected and ingesting, and storage writable or its backlog below the bound."""
         why = []
+        broker = f"{self.config.mqtt.host}:{self.config.mqtt.port}"
         if not self.mqtt.connected:
+            why.append(f"not connected to the broker {broker}")
+        losses = self.mqtt.reconnect_loop()
+        if losses:
             why.append(
-                f"not connected to the broker {self.config.mqtt.host}:{self.config.mqtt.port}"
+                f"the connection to the broker {broker} was lost {losses} times in the last "
+                f"{LOOP_WINDOW_S:.0f} s (reconnecting in a loop)"
+            )
+        stalled = self.mqtt.stalled_s()
+        if stalled > STALL_S:
+            why.append(
+                f"{self.mqtt.held} MQTT messages taken but not acknowledged for {stalled:.0f} s "
+                "(storage or the dead-letter store is not keeping up)"
             )
         if not self.writer.healthy and self.writer.paused:
             why.append(f"storage failing ({self.writer.last_error}) and its buffer is full")
         return not why, why
+
+    async def _watch(self) -> None:
+        """Say in the log when readiness changes, and why; report held-back log lines."""
+        was_ready = True
+        n = 0
+        while True:
+            await asyncio.sleep(WATCH_S)
+            ready, why = self.ready()
+            if ready != was_ready:
+                if ready:
+                    log.info("ready again")
+                else:
+                    log.warning("not ready: %s", "; ".join(why))
+                was_ready = ready
+            n += 1
+            if n % round(60 / WATCH_S) == 0:
+                self.pipeline.flush_logs()
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -185,6 +218,7 @@ class Gateway:
             asyncio.create_task(self.dead_letter.run(), name="dead-letter"),
         ]
         self._rate_task = asyncio.create_task(self.rate.run(self._report), name="rate")
+        self._watch_task = asyncio.create_task(self._watch(), name="watch")
         self._source_tasks = [asyncio.create_task(self.mqtt.run(), name="mqtt-source")]
         if self.modbus is not None:
             self._source_tasks.append(asyncio.create_task(self.modbus.run(), name="modbus-poller"))
@@ -217,6 +251,8 @@ class Gateway:
             await dl_task
         await self.client.close()
         self._rate_task.cancel()
+        self._watch_task.cancel()
+        self.pipeline.flush_logs(final=True)
         await self.http.stop()
         p = self.pipeline
         log.info(

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 from gateway.reading import Reading
 from gateway.validate import Flag, Invalid, MeterRules, Validator
-from protocols.formats import Decoded, PayloadFormat, Signal
+from protocols.formats import MAX_NESTING, Decoded, PayloadFormat, Signal, too_deep
+from protocols.logs import LogLimiter
 from storage.deadletter import DeadLetterStore, dead_letter_record
 from storage.lineprotocol import ReadingEncoder
 
@@ -63,6 +64,9 @@ class Pipeline:
         self.flagged: Counter[str] = Counter()  # by flag kind
         self.signals: Counter[str] = Counter()  # meter events and status, by value
         self.messages = 0
+        self.internal_errors = 0  # inputs no rule foresaw (bugs); kept in the dead-letter store
+        self._ticket = 0  # dead-letter sequence number of the input being handled
+        self._log = LogLimiter(log)
         self.last_seen: dict[str, int] = {}  # meter id -> when its last valid reading came (ns)
 
     @property
@@ -76,9 +80,25 @@ class Pipeline:
     # -- MQTT ------------------------------------------------------------------------------
     def handle_message(
         self, topic: str, payload: bytes, fmt: PayloadFormat, topic_id: str | None
-    ) -> None:
-        """One MQTT message: never raises, whatever the payload holds."""
+    ) -> int:
+        """One MQTT message; never raises, whatever the payload holds.
+
+        Returns the dead-letter sequence number that must be durable before the
+        message may be acknowledged (0: nothing of it went to the dead-letter store).
+        """
         self.messages += 1
+        self._ticket = 0
+        try:
+            self._message(topic, payload, fmt, topic_id)
+        except Exception as exc:
+            # No rule foresaw this: a bug. The message is kept so nothing is lost, and
+            # the traceback is logged (rate-limited: a hostile stream must not flood it).
+            self._internal_error(exc, topic=topic, payload=payload)
+        return self._ticket
+
+    def _message(
+        self, topic: str, payload: bytes, fmt: PayloadFormat, topic_id: str | None
+    ) -> None:
         if len(payload) > self._max_payload:
             self._reject_message(
                 topic,
@@ -88,18 +108,13 @@ class Pipeline:
                 "too_large",
             )
             return
-        try:
-            decoded: Decoded = fmt(payload, topic_id)
-        except Exception as exc:
-            log.exception("format failed on %s", topic)
-            self._reject_message(topic, payload, f"payload format failed: {exc!r}", "format_error")
-            return
+        decoded: Decoded = fmt(payload, topic_id)
         for rej in decoded.rejections:
             if rej.index is None:
                 self._reject_message(topic, payload, rej.reason, _category(rej.reason))
             else:
                 self.received["mqtt"] += 1
-                self._reject_item(topic, rej.item, rej.reason, rej.index)
+                self._reject_item(topic, rej.item, rej.reason, rej.index, payload)
         if decoded.readings:
             self._readings(decoded, topic, payload)
         if decoded.signals:
@@ -123,17 +138,22 @@ class Pipeline:
         for i, obj in enumerate(items):
             try:
                 r = check(obj, "mqtt", now_ns)
+                last_seen[r.meter_id] = now_ns
+                r = judge(r, flags)
+                if r is None:
+                    continue  # exact duplicate (a QoS 1 redelivery); counted by the rules
+                add(encode(r))
             except Invalid as exc:
                 if positions is None:
                     self._reject_message(topic, payload, str(exc), _category(str(exc)))
                 else:
-                    self._reject_item(topic, obj, f"readings[{positions[i]}]: {exc}", positions[i])
+                    reason = f"readings[{positions[i]}]: {exc}"
+                    self._reject_item(topic, obj, reason, positions[i], payload)
                 continue
-            last_seen[r.meter_id] = now_ns
-            r = judge(r, flags)
-            if r is None:
-                continue  # exact duplicate (a QoS 1 redelivery); counted by the rules
-            add(encode(r))
+            except Exception as exc:  # a bug, for this reading only: its neighbours go on
+                index = positions[i] if positions is not None else None
+                self._internal_error(exc, topic=topic, payload=payload, item=obj, index=index)
+                continue
             stored += 1
             if on_reading is not None:
                 on_reading(r)
@@ -143,25 +163,31 @@ class Pipeline:
             self._flags(flags)
 
     # -- Modbus and other pollers --------------------------------------------------------------
-    def handle_reading(self, obj: dict[str, Any], source: str, origin: str) -> None:
-        """One reading already in canonical form (a poller's); never raises."""
+    def handle_reading(self, obj: dict[str, Any], source: str, origin: str) -> int:
+        """One reading already in canonical form (a poller's); never raises.
+
+        Returns the dead-letter sequence number to wait for, as `handle_message` does.
+        """
         self.received[source] += 1
+        self._ticket = 0
         now_ns = time.time_ns()
         try:
             r = self._validator.check(obj, source, now_ns)
+            self.last_seen[r.meter_id] = now_ns
+            flags: list[Flag] = []
+            r2 = self._rules.judge(r, flags)
+            if r2 is not None:
+                self._sink.add(self._encode(r2))
+                self.stored[source] += 1
+                if self._on_reading is not None:
+                    self._on_reading(r2)
+            if flags:
+                self._flags(flags)
         except Invalid as exc:
             self.reject(source=source, reason=str(exc), device=origin, item=obj)
-            return
-        self.last_seen[r.meter_id] = now_ns
-        flags: list[Flag] = []
-        r2 = self._rules.judge(r, flags)
-        if r2 is not None:
-            self._sink.add(self._encode(r2))
-            self.stored[source] += 1
-            if self._on_reading is not None:
-                self._on_reading(r2)
-        if flags:
-            self._flags(flags)
+        except Exception as exc:
+            self._internal_error(exc, source=source, device=origin, item=obj)
+        return self._ticket
 
     def reject(
         self,
@@ -173,32 +199,88 @@ class Pipeline:
         payload: bytes | None = None,
         item: Any = None,
         category: str | None = None,
-    ) -> None:
-        self.rejected[category or _category(reason)] += 1
-        self._dead_letter.add(
+    ) -> int:
+        """Keep a rejection in the dead-letter store; return its sequence number."""
+        category = category or _category(reason)
+        self.rejected[category] += 1
+        where = device or topic or source
+        self._log.log((source, category), logging.WARNING, f"rejected from {where}: {reason}")
+        self._ticket = self._dead_letter.add(
             dead_letter_record(
                 reason=reason, source=source, payload=payload, item=item, topic=topic, device=device
             )
         )
+        return self._ticket
+
+    def flush_logs(self, *, final: bool = False) -> None:
+        """Report the rejections and flags held back by the log limiter (call each minute)."""
+        self._log.flush(final=final)
 
     # -- helpers ------------------------------------------------------------------------------
     def _reject_message(self, topic: str, payload: bytes, reason: str, category: str) -> None:
-        log.debug("rejected message on %s: %s", topic, reason)
+        self.reject(source="mqtt", reason=reason, topic=topic, payload=payload, category=category)
+
+    def _reject_item(self, topic: str, item: Any, reason: str, index: int, payload: bytes) -> None:
+        category = _category(reason)
+        if too_deep(item):
+            # Not worth walking or writing as an element: keep the whole raw message.
+            reason = f"readings[{index}]: nested deeper than {MAX_NESTING} levels"
+            category = "nesting"
+            item = None
         self.rejected[category] += 1
-        self._dead_letter.add(
-            dead_letter_record(reason=reason, source="mqtt", payload=payload, topic=topic)
+        self._log.log(("mqtt", category), logging.WARNING, f"rejected from {topic}: {reason}")
+        self._ticket = self._dead_letter.add(
+            dead_letter_record(
+                reason=reason, source="mqtt", item=item, payload=payload, topic=topic, index=index
+            )
         )
 
-    def _reject_item(self, topic: str, item: Any, reason: str, index: int) -> None:
-        self.rejected[_category(reason)] += 1
-        self._dead_letter.add(
-            dead_letter_record(reason=reason, source="mqtt", item=item, topic=topic, index=index)
+    def _internal_error(
+        self,
+        exc: Exception,
+        *,
+        source: str = "mqtt",
+        topic: str | None = None,
+        device: str | None = None,
+        payload: bytes | None = None,
+        item: Any = None,
+        index: int | None = None,
+    ) -> None:
+        self.internal_errors += 1
+        where = topic or device or source
+        self._log.log(
+            ("bug", type(exc).__name__),
+            logging.ERROR,
+            f"internal error while handling a message from {where} "
+            f"({type(exc).__name__}); the message is kept in the dead-letter store. "
+            "This is a bug: please report it with this traceback",
+            exc_info=exc,
         )
+        reason = "internal error: the gateway could not handle this input (a bug, logged)"
+        if index is not None:
+            reason = f"readings[{index}]: {reason}"
+        try:
+            self.rejected["internal_error"] += 1
+            self._ticket = self._dead_letter.add(
+                dead_letter_record(
+                    reason=reason,
+                    source=source,
+                    payload=payload,
+                    item=None if item is None or too_deep(item) else item,
+                    topic=topic,
+                    device=device,
+                    index=index,
+                )
+            )
+        except Exception:  # the dead-letter store itself failed: nothing more to try here
+            log.exception("dead-letter: cannot keep a message from %s", where)
 
     def _flags(self, flags: list[Flag]) -> None:
         for f in flags:
             self.flagged[f.kind] += 1
-            log.warning("suspect reading: %s: %s", f.meter_id, f.message)
+            self._log.log(
+                ("flag", f.kind), logging.WARNING, f"suspect reading: {f.meter_id}: {f.message}"
+            )
             if self._on_flag is not None:
                 self._on_flag(f)
 

@@ -14,10 +14,11 @@ import math
 import re
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from config.schema import ValidationConfig
 from gateway.reading import CURRENT_FIELDS, VOLTAGE_FIELDS, Reading
+from protocols.formats import short_repr
 
 __all__ = ["Flag", "Invalid", "MeterRules", "Validator", "format_ts"]
 
@@ -26,6 +27,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INF = math.inf
 _MAX = sys.float_info.max  # a finite "no upper bound", so the fast path rejects infinity
 _NS = 1_000_000_000
+# Epoch seconds a meter can mean: 1970 up to the end of year 9999 (what RFC 3339 and
+# datetime can express). Beyond that the number is in other units, or garbage.
+_EPOCH_S_MAX = 253_402_300_799
+_YEAR_S = 31_556_952  # mean Gregorian year
+# No meter register counts this far (1,000 TWh; displays stop at 9 or 10 digits):
+# a larger value is garbage, not a reading.
+REGISTER_MAX_KWH = 1e12
 MEASUREMENT_KEYS = (
     "energy_import_kwh",
     "energy_export_kwh",
@@ -52,7 +60,11 @@ class Flag:
 
 
 def format_ts(ts_ns: int) -> str:
-    return datetime.fromtimestamp(ts_ns / _NS, UTC).isoformat().replace("+00:00", "Z")
+    """RFC 3339 text of a time; never raises (a reason must not fail on a bad time)."""
+    try:
+        return (_EPOCH + timedelta(microseconds=ts_ns // 1000)).isoformat().replace("+00:00", "Z")
+    except OverflowError:
+        return f"epoch {ts_ns // _NS} s"
 
 
 def _type_name(v: object) -> str:
@@ -66,6 +78,8 @@ def _type_name(v: object) -> str:
         return "a list"
     if isinstance(v, dict):
         return "an object"
+    if isinstance(v, int | float):
+        return "a number"
     return type(v).__name__
 
 
@@ -73,7 +87,10 @@ def _number(key: str, v: object, lo: float, hi: float) -> float:
     """The slow path: convert an integer, or say exactly what is wrong."""
     t = type(v)
     if t is int:
-        v = float(v)  # type: ignore[arg-type]
+        try:
+            v = float(v)  # type: ignore[arg-type]
+        except OverflowError:
+            raise Invalid(f"{key}: {short_repr(v)} is out of range") from None
     elif t is not float or v != v or v in (_INF, -_INF):
         raise _bad_number(key, v)
     if v < lo:  # type: ignore[operator]
@@ -86,8 +103,9 @@ def _number(key: str, v: object, lo: float, hi: float) -> float:
 def _bad_number(key: str, v: object) -> Invalid:
     if isinstance(v, float):  # only NaN and infinities get here
         return Invalid(f"{key}: {v!r} is not a number (NaN and Infinity are not allowed)")
-    shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
-    return Invalid(f"{key}: expected a number, got {_type_name(v)} {shown}")
+    if isinstance(v, list | dict):
+        return Invalid(f"{key}: expected a number, got {short_repr(v)}")
+    return Invalid(f"{key}: expected a number, got {_type_name(v)} {short_repr(v)}")
 
 
 class Validator:
@@ -100,8 +118,8 @@ class Validator:
         self._max_age_text = _duration_text(b.max_age_s)
         # (payload key, storage field, low, high); checked in this order.
         self._scalars = (
-            ("energy_import_kwh", "energy_import_kwh", 0.0, _MAX),
-            ("energy_export_kwh", "energy_export_kwh", 0.0, _MAX),
+            ("energy_import_kwh", "energy_import_kwh", 0.0, REGISTER_MAX_KWH),
+            ("energy_export_kwh", "energy_export_kwh", 0.0, REGISTER_MAX_KWH),
             ("power_w", "power_w", -b.power_max_w, b.power_max_w),
             ("power_factor", "power_factor", -1.0, 1.0),
             ("frequency_hz", "frequency_hz", b.frequency_min_hz, b.frequency_max_hz),
@@ -116,7 +134,8 @@ class Validator:
     def check(self, obj: dict, source: str, now_ns: int) -> Reading:
         """Return the reading, or raise Invalid naming the first problem."""
         meter_id = obj.get("meter_id")
-        if meter_id not in self._ids:
+        # The type first: a list or an object is unhashable and cannot be looked up.
+        if type(meter_id) is not str or meter_id not in self._ids:
             self._check_meter_id(meter_id)
         ts_ns = self._ts(obj.get("ts"))
         if ts_ns > now_ns + self._max_future_ns:
@@ -183,7 +202,10 @@ class Validator:
         if meter_id is None:
             raise Invalid("meter_id: missing")
         if type(meter_id) is not str:
-            raise Invalid(f"meter_id: expected a string, got {_type_name(meter_id)}")
+            got = _type_name(meter_id)
+            if isinstance(meter_id, int | float):
+                got += f" {short_repr(meter_id)}"
+            raise Invalid(f"meter_id: expected text, got {got}")
         if not _METER_ID.fullmatch(meter_id):
             raise Invalid(
                 f"meter_id: {meter_id[:70]!r} is not 1-64 characters of A-Z a-z 0-9 . _ : -"
@@ -203,14 +225,32 @@ class Validator:
             self._ts_cache[ts] = ns  # type: ignore[index]
             return ns
         if t is int:
+            if not 0 <= ts <= _EPOCH_S_MAX:  # type: ignore[operator]
+                raise _bad_epoch(ts)  # type: ignore[arg-type]
             return ts * _NS  # type: ignore[operator]
         if t is float and ts == ts and ts not in (_INF, -_INF):
+            if not 0 <= ts <= _EPOCH_S_MAX:  # type: ignore[operator]
+                raise _bad_epoch(ts)  # type: ignore[arg-type]
             return round(ts * 1_000_000) * 1000  # type: ignore[operator]
         if ts is None:
             raise Invalid("ts: missing (RFC 3339 with an offset, or epoch seconds)")
         raise Invalid(
-            f"ts: expected RFC 3339 text or epoch seconds, got {_type_name(ts)} {str(ts)[:40]!r}"
+            f"ts: expected RFC 3339 text or epoch seconds, got {_type_name(ts)} {short_repr(ts)}"
         )
+
+
+def _bad_epoch(ts: float) -> Invalid:
+    """Explain an epoch number that cannot be seconds, guessing the unit it is in."""
+    shown = short_repr(ts)
+    if ts < 0:
+        return Invalid(f"ts: {shown} is before 1970 (epoch seconds cannot be negative)")
+    if ts > 1e30:  # an int this long does not even convert to a float
+        return Invalid(f"ts: {shown} is far beyond year 9999; not a time")
+    for unit, scale in (("milliseconds", 1e3), ("microseconds", 1e6), ("nanoseconds", 1e9)):
+        if ts / scale <= _EPOCH_S_MAX:
+            year = 1970 + int(ts / _YEAR_S)
+            return Invalid(f"ts: {shown} is not epoch seconds (year {year}); epoch {unit}?")
+    return Invalid(f"ts: {shown} is far beyond year 9999; not a time")
 
 
 def _parse_rfc3339(text: str) -> int:

@@ -18,15 +18,62 @@ import orjson
 
 __all__ = [
     "FORMATS",
+    "MAX_NESTING",
     "Decoded",
     "PayloadFormat",
     "Rejection",
     "Signal",
     "decode_json",
     "register_format",
+    "short_repr",
+    "too_deep",
 ]
 
 METER_EVENT_TYPES = frozenset({"last_gasp", "power_restored", "tamper", "cover_open"})
+
+#: A reading is flat (lists of three at most); anything nested deeper than this is
+#: not a reading, and is not worth walking (or serialising) any further.
+MAX_NESTING = 32
+
+
+def short_repr(v: object, limit: int = 40) -> str:
+    """A bounded repr for reasons: never huge, never recursing into nested values."""
+    t = type(v)
+    if t is int:
+        if abs(v) >= 10**limit:  # type: ignore[arg-type, operator]
+            return f"an integer of {len(str(abs(v)))} digits"  # type: ignore[arg-type]
+        return str(v)
+    if v is None:
+        return "null"  # as the sender wrote it: these are JSON values
+    if t is bool:
+        return "true" if v else "false"
+    if t is float:
+        return repr(v)
+    if t is str:
+        text = repr(v[:limit])  # type: ignore[index]
+        return text if len(v) <= limit else text[:-1] + "...'"  # type: ignore[arg-type]
+    if t is list:
+        return "a list"
+    if t is dict:
+        return "an object"
+    return type(v).__name__
+
+
+def too_deep(obj: object, limit: int = MAX_NESTING) -> bool:
+    """Does `obj` nest lists/objects more than `limit` levels? Iterative: no recursion."""
+    stack: list[tuple[object, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if type(node) is dict:
+            children = node.values()  # type: ignore[union-attr]
+        elif type(node) is list:
+            children = node  # type: ignore[assignment]
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if type(c) in (dict, list))
+    return False
 
 
 @dataclass(slots=True, frozen=True)
@@ -74,6 +121,9 @@ def register_format(name: str) -> Callable[[PayloadFormat], PayloadFormat]:
     return deco
 
 
+ORJSON_MAX_DEPTH = 1024  # orjson refuses deeper documents
+
+
 def _bad_constant(name: str) -> float:
     # json.loads calls this for NaN/Infinity; a NaN that survives to validation
     # gets a reason naming its field instead of "invalid JSON".
@@ -90,8 +140,13 @@ def decode_json(payload: bytes) -> Any:
     try:
         return orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
+        deep = f"invalid JSON: nested deeper than {ORJSON_MAX_DEPTH} levels"
+        if "depth limit" in str(exc):
+            raise ValueError(deep) from None
         try:
             return json.loads(payload, parse_constant=_bad_constant)
+        except RecursionError:
+            raise ValueError(deep) from None
         except (ValueError, UnicodeDecodeError):
             raise ValueError(f"invalid JSON: {exc}") from None
 
@@ -103,9 +158,11 @@ def _own_meter(obj: dict[str, Any], topic_id: str | None) -> str | None:
         if topic_id is not None:
             obj["meter_id"] = topic_id
         return None
+    if type(named) is not str:
+        return f"meter_id: expected text, got {short_repr(named)}"
     if topic_id is not None and named != topic_id:
         return (
-            f"meter_id: payload names {named!r} but the topic is for {topic_id!r} "
+            f"meter_id: payload names {short_repr(named)} but the topic is for {topic_id!r} "
             "(a meter cannot write as another)"
         )
     return None
@@ -152,9 +209,15 @@ def json_batch(payload: bytes, topic_id: str | None) -> Decoded:
         )
         return out
     named = obj.get("concentrator_id")
+    if named is not None and type(named) is not str:
+        out.rejections.append(Rejection(f"concentrator_id: expected text, got {short_repr(named)}"))
+        return out
     if named is not None and topic_id is not None and named != topic_id:
         out.rejections.append(
-            Rejection(f"concentrator_id: payload names {named!r} but the topic is for {topic_id!r}")
+            Rejection(
+                f"concentrator_id: payload names {short_repr(named)} "
+                f"but the topic is for {topic_id!r}"
+            )
         )
         return out
     readings = out.readings
@@ -163,9 +226,9 @@ def json_batch(payload: bytes, topic_id: str | None) -> Decoded:
     for i, item in enumerate(obj["readings"]):
         # Each reading is judged on its own: one bad one does not sink its neighbours.
         if type(item) is not dict:
-            out.rejections.append(
-                Rejection(f"readings[{i}]: expected a JSON object", index=i, item=item)
-            )
+            what = f"nested deeper than {MAX_NESTING} levels" if too_deep(item) else None
+            what = what or f"expected a JSON object, got {short_repr(item)}"
+            out.rejections.append(Rejection(f"readings[{i}]: {what}", index=i, item=item))
         elif "meter_id" not in item:
             out.rejections.append(
                 Rejection(f"readings[{i}]: meter_id is missing", index=i, item=item)
@@ -186,9 +249,11 @@ def meter_event(payload: bytes, topic_id: str | None) -> Decoded:
     kind = obj.get("type")
     if reason:
         out.rejections.append(Rejection(reason))
-    elif kind not in METER_EVENT_TYPES:
+    elif type(kind) is not str or kind not in METER_EVENT_TYPES:
         out.rejections.append(
-            Rejection(f"type: {kind!r} is not one of {', '.join(sorted(METER_EVENT_TYPES))}")
+            Rejection(
+                f"type: {short_repr(kind)} is not one of {', '.join(sorted(METER_EVENT_TYPES))}"
+            )
         )
     elif not isinstance(obj.get("meter_id"), str):
         out.rejections.append(Rejection("meter_id: missing (not in the payload nor the topic)"))
@@ -204,7 +269,8 @@ def last_will(payload: bytes, topic_id: str | None) -> Decoded:
     if topic_id is None:
         out.rejections.append(Rejection("lwt: the topic names no meter (use a `+` level)"))
     elif text not in ("online", "offline"):
-        out.rejections.append(Rejection(f"lwt: expected 'online' or 'offline', got {text[:40]!r}"))
+        got = short_repr(text)
+        out.rejections.append(Rejection(f"lwt: expected 'online' or 'offline', got {got}"))
     else:
         out.signals.append(Signal("status", topic_id, text))
     return out

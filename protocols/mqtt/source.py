@@ -6,9 +6,14 @@ aiomqtt (over paho-mqtt 2) owns the connection. Two things differ from its usual
   message than paho's own parsing (SERVERS.md: ~9k/s vs 9k-22k/s), and its queue
   drops when full. Each message is handled in paho's callback, on the event loop.
 - Acknowledgements are manual (paho's `manual_ack`). A QoS 1 message is acked once
-  the pipeline has taken it; while storage is behind (`flow.paused`) acks are held,
-  so the broker stops sending (its in-flight window fills) and keeps the rest
-  queued in our persistent session: backpressure without dropping anything.
+  the pipeline has taken it and whatever of it went to the dead-letter store is on
+  disk; while storage is behind (`flow.paused`) acks are held, so the broker stops
+  sending (its in-flight window fills) and keeps the rest queued in our persistent
+  session: backpressure without dropping anything. Acks go out in arrival order.
+- Nothing a message holds can reach paho: the handler never raises, and a guard
+  here catches what a bug might still let through. An exception inside paho's
+  callback would drop the connection, and the broker would redeliver the same
+  message forever: one bad message would stop all ingestion.
 
 The session is persistent (stable client id, clean start off, MQTT 5 session
 expiry), so what is published while the gateway is away waits for it.
@@ -21,7 +26,9 @@ import logging
 import random
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiomqtt
@@ -31,14 +38,20 @@ from paho.mqtt.properties import Properties
 
 from config.schema import MqttConfig
 from protocols.formats import FORMATS, PayloadFormat
+from protocols.logs import LogLimiter
 
-__all__ = ["FlowControl", "MqttSource", "match_topic"]
+__all__ = ["Durability", "FlowControl", "MqttSource", "match_topic"]
 
 log = logging.getLogger("meter_gateway.mqtt")
 
 READ_BURST_S = 0.001  # longest stretch of packet handling before the loop's other tasks run
 
-Handler = Callable[[str, bytes, PayloadFormat, "str | None"], None]
+# topic, payload, format, the topic's meter id -> the ticket to be durable before the ack
+Handler = Callable[[str, bytes, PayloadFormat, "str | None"], int]
+
+#: Connection losses within this many seconds that make a reconnect loop.
+LOOP_WINDOW_S = 120.0
+LOOP_LOSSES = 3
 
 
 class FlowControl(Protocol):
@@ -46,6 +59,21 @@ class FlowControl(Protocol):
     def paused(self) -> bool: ...
 
     async def wait_resumed(self) -> None: ...
+
+
+class Durability(Protocol):
+    """How far the records behind the handler's tickets are on disk."""
+
+    durable: int
+
+    async def wait_durable(self, seq: int) -> None: ...
+
+
+class _AlwaysDurable:
+    durable = 1 << 62
+
+    async def wait_durable(self, seq: int) -> None:
+        return None
 
 
 def match_topic(filter_levels: list[str], topic: str) -> tuple[bool, str | None]:
@@ -144,6 +172,7 @@ class _Client(aiomqtt.Client):
         self._client._handle_publish = _fast_publish(self._client)  # type: ignore[method-assign]
         self._fd: int | None = None
         self.reading_paused = False
+        self.session_present = False
         self._in_read = False
         self._write_pending = False
 
@@ -234,6 +263,17 @@ class _Client(aiomqtt.Client):
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         self._direct(client, message)
 
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: Any,
+        properties: Properties | None = None,
+    ) -> None:
+        self.session_present = bool(flags.session_present)
+        super()._on_connect(client, userdata, flags, reason_code, properties)
+
     @property
     def paho(self) -> paho.Client:
         return self._client
@@ -247,17 +287,24 @@ class MqttSource:
         client_id: str,
         handler: Handler,
         flow: FlowControl,
+        durability: Durability | None = None,
         on_state: Callable[[bool], None] | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self._cfg = cfg
         self._client_id = client_id
         self._handler = handler
         self._flow = flow
+        self._durability: Durability = durability or _AlwaysDurable()
+        # Remembers that the broker held a session for us, so that a session found
+        # missing after a restart (of either side) is told apart from the first start.
+        self._session_file = state_dir / "mqtt-session" if state_dir is not None else None
         self._on_state = on_state or (lambda connected: None)
         self._filters = [(sub.topic.split("/"), FORMATS[sub.format]) for sub in cfg.subscriptions]
         self._routes: dict[str, tuple[PayloadFormat, str | None] | None] = {}
         self._client: _Client | None = None
-        self._held: list[tuple[int, int]] = []
+        self._held: list[tuple[int, int, int]] = []  # (mid, qos, ticket), in arrival order
+        self._held_since = 0.0  # monotonic time acks last moved while some were held
         self._release_task: asyncio.Task[None] | None = None
         self.connected = False
         self._connected_event = asyncio.Event()
@@ -265,6 +312,10 @@ class MqttSource:
         self.attempts = 0
         self.unrouted = 0
         self.publish_dropped = 0
+        self.handler_errors = 0
+        self.sessions_lost = 0  # reconnects that found no session at the broker
+        self._losses: deque[float] = deque(maxlen=LOOP_LOSSES)  # monotonic times
+        self._log_errors = LogLimiter(log)
 
     async def wait_connected(self) -> None:
         """Until the source is connected and subscribed."""
@@ -286,18 +337,34 @@ class MqttSource:
     def _on_message(self, client: paho.Client, msg: paho.MQTTMessage) -> None:
         # `client` is the connection this message came on: messages can arrive right
         # after CONNACK, before run() has finished setting up, and must be acked there.
-        topic = msg.topic
-        route = self._routes.get(topic, False)
-        if route is False:
-            route = self._route(topic)
-        if route is None:
-            self.unrouted += 1
-            log.debug("message on %s matches no subscription; ignored", topic)
-        else:
-            self._handler(topic, msg.payload, route[0], route[1])
+        ticket = 0
+        try:
+            topic = msg.topic
+            route = self._routes.get(topic, False)
+            if route is False:
+                route = self._route(topic)
+            if route is None:
+                self.unrouted += 1
+                log.debug("message on %s matches no subscription; ignored", topic)
+            else:
+                ticket = self._handler(topic, msg.payload, route[0], route[1])
+        except Exception as exc:
+            # The handler keeps everything it is given and never raises; this is the
+            # guard for a bug around it. Acked all the same: a message that cannot be
+            # handled would otherwise come back at every reconnect, forever.
+            self.handler_errors += 1
+            self._log_errors.log(
+                ("handler", type(exc).__name__),
+                logging.ERROR,
+                f"mqtt: internal error handling a message ({type(exc).__name__}); "
+                "this is a bug: please report it with this traceback",
+                exc_info=exc,
+            )
         if msg.qos:
-            if self._held or self._flow.paused:
-                self._held.append((msg.mid, msg.qos))
+            if self._held or self._flow.paused or ticket > self._durability.durable:
+                if not self._held:
+                    self._held_since = time.monotonic()
+                self._held.append((msg.mid, msg.qos, ticket))
                 if len(self._held) >= self._cfg.receive_maximum and self._client is not None:
                     self._client.pause_reading()
                 if self._release_task is None or self._release_task.done():
@@ -306,14 +373,77 @@ class MqttSource:
                 client.ack(msg.mid, msg.qos)
 
     async def _release(self) -> None:
-        await self._flow.wait_resumed()
-        held, self._held = self._held, []
-        client = self._client
-        if client is None:
+        """Ack held messages, in order, as storage resumes and their rejections are kept."""
+        durability = self._durability
+        while self._held:
+            await self._flow.wait_resumed()
+            durable = durability.durable
+            n = 0
+            for _, _, ticket in self._held:
+                if ticket > durable:
+                    break
+                n += 1
+            if n == 0:
+                await durability.wait_durable(self._held[0][2])
+                continue
+            client = self._client
+            if client is None:
+                return
+            ready = self._held[:n]
+            del self._held[:n]
+            self._held_since = time.monotonic()
+            for mid, qos, _ in ready:
+                client.paho.ack(mid, qos)
+            if len(self._held) < self._cfg.receive_maximum:
+                client.resume_reading()
+
+    # -- health -------------------------------------------------------------------------------
+    def stalled_s(self) -> float:
+        """For how long messages have waited for their ack without any being released."""
+        return time.monotonic() - self._held_since if self._held else 0.0
+
+    @property
+    def held(self) -> int:
+        """Messages received but not yet acknowledged."""
+        return len(self._held)
+
+    def reconnect_loop(self) -> int:
+        """Connection losses in the last LOOP_WINDOW_S when they make a loop, else 0."""
+        now = time.monotonic()
+        recent = [t for t in self._losses if now - t < LOOP_WINDOW_S]
+        return len(recent) if len(recent) >= LOOP_LOSSES else 0
+
+    def _session_check(self, client: _Client, where: str) -> None:
+        """Warn when the broker has lost our persistent session (and what it held)."""
+        if self._cfg.clean_start:
             return
-        for mid, qos in held:
-            client.paho.ack(mid, qos)
-        client.resume_reading()
+        marker = self._session_file
+        expected = f"{self._client_id}@{where}\n"
+        had = self.connects > 1
+        if not had and marker is not None:
+            try:
+                had = marker.read_text() == expected
+            except OSError:
+                had = False
+        if client.session_present:
+            pass
+        elif had:
+            self.sessions_lost += 1
+            log.warning(
+                "mqtt: the broker %s holds no session for %s (it restarted without "
+                "persistence, or the session expired): messages published while the "
+                "gateway was away may be lost",
+                where,
+                self._client_id,
+            )
+        else:
+            log.info("mqtt: new session at the broker %s for %s", where, self._client_id)
+        if marker is not None and not had:
+            try:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(expected)
+            except OSError as exc:
+                log.warning("mqtt: cannot remember the session in %s: %s", marker, exc)
 
     # -- publishing (events, rejections): best effort, never blocks ingestion -----------------
     def publish_nowait(self, topic: str, payload: bytes, qos: int = 1) -> bool:
@@ -382,6 +512,7 @@ class MqttSource:
                     self.connects += 1
                     delay = cfg.reconnect_min_s
                     failing = False
+                    self._session_check(client, where)
                     subs = self._subscriptions()
                     await client.subscribe(subs)
                     log.info(
@@ -422,6 +553,7 @@ class MqttSource:
                 self._client = None
                 self._held.clear()  # message ids die with the connection; the broker resends
                 if was:
+                    self._losses.append(time.monotonic())
                     self._on_state(False)
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, cfg.reconnect_max_s)

@@ -71,7 +71,7 @@ def test_single_phase_and_integers():
         ({"voltage_v": [230, math.inf, 230]}, "voltage_v[1]: inf is not a number"),
         ({}, "no measurement"),
         ({"meter_id": "bad id!", "power_w": 1}, "meter_id: 'bad id!' is not 1-64 characters"),
-        ({"meter_id": 7, "power_w": 1}, "meter_id: expected a string"),
+        ({"meter_id": 7, "power_w": 1}, "meter_id: expected text, got a number"),
         ({"ts": "2027-01-15T07:50:00", "power_w": 1}, "has no UTC offset"),
         ({"ts": "yesterday", "power_w": 1}, "is not an RFC 3339 time"),
         ({"ts": None, "power_w": 1}, "ts: missing"),
@@ -157,7 +157,7 @@ def test_formats_batch_judges_each_element():
     assert d.readings == [{"meter_id": "a", "power_w": 1}]
     assert d.positions == [0]
     assert [(r.index, r.reason) for r in d.rejections] == [
-        (1, "readings[1]: expected a JSON object"),
+        (1, "readings[1]: expected a JSON object, got 5"),
         (2, "readings[2]: meter_id is missing"),
     ]
 
