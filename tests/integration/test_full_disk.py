@@ -33,8 +33,9 @@ async def test_dead_letter_survives_a_full_disk(tmp_path, caplog):
 
 
 async def test_gateway_keeps_running_while_the_dead_letter_disk_is_full(
-    tmp_path, mosquitto, victoria, publisher, run_gateway
+    tmp_path, mosquitto, victoria, publisher, run_gateway, monkeypatch
 ):
+    monkeypatch.setattr("gateway.app.STALL_S", 0.5)
     cfg = make_config(tmp_path, mosquitto, storage={"url": victoria.url})
     gw = await run_gateway(cfg)
     day = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -50,6 +51,13 @@ async def test_gateway_keeps_running_while_the_dead_letter_disk_is_full(
     )
     await wait_until(lambda: gw.dead_letter.write_errors >= 1, what="the ENOSPC")
     await wait_until(lambda: gw.writer.lines_written >= 1, what="the good reading stored")
+    # The rejected message is not acknowledged before its record is on disk, nor is
+    # the good one after it (acks go in order): the broker still holds both.
+    assert gw.mqtt.held == 2
+    await wait_until(lambda: not gw.ready()[0], what="readiness to report the stall")
+    assert "not acknowledged" in "; ".join(gw.ready()[1])
     target.unlink()
     await wait_until(lambda: target.exists() and target.read_text(), what="the record written")
     assert "invalid JSON" in json.loads(target.read_text())["reason"]
+    await wait_until(lambda: gw.mqtt.held == 0, what="the held acks released")
+    assert gw.ready()[0], gw.ready()[1]
