@@ -8,7 +8,7 @@ the same run:
 Two cases, QoS 1 both:
 
 - single: N messages on `meters/<id>/reading` (format `json`), one canonical reading
-  with every field (SPEC 5) each;
+  with every field each;
 - batch: N messages on `concentrators/<id>/readings` (format `json-batch`) of 100
   readings each.
 
@@ -93,7 +93,7 @@ def _timestamps(steps: int) -> list[str]:
 
 
 def _reading(meter_id: str, m: int, step: int, ts: str) -> dict[str, object]:
-    """SPEC 5's canonical reading, every field; registers rise with time per meter."""
+    """The canonical reading, every field; registers rise with time per meter."""
     x = (m * 7919 + step * 104_729) % 1000 / 1000.0
     return {
         "meter_id": meter_id,

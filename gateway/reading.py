@@ -13,7 +13,7 @@ __all__ = [
     "canonical_from_fields",
 ]
 
-# Storage field names (SPEC 7), in the order they are written.
+# Storage field names (measurement `meter_reading`), in the order they are written.
 VOLTAGE_FIELDS = ("voltage_l1_v", "voltage_l2_v", "voltage_l3_v")
 CURRENT_FIELDS = ("current_l1_a", "current_l2_a", "current_l3_a")
 FIELDS = (
@@ -31,7 +31,7 @@ QUALITIES = ("actual", "estimated", "suspect")
 class Reading(NamedTuple):
     """Immutable; a NamedTuple because the hot path builds one per reading.
 
-    `values` maps SPEC 7 field names to floats and holds only what the meter sent.
+    `values` maps storage field names to floats and holds only what the meter sent.
     """
 
     meter_id: str
@@ -42,7 +42,7 @@ class Reading(NamedTuple):
 
 
 def canonical_from_fields(values: dict[str, object]) -> dict[str, object]:
-    """SPEC 7 field names (a poller's output) -> the SPEC 5 reading the validator takes.
+    """Storage field names (a poller's output) -> the canonical reading the validator takes.
 
     Three phases become a list; a meter with only L1 is single phase.
     """

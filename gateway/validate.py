@@ -1,4 +1,4 @@
-"""Validation (VEE, SPEC 6): schema -> plausibility -> meter-aware rules.
+"""Validation (VEE): schema -> plausibility -> meter-aware rules.
 
 `Validator` is pure (schema and plausibility: a dict in, a Reading or an `Invalid`
 with a reason a person can act on). `MeterRules` keeps a little state per meter

@@ -1,6 +1,7 @@
 """A fleet of simulated meters: what each would put on the wire, in simulated-time order.
 
-``Fleet.steps()`` generates, per reading interval, the MQTT messages of SPEC sections 4 and 5
+``Fleet.steps()`` generates, per reading interval, the MQTT messages of the gateway's
+default topics and formats
 (readings, concentrator batches, last gasp / power_restored events, status) and the
 ground-truth records of the faults that started. It does no I/O and never looks at the wall
 clock after construction, so the same settings and seed give the same bytes; the MQTT side

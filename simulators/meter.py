@@ -288,7 +288,7 @@ class MeterModel:
         return out
 
     def reading(self) -> dict[str, object]:
-        """The SPEC 5 canonical reading at the current simulated time."""
+        """The canonical reading at the current simulated time."""
         t = self.t
         power = self.power_w(t)
         volts = self.voltages_v(t)

@@ -169,7 +169,7 @@ class Mosquitto(_Service):
     """mosquitto 2 on loopback, anonymous, persistent sessions kept on disk.
 
     `max_queued_messages` is raised from mosquitto's default of 1000: beyond it a
-    slow QoS 1 subscriber loses messages at the broker (see SERVERS.md).
+    slow QoS 1 subscriber loses messages at the broker.
     """
 
     name = "mosquitto"

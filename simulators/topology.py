@@ -1,6 +1,6 @@
 """The simulated grid: meters behind transformers on feeders, some read through concentrators.
 
-Written out as the topology CSV of SPEC section 4 so the gateway can tag readings and roll
+Written out as the gateway's topology CSV so the gateway can tag readings and roll
 meter outages up to their transformer.
 """
 
@@ -104,7 +104,7 @@ def build_topology(
 
 
 def write_csv(topology: Topology, path: str | Path) -> None:
-    """The SPEC section 4 topology CSV, with a header line."""
+    """The gateway's topology CSV, with a header line."""
     with Path(path).open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(CSV_HEADER)

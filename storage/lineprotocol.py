@@ -1,7 +1,7 @@
 """InfluxDB line protocol, written by hand for the hot path.
 
 influxdb-client's `Point` builds and serialises ~72k points/s on this machine
-(SERVERS.md); the gateway must carry 100k readings/s, so readings are encoded
+(bench/bench_lineprotocol.py); the gateway must carry 100k readings/s, so readings are encoded
 straight to text with their tag prefix cached per meter (bench/bench_lineprotocol.py).
 """
 
@@ -68,7 +68,7 @@ def encode_point(
 
 
 class ReadingEncoder:
-    """Reading -> line of `meter_reading` (SPEC 7), with the tag prefix cached per meter."""
+    """Reading -> line of `meter_reading`, with the tag prefix cached per meter."""
 
     def __init__(
         self,
@@ -99,7 +99,7 @@ class ReadingEncoder:
         keys = tuple(values)
         template = self._templates.get(keys)
         if template is None:
-            # Values hold only SPEC 7 field names (the validator builds them): no escaping.
+            # Values hold only storage field names (the validator builds them): no escaping.
             template = ",".join(f"{k}=%s" for k in keys) + ',quality="%s" %d'
             self._templates[keys] = template
         # Float formatting is most of the cost of a line; orjson formats all of a

@@ -3,7 +3,7 @@
 aiomqtt (over paho-mqtt 2) owns the connection. Two things differ from its usual use:
 
 - Messages do not go through aiomqtt's queue and iterator: that costs more per
-  message than paho's own parsing (SERVERS.md: ~9k/s vs 9k-22k/s), and its queue
+  message than paho's own parsing (measured: ~9k/s vs 9k-22k/s), and its queue
   drops when full. Each message is handled in paho's callback, on the event loop.
 - Acknowledgements are manual (paho's `manual_ack`). A QoS 1 message is acked once
   the pipeline has taken it and whatever of it went to the dead-letter store is on

@@ -1,6 +1,6 @@
 """Where a simulated meter's values come from: the meter model, or fixed values.
 
-A source is `Callable[[float], Mapping[str, float]]`: given epoch seconds, the SPEC 7
+A source is `Callable[[float], Mapping[str, float]]`: given epoch seconds, the storage
 fields (`voltage_l1_v`, `power_w`, ...) the meter shows at that time.
 """
 
@@ -17,7 +17,7 @@ _SCALARS = ("energy_import_kwh", "energy_export_kwh", "power_w", "power_factor",
 
 
 def canonical_to_fields(reading: Mapping[str, Any]) -> dict[str, float]:
-    """SPEC 5 reading (`voltage_v: [..]`) -> SPEC 7 fields (`voltage_l1_v`, ...)."""
+    """Canonical reading (`voltage_v: [..]`) -> storage fields (`voltage_l1_v`, ...)."""
     out: dict[str, float] = {}
     for key, prefix, unit in (("voltage_v", "voltage", "v"), ("current_a", "current", "a")):
         value = reading.get(key)

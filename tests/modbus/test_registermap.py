@@ -1,4 +1,4 @@
-"""Register maps: the bundled ones carry DOMAIN.md's addresses; bad maps name the entry."""
+"""Register maps: the bundled ones carry the manufacturers' addresses; bad maps name the entry."""
 
 from __future__ import annotations
 

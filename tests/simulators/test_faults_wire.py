@@ -305,7 +305,7 @@ def test_malformed_payloads(run_on_wire: RunOnWire, kind: str) -> None:
         with pytest.raises(json.JSONDecodeError):
             json.loads(raw)
     else:
-        bad = json.loads(raw)  # Python's json accepts NaN; SPEC-conforming parsers must not
+        bad = json.loads(raw)  # Python's json accepts NaN; conforming parsers must not
         if kind == "nan":
             assert b'"power_w":NaN' in raw
             assert math.isnan(bad["power_w"])
