@@ -1,20 +1,37 @@
-"""The configuration schema (SPEC section 4) as pydantic models.
+"""The configuration schema as pydantic models.
 
 Every model forbids unknown keys: a typo in a deployed config must stop the
 gateway at start, not be silently ignored. Defaults are the shipped ones.
+
+Numbers are finite and bounded, text is bounded: a value the running gateway
+cannot use (an infinite age, a keepalive MQTT cannot carry, a duration that
+overflows when turned into nanoseconds, a host name no resolver takes) is
+refused here, where the error names the key, not hours later where it is used.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
+import stat
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from protocols.modbus.config import ModbusConfig
 
 __all__ = [
+    "MAX_TEXT",
     "Config",
     "EventsConfig",
     "GatewayConfig",
@@ -25,13 +42,95 @@ __all__ = [
     "TlsConfig",
     "TopologyConfig",
     "ValidationConfig",
+    "host_problem",
+    "shown",
 ]
 
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# RFC 1123 labels; `_` too, since Docker and Compose service names have it and resolve.
+_HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?$")
+_DAY = 86_400
+# MQTT's limit for a string; far above any real name, token or path, and it keeps a
+# pasted megabyte out of error messages and logs.
+MAX_TEXT = 65_535
+# A secret file holds one password or token; more means the wrong file was named.
+_SECRET_MAX_BYTES = 65_536
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, str_max_length=MAX_TEXT
+    )
+
+
+def host_problem(host: str) -> str | None:
+    """Why `host` is neither an IP address nor a host name; None when it is one."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return None
+    if len(host) > 253 or not _HOSTNAME.match(host):
+        return (
+            f"{host!r} is not an IP address or a host name "
+            "(letters, digits, '-', '_', dot-separated labels of at most 63)"
+        )
+    return None
+
+
+def _http_url_problem(url: str) -> str | None:
+    if not url.isprintable() or any(c.isspace() for c in url):
+        return "must not contain spaces or control characters"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        return f"is not a URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return "must be an http:// or https:// URL"
+    if not parts.hostname:
+        return "names no host"
+    problem = host_problem(parts.hostname)
+    if problem:
+        return problem
+    if parts.query or parts.fragment:
+        return "must not have a ?query or #fragment (the gateway adds its own)"
+    return None
+
+
+def _mqtt_text(v: str | None) -> str | None:
+    if v is not None and len(v.encode("utf-8", "surrogatepass")) > MAX_TEXT:
+        raise ValueError(f"must be at most {MAX_TEXT} bytes as UTF-8 (MQTT's limit)")
+    return v
+
+
+def _header_token(v: str | None) -> str | None:
+    # Sent in an HTTP header: visible ASCII only, or the request cannot be made.
+    if v is not None and not re.fullmatch(r"[\x21-\x7e]+", v):
+        raise ValueError(
+            "must be visible ASCII characters without spaces (it is sent in an HTTP header)"
+        )
+    return v
+
+
+def shown(path: Path | str) -> str:
+    """A path for a message: quoted, and cut short when it is absurdly long."""
+    text = repr(str(path))
+    return text if len(text) <= 120 else f"{text[:80]}...{text[-30:]}"
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why `path` is not a regular file that exists, or None."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return f"no such file {shown(path)}"
+    except (OSError, ValueError) as exc:
+        return f"cannot use {shown(path)}: {getattr(exc, 'strerror', None) or exc}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{shown(path)} is not a regular file"
+    return None
 
 
 def _read_secret(data: Any, key: str) -> Any:
@@ -39,13 +138,34 @@ def _read_secret(data: Any, key: str) -> Any:
     if not isinstance(data, dict) or data.get(f"{key}_file") is None:
         return data
     data = dict(data)
-    path = Path(str(data.pop(f"{key}_file")))
+    raw = data.pop(f"{key}_file")
     if data.get(key) is not None:
         raise ValueError(f"set either `{key}` or `{key}_file`, not both")
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = str(raw)  # a file named by digits, as YAML or the environment reads it
+    if not isinstance(raw, str | os.PathLike):
+        raise ValueError(f"`{key}_file` must be a file path (got {type(raw).__name__})")
+    path = Path(raw)
     try:
-        data[key] = path.read_text().strip()
+        # Checked before opening: a FIFO would block, and /dev/zero would never end.
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise ValueError(f"`{key}_file`: {shown(path)} is not a regular file")
+        with path.open("rb") as f:
+            blob = f.read(_SECRET_MAX_BYTES + 1)
     except OSError as exc:
-        raise ValueError(f"`{key}_file`: cannot read {path}: {exc.strerror}") from None
+        raise ValueError(f"`{key}_file`: cannot read {shown(path)}: {exc.strerror}") from None
+    if len(blob) > _SECRET_MAX_BYTES:
+        raise ValueError(
+            f"`{key}_file`: {shown(path)} is larger than {_SECRET_MAX_BYTES} bytes; "
+            "a secret file holds only the secret"
+        )
+    try:
+        data[key] = blob.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"`{key}_file`: {shown(path)} is not UTF-8 text (byte {blob[exc.start]:#04x} at offset "
+            f"{exc.start}); write the secret as UTF-8"
+        ) from None
     return data
 
 
@@ -74,8 +194,9 @@ class TlsConfig(_Section):
         if self.enabled:
             for key in ("ca_file", "cert_file", "key_file"):
                 path = getattr(self, key)
-                if path is not None and not path.is_file():
-                    raise ValueError(f"{key}: no such file {str(path)!r}")
+                problem = None if path is None else _file_problem(path)
+                if problem:
+                    raise ValueError(f"{key}: {problem}")
             if (self.cert_file is None) != (self.key_file is None):
                 raise ValueError("cert_file and key_file go together (client certificate)")
         return self
@@ -90,7 +211,7 @@ class Subscription(_Section):
     def _topic(cls, v: str) -> str:
         if not v or "#" in v[:-1] or any(("+" in level and level != "+") for level in v.split("/")):
             raise ValueError(f"invalid MQTT topic filter {v!r}")
-        return v
+        return _mqtt_text(v)  # type: ignore[return-value]
 
     @field_validator("format")
     @classmethod
@@ -121,19 +242,32 @@ class MqttConfig(_Section):
     clean_start: bool = False
     qos: Literal[0, 1, 2] = 1
     shared_group: str | None = None
-    max_payload_bytes: int = Field(1_048_576, gt=0)
-    keepalive_s: int = Field(60, ge=5)
+    # MQTT's maximum packet size: a larger limit could never be reached.
+    max_payload_bytes: int = Field(1_048_576, gt=0, le=268_435_455)
+    # A two-byte field in CONNECT.
+    keepalive_s: int = Field(60, ge=5, le=65_535)
     # MQTT 5 Receive Maximum: QoS 1 messages the broker may send before we ack.
     # While storage is behind, acks are held, so this bounds what is in memory.
     receive_maximum: int = Field(500, ge=1, le=65535)
     # MQTT 5 drops a persistent session when its expiry passes; a week covers a
     # gateway that is down over a long weekend.
-    session_expiry_s: int = Field(604_800, ge=0)
-    reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(60.0, gt=0)
+    # A four-byte field in CONNECT; its maximum means "never expires".
+    session_expiry_s: int = Field(604_800, ge=0, le=4_294_967_295)
+    reconnect_min_s: float = Field(0.5, gt=0, le=3600)
+    reconnect_max_s: float = Field(60.0, gt=0, le=_DAY)
     subscriptions: list[Subscription] = Field(default_factory=_default_subscriptions, min_length=1)
 
     _secret = model_validator(mode="before")(lambda data: _read_secret(data, "password"))
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        problem = host_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    _text = field_validator("client_id", "username", "password")(_mqtt_text)
 
     @field_validator("shared_group")
     @classmethod
@@ -155,9 +289,9 @@ class StorageConfig(_Section):
     password: str | None = Field(None, repr=False)
     precision: Literal["s", "ms", "us", "ns"] = "s"
     batch_size: int = Field(5000, gt=0, le=1_000_000)
-    flush_interval_s: float = Field(1.0, gt=0)
-    max_retry_delay_s: float = Field(60.0, gt=0)
-    timeout_s: float = Field(10.0, gt=0)
+    flush_interval_s: float = Field(1.0, gt=0, le=3600)
+    max_retry_delay_s: float = Field(60.0, gt=0, le=3600)
+    timeout_s: float = Field(10.0, gt=0, le=3600)
     spool_max_bytes: int = Field(1_073_741_824, gt=0)
     # Readings held in memory while the database is slow or down; above it the
     # sources stop acknowledging (MQTT) and polling waits (Modbus).
@@ -166,12 +300,31 @@ class StorageConfig(_Section):
     _token = model_validator(mode="before")(lambda data: _read_secret(data, "token"))
     _password = model_validator(mode="before")(lambda data: _read_secret(data, "password"))
 
+    _header = field_validator("token")(_header_token)
+
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^/]+", v):
-            raise ValueError(f"must be an http:// or https:// URL (got {v!r})")
+        problem = _http_url_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v.rstrip("/")
+
+    @field_validator("username", "password")
+    @classmethod
+    def _basic_auth(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # InfluxDB 1.x basic auth: aiohttp refuses both of these when it builds the client.
+        if v is None:
+            return v
+        if info.field_name == "username" and ":" in v:
+            raise ValueError("must not contain ':' (HTTP basic authentication)")
+        try:
+            v.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ValueError(
+                "must be Latin-1 text (HTTP basic authentication cannot send other characters)"
+            ) from None
+        return v
 
     @model_validator(mode="after")
     def _batch_vs_buffer(self) -> StorageConfig:
@@ -190,11 +343,26 @@ class TopologyConfig(_Section):
 class EventsConfig(_Section):
     topic_prefix: str = "events"
     webhook_url: str | None = None
-    offline_after_s: float = Field(90, gt=0)
-    momentary_max_s: float = Field(300, gt=0)
+    offline_after_s: float = Field(90, gt=0, le=30 * _DAY)
+    momentary_max_s: float = Field(300, gt=0, le=_DAY)
     transformer_outage_ratio: float = Field(0.6, gt=0, le=1)
-    nominal_voltage_v: float = Field(230, gt=0)
+    nominal_voltage_v: float = Field(230, gt=0, le=1_000_000)
     voltage_tolerance: float = Field(0.10, gt=0, lt=1)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v or "+" in v or "#" in v:
+            raise ValueError("an MQTT topic to publish under: not empty, no '+' or '#'")
+        return _mqtt_text(v)  # type: ignore[return-value]
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, v: str | None) -> str | None:
+        problem = None if v is None else _http_url_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
 
 class HttpConfig(_Section):
@@ -202,26 +370,34 @@ class HttpConfig(_Section):
     token: str | None = Field(None, repr=False)
 
     _token = model_validator(mode="before")(lambda data: _read_secret(data, "token"))
+    _header = field_validator("token")(_header_token)
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
+        # Parsed the way the status server parses it when it starts.
         host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"must be HOST:PORT (got {v!r})")
+        if not sep or not host or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
+            raise ValueError("must be HOST:PORT, with PORT 0-65535")
+        problem = host_problem(host.strip("[]"))
+        if problem:
+            raise ValueError(
+                problem + ("; an IPv6 address goes in [brackets]" if ":" in host else "")
+            )
         return v
 
 
 class ValidationConfig(_Section):
-    """Plausibility bounds (SPEC 6); the defaults are the spec's."""
+    """Plausibility bounds; the defaults are the shipped ones."""
 
     voltage_max_v: float = Field(1000.0, gt=0)
     current_max_a: float = Field(10_000.0, gt=0)
     power_max_w: float = Field(10_000_000.0, gt=0)
     frequency_min_hz: float = Field(40.0, ge=0)
     frequency_max_hz: float = Field(70.0, gt=0)
-    max_future_s: float = Field(300.0, ge=0)
-    max_age_s: float = Field(7 * 86_400.0, gt=0)
+    # Both become nanoseconds (x 1e9): bounded so that stays a finite number.
+    max_future_s: float = Field(300.0, ge=0, le=366 * _DAY)
+    max_age_s: float = Field(7 * 86_400.0, gt=0, le=100 * 366 * _DAY)
     # Timestamps remembered per meter to tell a redelivered reading from a new one.
     duplicate_window: int = Field(16, ge=1, le=10_000)
 

@@ -46,6 +46,17 @@ def _add_logging(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _seconds(text: str) -> float:
+    # float() takes "inf" and "nan"; neither is a time the event loop can wait for.
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 86_400:
+        raise argparse.ArgumentTypeError(f"must be 0 to 86400 seconds (got {text!r})")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meter-gateway",
@@ -65,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, type=Path, help="the YAML configuration file")
     run.add_argument(
         "--shutdown-timeout",
-        type=float,
+        type=_seconds,
         default=30.0,
         metavar="S",
         help="how long to keep writing to the database after SIGTERM (default 30)",

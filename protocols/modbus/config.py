@@ -46,15 +46,21 @@ _ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 Transport = Literal["tcp", "rtu", "rtu-over-tcp"]
 
 
+_DAY = 86_400
+_MIN_INTERVAL_S = 0.01
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Infinity and NaN are no durations: they pass `gt=0` and then break the scheduler.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SerialConfig(_Model):
     """An RS-485 line. Devices naming the same `port` share it (one request at a time)."""
 
     port: str = Field(min_length=1, description="e.g. /dev/ttyUSB0")
-    baudrate: int = Field(9600, gt=0)
+    # The highest standard rate; the frame gap is computed from it as a float.
+    baudrate: int = Field(9600, gt=0, le=4_000_000)
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
@@ -69,8 +75,8 @@ class BreakerConfig(_Model):
     """
 
     failures: int = Field(3, ge=1)
-    backoff_s: float = Field(10.0, gt=0)
-    max_backoff_s: float = Field(300.0, gt=0)
+    backoff_s: float = Field(10.0, gt=0, le=_DAY)
+    max_backoff_s: float = Field(300.0, gt=0, le=_DAY)
 
     @model_validator(mode="after")
     def _ordered(self) -> BreakerConfig:
@@ -92,13 +98,15 @@ class ModbusDeviceConfig(_Model):
     port: int = Field(502, ge=1, le=65535)
     serial: SerialConfig | None = Field(None, validate_default=True)
     unit: int = Field(1, ge=0, le=255, description="Modbus unit id (slave address)")
-    interval_s: float = Field(10.0, gt=0)
-    timeout_s: float = Field(1.0, gt=0)
-    retries: int = Field(2, ge=0)
+    # The poller counts slots as wall-clock time / interval_s: a tiny interval
+    # overflows that count, a huge one is no schedule.
+    interval_s: float = Field(10.0, gt=0, le=_DAY)
+    timeout_s: float = Field(1.0, gt=0, le=3600)
+    retries: int = Field(2, ge=0, le=100)
     max_registers_per_request: int | None = Field(
         None, ge=1, le=MODBUS_MAX_READ, description="default: the map's"
     )
-    max_gap: int | None = Field(None, ge=0, description="default: the map's")
+    max_gap: int | None = Field(None, ge=0, le=65_535, description="default: the map's")
     breaker: BreakerConfig = BreakerConfig()
 
     _register_map: RegisterMap = PrivateAttr()
@@ -108,6 +116,13 @@ class ModbusDeviceConfig(_Model):
     def _meter_id(cls, v: str) -> str:
         if not _ID.match(v):
             raise ValueError("1-64 characters of A-Z a-z 0-9 . _ : -")
+        return v
+
+    @field_validator("interval_s")
+    @classmethod
+    def _interval_floor(cls, v: float) -> float:
+        if v < _MIN_INTERVAL_S:
+            raise ValueError(f"must be at least {_MIN_INTERVAL_S} s")
         return v
 
     @field_validator("model")
@@ -136,6 +151,8 @@ class ModbusDeviceConfig(_Model):
                 load_map(v)  # checked here so that the error names this key
             except RegisterMapError as exc:
                 raise ValueError(str(exc)) from None
+            except Exception as exc:  # a map that is not even YAML the loader can build
+                raise ValueError(f"{v}: cannot load register map: {exc}") from None
         return v
 
     @field_validator("host")
@@ -164,6 +181,9 @@ class ModbusDeviceConfig(_Model):
             rmap = bundled_map(self.model) if self.model else load_map(self.map)  # type: ignore[arg-type]
         except RegisterMapError as exc:
             raise ValueError(f"`{'model' if self.model else 'map'}`: {exc}") from None
+        except Exception as exc:
+            what = "model" if self.model else "map"
+            raise ValueError(f"`{what}`: cannot load the register map: {exc}") from None
         if self.max_registers_per_request is not None:
             origin = f"{self.model}.yaml" if self.model else self.map.name  # type: ignore[union-attr]
             try:
@@ -204,9 +224,13 @@ class ModbusConfig(_Model):
     """The `modbus:` section."""
 
     devices: list[ModbusDeviceConfig] = []
-    connect_timeout_s: float = Field(3.0, gt=0, description="opening a TCP connection")
-    reconnect_delay_s: float = Field(0.5, gt=0, description="first wait after a failed connect")
-    reconnect_max_delay_s: float = Field(60.0, gt=0, description="cap of the doubling wait")
+    connect_timeout_s: float = Field(3.0, gt=0, le=3600, description="opening a TCP connection")
+    reconnect_delay_s: float = Field(
+        0.5, gt=0, le=3600, description="first wait after a failed connect"
+    )
+    reconnect_max_delay_s: float = Field(
+        60.0, gt=0, le=_DAY, description="cap of the doubling wait"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ModbusConfig:

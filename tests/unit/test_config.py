@@ -128,3 +128,203 @@ def test_tls_files_must_exist(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(p, env={})
     assert "mqtt.tls: ca_file: no such file" in info.value.errors[0]
+
+
+# -- any input: a Config or a ConfigError naming the key, the file and what to do -----------
+
+
+def errors_of(path: Path | None, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=env or {})
+    return info.value.errors
+
+
+@pytest.mark.parametrize(
+    ("blob", "expected"),
+    [
+        ("mqtt:\n  port: 1\n".encode("utf-16"), "offset 0 (it looks like UTF-16)"),
+        ("gateway:\n  id: gw-\xe9\n".encode("latin-1"), "line 2: not UTF-8 text: byte 0xe9"),
+    ],
+)
+def test_a_file_that_is_not_utf8_says_so(tmp_path, blob, expected):
+    p = tmp_path / "gw.yaml"
+    p.write_bytes(blob)
+    [error] = errors_of(p)
+    assert error.startswith(f"{p}: ")
+    assert expected in error
+    assert "save the file as UTF-8" in error
+
+
+def test_a_utf8_byte_order_mark_is_fine(tmp_path):
+    p = tmp_path / "gw.yaml"
+    p.write_bytes(b"\xef\xbb\xbfmqtt:\n  port: 1884\n")
+    assert load_config(p, env={}).mqtt.port == 1884
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("validation:\n  max_age_s: !!float 'x'\n", "line 2, column 14: validation.max_age_s: "),
+        ("mqtt:\n  port: !!int '0x'\n", "line 2, column 9: mqtt.port: cannot read '0x' as !!int"),
+        ("mqtt:\n  host: !!timestamp x\n", "mqtt.host: 'x' is read as a date"),
+        ("mqtt:\n  host: !!binary aGk=\n", "the YAML tag !!binary is not used"),
+        ("mqtt: !!python/object:os.system {}\n", "mqtt: a mapping tagged !!python/object"),
+        ("mqtt:\n  port: " + "9" * 5000 + "\n", "mqtt.port: cannot read"),
+        ("a: 1\n---\nb: 2\n", "expected a single document"),
+        ("mqtt: {port: 1}\x01\n", "line 1, column 16: not valid YAML: the character U+0001"),
+    ],
+)
+def test_yaml_that_no_config_is_names_line_and_key(tmp_path, text, expected):
+    [error] = errors_of(write(tmp_path, text))
+    assert expected in error
+
+
+def test_duplicate_keys_are_errors_naming_both_lines(tmp_path):
+    p = write(tmp_path, "mqtt:\n  port: 1\n  port: 2\nstorage: {}\nstorage: {}\n")
+    assert errors_of(p) == [
+        f"{p}: line 3, column 3: mqtt: duplicate key 'port' (first at line 2): YAML would "
+        "silently keep only the last; delete one of them",
+        f"{p}: line 5, column 1: duplicate key 'storage' (first at line 4): YAML would "
+        "silently keep only the last; delete one of them",
+    ]
+
+
+def test_keys_must_be_names(tmp_path):
+    errors = errors_of(write(tmp_path, "1: x\nnull: y\nmqtt:\n  [a]: z\n"))
+    assert [e.split(": ", 1)[1] for e in errors] == [
+        "line 1, column 1: a key must be a name, not '1' (read as !!int); quote it if it is text",
+        "line 2, column 1: a key must be a name, not 'null' (read as !!null); quote it if it "
+        "is text",
+        "line 4, column 3: mqtt: a key must be a name, not a list or a mapping; quote it if it "
+        "is text",
+    ]
+
+
+def test_alias_bombs_cycles_and_deep_nesting_are_refused(tmp_path):
+    laughs = "".join(
+        f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else '0'] * 9)}]\n" for i in range(9)
+    )
+    assert "expand to more than 100000 values" in errors_of(write(tmp_path, laughs))[0]
+    assert (
+        "an alias refers to a node that contains it"
+        in errors_of(write(tmp_path, "a: &x [*x]\n"))[0]
+    )
+    deep = "mqtt: " + "[" * 10_000 + "]" * 10_000 + "\n"
+    assert "nested more than 32 levels deep" in errors_of(write(tmp_path, deep))[0]
+
+
+def test_anchors_and_merge_keys_still_work(tmp_path):
+    p = write(
+        tmp_path, "mqtt: &m {host: localhost, <<: {port: 1885}}\nvalidation: {max_age_s: 60}\n"
+    )
+    cfg = load_config(p, env={})
+    assert (cfg.mqtt.host, cfg.mqtt.port) == ("localhost", 1885)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("validation: {max_age_s: .inf}", "validation.max_age_s: Input should be a finite number"),
+        ("validation: {max_future_s: .nan}", "validation.max_future_s: Input should be a finite"),
+        ("validation: {max_age_s: 1.0e+300}", "validation.max_age_s: Input should be less than"),
+        (
+            "mqtt: {keepalive_s: 70000}",
+            "mqtt.keepalive_s: Input should be less than or equal to 65535",
+        ),
+        ("mqtt: {port: " + str(10**400) + "}", "mqtt.port: Input should be less than or equal"),
+        ("mqtt: {reconnect_max_s: .inf}", "mqtt.reconnect_max_s: Input should be a finite"),
+        ("events: {offline_after_s: 1.0e+300}", "events.offline_after_s: Input should be less"),
+        ("modbus: {connect_timeout_s: .inf}", "modbus.connect_timeout_s: Input should be a finite"),
+        ("mqtt: {host: '" + "a" * 70_000 + "'}", "mqtt.host: String should have at most 65535"),
+        ("mqtt: {host: 'a b'}", "mqtt.host: 'a b' is not an IP address or a host name"),
+        ('gateway: {data_dir: "a\\0b"}', "gateway.data_dir: contains a NUL character"),
+        ("http: {listen: 'a b:80'}", "http.listen: 'a b' is not an IP address"),
+        ("http: {listen: 'x:\u0663'}", "http.listen: must be HOST:PORT"),
+        ("http: {token: 't\u00f6k'}", "http.token: must be visible ASCII"),
+        ("storage: {api: v1, username: 'a:b'}", "storage.username: must not contain ':'"),
+        ("storage: {url: 'http://x:99999'}", "storage.url: is not a URL"),
+        ("mqtt: [1, 2]", "mqtt: Input should be a valid dictionary"),
+        ("mqtt: {subscriptions: {a: 1}}", "mqtt.subscriptions: Input should be a valid list"),
+    ],
+)
+def test_values_run_could_not_use_are_refused(tmp_path, text, expected):
+    p = write(tmp_path, text + "\n")
+    errors = errors_of(p)
+    assert any(e.startswith(f"{p}: {expected}") for e in errors), errors
+
+
+def test_what_run_needs_at_start_is_checked(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "topo.csv").write_text("meter,x\n1,2\n")
+    (tmp_path / "ca.pem").write_text("not a certificate")
+    p = write(
+        tmp_path,
+        f"gateway: {{data_dir: {tmp_path / 'file' / 'var'}}}\n"
+        f"topology: {{file: {tmp_path / 'topo.csv'}}}\n"
+        f"mqtt: {{tls: {{enabled: true, ca_file: {tmp_path / 'ca.pem'}}}}}\n",
+    )
+    errors = errors_of(p)
+    assert len(errors) == 3, errors
+    assert f"{p}: gateway.data_dir: cannot create" in errors[0]
+    assert "is not a directory" in errors[0]
+    assert f"{p}: topology.file: {tmp_path / 'topo.csv'}: line 1: the header" in errors[1]
+    assert f"{p}: mqtt.tls.ca_file: '{tmp_path / 'ca.pem'}' is not a PEM CA" in errors[2]
+
+
+def test_a_secret_file_must_be_a_regular_file(tmp_path):
+    p = write(tmp_path, "storage: {token_file: /dev/zero}\n")
+    assert "token_file`: '/dev/zero' is not a regular file" in errors_of(p)[0]
+
+
+def test_environment_variables_with_odd_names_or_paths(tmp_path):
+    p = write(tmp_path, "mqtt: 5\nmodbus: {devices: []}\n")
+    errors = errors_of(
+        p,
+        {
+            "METER_GATEWAY____": "x",
+            "METER_GATEWAY__MQTT__PORT": "1",
+            "METER_GATEWAY__MODBUS__DEVICES__0__HOST": "h",
+        },
+    )
+    assert errors == [
+        "environment METER_GATEWAY____: names no key (empty name between `__`); use "
+        "METER_GATEWAY__SECTION__KEY, e.g. METER_GATEWAY__MQTT__HOST",
+        f"environment METER_GATEWAY__MQTT__PORT: cannot set mqtt.port: mqtt is 5 in {p}, not a "
+        "section",
+        "environment METER_GATEWAY__MODBUS__DEVICES__0__HOST: modbus.devices is an empty list: "
+        "set the whole list",
+        f"{p}: mqtt: Input should be a valid dictionary or instance of MqttConfig (got 5) (line 1)",
+    ]
+
+
+def test_environment_reaches_into_lists_and_is_blamed_for_its_errors(tmp_path):
+    p = write(tmp_path, "mqtt:\n  subscriptions:\n    - {topic: a/b, format: json}\n")
+    cfg = load_config(p, env={"METER_GATEWAY__MQTT__SUBSCRIPTIONS__0__TOPIC": "c/+"})
+    assert cfg.mqtt.subscriptions[0].topic == "c/+"
+    errors = errors_of(p, {"METER_GATEWAY__MQTT__SUBSCRIPTIONS__0__FORMAT": "xml"})
+    assert errors[0].startswith(
+        "environment METER_GATEWAY__MQTT__SUBSCRIPTIONS__0__FORMAT: "
+        "mqtt.subscriptions[0].format: unknown format 'xml'"
+    )
+    # A rule across keys, one of them from the environment: both are named.
+    p = write(tmp_path, "storage: {max_buffered_lines: 10}\n")
+    [error] = errors_of(p, {"METER_GATEWAY__STORAGE__BATCH_SIZE": "100"})
+    assert error == (
+        f"{p} with environment METER_GATEWAY__STORAGE__BATCH_SIZE: storage: "
+        "max_buffered_lines (10) must be >= batch_size (100)"
+    )
+
+
+def test_environment_text_stays_text_where_text_is_meant(tmp_path):
+    cfg = load_config(
+        None,
+        env={"METER_GATEWAY__STORAGE__TOKEN": "12345", "METER_GATEWAY__MQTT__PASSWORD": "true"},
+    )
+    assert (cfg.storage.token, cfg.mqtt.password) == ("12345", "true")
+
+
+def test_errors_beyond_two_hundred_are_counted(tmp_path):
+    items = ", ".join(["{topic: a}"] * 300)
+    errors = errors_of(write(tmp_path, f"mqtt: {{subscriptions: [{items}]}}\n"))
+    assert len(errors) == 201
+    assert errors[-1].endswith("... and 100 more error(s) like these")

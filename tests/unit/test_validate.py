@@ -66,7 +66,7 @@ def test_single_phase_and_integers():
         ({"power_factor": 1.2}, "power_factor: 1.2 above 1.0"),
         ({"energy_import_kwh": -1}, "energy_import_kwh: -1.0 below 0.0"),
         ({"power_w": "812"}, "power_w: expected a number, got a string '812'"),
-        ({"power_w": True}, "power_w: expected a number, got a boolean True"),
+        ({"power_w": True}, "power_w: expected a number, got a boolean true"),
         ({"power_w": math.nan}, "power_w: nan is not a number"),
         ({"voltage_v": [230, math.inf, 230]}, "voltage_v[1]: inf is not a number"),
         ({}, "no measurement"),
