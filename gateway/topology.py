@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["COLUMNS", "MeterPlace", "TopologyError", "load_topology"]
 
@@ -43,40 +44,56 @@ class MeterPlace:
 
 
 def load_topology(path: Path) -> dict[str, MeterPlace]:
-    places: dict[str, MeterPlace] = {}
+    """Read the CSV; raise TopologyError naming the file, the line and what to fix."""
     try:
-        f = path.open(newline="")
+        f = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise TopologyError(f"{path}: cannot read: {exc.strerror}") from None
     with f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "meter_id" not in reader.fieldnames:
+        try:
+            return _read(path, f)
+        except UnicodeDecodeError as exc:
             raise TopologyError(
-                f"{path}: line 1: the header must name the columns ({','.join(COLUMNS)})"
-            )
-        unknown = set(reader.fieldnames) - set(COLUMNS)
-        if unknown:
-            raise TopologyError(f"{path}: line 1: unknown column(s) {', '.join(sorted(unknown))}")
-        for row in reader:
-            line = reader.line_num
-            meter_id = (row.get("meter_id") or "").strip()
-            if not meter_id:
-                raise TopologyError(f"{path}: line {line}: meter_id is empty")
-            try:
-                phases = int(row["phases"]) if row.get("phases") else None
-                if phases not in (None, 1, 3):
-                    raise ValueError("phases must be 1 or 3")
-                nominal = float(row["nominal_voltage_v"]) if row.get("nominal_voltage_v") else None
-            except ValueError as exc:
-                raise TopologyError(f"{path}: line {line}: {exc}") from None
-            prosumer = (row.get("prosumer") or "").strip().lower() in {"1", "true", "yes", "y"}
-            places[meter_id] = MeterPlace(
-                meter_id,
-                (row.get("transformer_id") or "").strip() or None,
-                (row.get("feeder_id") or "").strip() or None,
-                (row.get("customer_id") or "").strip() or None,
-                phases,
-                nominal,
-                prosumer,
-            )
+                f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x}); save it as UTF-8"
+            ) from None
+        except csv.Error as exc:
+            raise TopologyError(f"{path}: not a readable CSV file: {exc}") from None
+        except OSError as exc:
+            raise TopologyError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _read(path: Path, f: Any) -> dict[str, MeterPlace]:
+    places: dict[str, MeterPlace] = {}
+    reader = csv.DictReader(f)
+    if reader.fieldnames is None or "meter_id" not in reader.fieldnames:
+        raise TopologyError(
+            f"{path}: line 1: the header must name the columns ({','.join(COLUMNS)})"
+        )
+    unknown = set(reader.fieldnames) - set(COLUMNS)
+    if unknown:
+        raise TopologyError(f"{path}: line 1: unknown column(s) {', '.join(sorted(unknown))}")
+    for row in reader:
+        line = reader.line_num
+        meter_id = (row.get("meter_id") or "").strip()
+        if not meter_id:
+            raise TopologyError(f"{path}: line {line}: meter_id is empty")
+        try:
+            phases = int(row["phases"]) if row.get("phases") else None
+            if phases not in (None, 1, 3):
+                raise ValueError("phases must be 1 or 3")
+            nominal = float(row["nominal_voltage_v"]) if row.get("nominal_voltage_v") else None
+            if nominal is not None and not 0 < nominal < 1_000_000:
+                raise ValueError(f"nominal_voltage_v {nominal!r} is not a voltage")
+        except ValueError as exc:
+            raise TopologyError(f"{path}: line {line}: {exc}") from None
+        prosumer = (row.get("prosumer") or "").strip().lower() in {"1", "true", "yes", "y"}
+        places[meter_id] = MeterPlace(
+            meter_id,
+            (row.get("transformer_id") or "").strip() or None,
+            (row.get("feeder_id") or "").strip() or None,
+            (row.get("customer_id") or "").strip() or None,
+            phases,
+            nominal,
+            prosumer,
+        )
     return places

@@ -1,0 +1,41 @@
+"""The topology CSV: a bad file or row is an error naming the file, the line and the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.topology import TopologyError, load_topology
+
+
+def test_a_good_file(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text(
+        "\ufeffmeter_id,transformer_id,feeder_id,customer_id,phases,nominal_voltage_v,prosumer\n"
+        "m-1,tx-1,f-1,c-1,3,230,yes\nm-2,,,,,,\n"
+    )
+    places = load_topology(path)
+    assert places["m-1"].transformer_id == "tx-1"
+    assert places["m-1"].phases == 3
+    assert places["m-1"].prosumer is True
+    assert places["m-2"].feeder_id is None
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("meter_id,feeder_id\nm\xe9,f\n".encode("latin-1"), "not UTF-8 text (byte 0xe9)"),
+        (b"meter_id,nominal_voltage_v\nm-1,inf\n", "line 2: nominal_voltage_v inf is not a"),
+        (b"meter_id,phases\nm-1,2\n", "line 2: phases must be 1 or 3"),
+        (b"meter_id,phases\n,3\n", "line 2: meter_id is empty"),
+        (b"meter,phases\nm-1,3\n", "line 1: the header must name the columns"),
+        (b"meter_id,colour\nm-1,red\n", "line 1: unknown column(s) colour"),
+        (b'meter_id,feeder_id\nm-1,"' + b"x" * 200_000 + b'"\n', "not a readable CSV file"),
+    ],
+)
+def test_bad_files_name_the_line(tmp_path, content, message):
+    path = tmp_path / "t.csv"
+    path.write_bytes(content)
+    with pytest.raises(TopologyError) as info:
+        load_topology(path)
+    assert str(info.value).startswith(str(path))
+    assert message in str(info.value)
