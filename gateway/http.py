@@ -73,11 +73,24 @@ def status_snapshot(gw: Gateway) -> dict[str, Any]:
                 "polls": s.polls,
                 "readings": s.readings,
                 "failed_polls": s.failed_polls,
+                "skipped_slots": s.skipped,
+                "missed_slots": s.missed_slots,
                 "errors": dict(s.errors),
                 "breaker": s.breaker,
+                "breaker_openings": s.breaker_openings,
+                "down_since": s.down_since,
                 "last_error": s.last_error,
             }
             for mid, s in gw.modbus.stats().items()
+        }
+        out["modbus_connections"] = {
+            ep: {
+                "connected": c.connected,
+                "connects": c.connects,
+                "connect_failures": c.connect_failures,
+                "last_error": c.last_error,
+            }
+            for ep, c in gw.modbus.connection_stats().items()
         }
     return out
 
@@ -146,27 +159,71 @@ class _Collector(Collector):
             g.add_metric([], value)
             yield g
         if gw.modbus is not None:
-            polls = CounterMetricFamily(
-                "meter_gateway_modbus_polls", "Modbus polls, by device.", labels=["meter_id"]
-            )
-            errors = CounterMetricFamily(
-                "meter_gateway_modbus_errors",
-                "Modbus poll errors, by device and kind.",
-                labels=["meter_id", "kind"],
-            )
-            breaker = GaugeMetricFamily(
-                "meter_gateway_modbus_breaker_open",
-                "1 while a device's circuit breaker is open.",
-                labels=["meter_id"],
-            )
-            for mid, s in gw.modbus.stats().items():
-                polls.add_metric([mid], s.polls)
-                for kind, n in s.errors.items():
-                    errors.add_metric([mid, kind], n)
-                breaker.add_metric([mid], float(s.breaker != "closed"))
-            yield polls
-            yield errors
-            yield breaker
+            yield from _modbus_metrics(gw)
+
+
+def _modbus_metrics(gw: Gateway) -> Iterator[Any]:
+    assert gw.modbus is not None
+    per_device = {
+        "polls": ("Modbus polls, by device.", lambda s: s.polls),
+        "readings": ("Modbus polls that gave a reading, by device.", lambda s: s.readings),
+        "failed_polls": ("Modbus polls that gave nothing, by device.", lambda s: s.failed_polls),
+        "skipped_slots": (
+            "Poll slots skipped while the device's circuit breaker was open.",
+            lambda s: s.skipped,
+        ),
+        "missed_slots": ("Poll slots overrun by a slow poll or line.", lambda s: s.missed_slots),
+        "breaker_openings": (
+            "Times a device went down: its circuit breaker opened after failed polls.",
+            lambda s: s.breaker_openings,
+        ),
+    }
+    stats = gw.modbus.stats()
+    for name, (doc, value) in per_device.items():
+        fam = CounterMetricFamily(f"meter_gateway_modbus_{name}", doc, labels=["meter_id"])
+        for mid, s in stats.items():
+            fam.add_metric([mid], value(s))
+        yield fam
+    errors = CounterMetricFamily(
+        "meter_gateway_modbus_errors",
+        "Modbus request errors, by device and kind (connection, timeout, exception, "
+        "garbled, protocol, nan).",
+        labels=["meter_id", "kind"],
+    )
+    breaker = GaugeMetricFamily(
+        "meter_gateway_modbus_breaker_open",
+        "1 while a device's circuit breaker is open or half-open (probing).",
+        labels=["meter_id"],
+    )
+    state = GaugeMetricFamily(
+        "meter_gateway_modbus_breaker_state",
+        "1 for the state a device's circuit breaker is in (closed, open, half_open).",
+        labels=["meter_id", "state"],
+    )
+    for mid, s in stats.items():
+        for kind, n in s.errors.items():
+            errors.add_metric([mid, kind], n)
+        breaker.add_metric([mid], float(s.breaker != "closed"))
+        for st in ("closed", "open", "half_open"):
+            state.add_metric([mid, st], float(s.breaker == st))
+    yield errors
+    yield breaker
+    yield state
+    connected = GaugeMetricFamily(
+        "meter_gateway_modbus_connected",
+        "1 while a Modbus connection (TCP socket or serial port) is open.",
+        labels=["endpoint"],
+    )
+    failures = CounterMetricFamily(
+        "meter_gateway_modbus_connect_failures",
+        "Failed attempts to open a Modbus connection.",
+        labels=["endpoint"],
+    )
+    for ep, c in gw.modbus.connection_stats().items():
+        connected.add_metric([ep], float(c.connected))
+        failures.add_metric([ep], c.connect_failures)
+    yield connected
+    yield failures
 
 
 _PAGE = """<!doctype html><html><head><meta charset="utf-8">
@@ -187,6 +244,20 @@ def _table(title: str, rows: dict[str, Any]) -> str:
         for k, v in rows.items()
     )
     return f"<h2>{html.escape(title)}</h2><table>{body}</table>"
+
+
+def _modbus_row(d: dict[str, Any]) -> str:
+    parts = []
+    if d["down_since"] is not None:
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(d["down_since"]))
+        parts.append(f"DOWN since {since}")
+    parts.append(f"breaker {d['breaker']} (opened {d['breaker_openings']} times)")
+    parts.append(f"{d['readings']}/{d['polls']} polls ok")
+    if d["skipped_slots"]:
+        parts.append(f"{d['skipped_slots']} slots skipped")
+    if d["last_error"]:
+        parts.append(f"last error: {d['last_error']}")
+    return ", ".join(parts)
 
 
 def render_page(s: dict[str, Any]) -> str:
@@ -241,13 +312,7 @@ def render_page(s: dict[str, Any]) -> str:
         tables.append(
             _table(
                 "Modbus devices",
-                {
-                    f"{mid} ({d['label']})": (
-                        f"breaker {d['breaker']}, {d['readings']}/{d['polls']} polls ok"
-                        + (f", last error: {d['last_error']}" if d["last_error"] else "")
-                    )
-                    for mid, d in s["modbus"].items()
-                },
+                {f"{mid} ({d['label']})": _modbus_row(d) for mid, d in s["modbus"].items()},
             )
         )
     ready = s["ready"]

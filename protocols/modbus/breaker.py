@@ -39,7 +39,7 @@ class CircuitBreaker:
         self.consecutive_failures = 0
         self.backoff_s = 0.0
         self._retry_at = 0.0
-        self.opened = 0
+        self.opened = 0  # every opening, a failed probe's re-opening included
 
     def allow(self) -> bool:
         """May the device be polled now? An open breaker turns half-open when due."""
@@ -72,6 +72,12 @@ class CircuitBreaker:
         spread = self._rng.uniform(1 - self._jitter, 1 + self._jitter) if self._jitter else 1.0
         self._retry_at = self._clock() + backoff * spread
         self.opened += 1
+
+    def probe_now(self) -> None:
+        """Let an open breaker probe at the next `allow()`: what kept it open is known to
+        be over (the connection it failed on is up again), so waiting is pointless."""
+        if self.state is BreakerState.OPEN:
+            self._retry_at = self._clock()
 
     def retry_in(self) -> float:
         """Seconds until an open breaker lets a probe through."""

@@ -5,6 +5,8 @@ on the wire at a time, and the reconnect policy: after a failed connect it waits
 doubling from `reconnect_delay_s` up to `reconnect_max_delay_s`, and tries again
 when a device next needs it - forever. Requests made while it waits fail at once
 with `ModbusConnectError`, so a dead gateway costs its devices no time.
+`reconnect_in()` tells the poller when that next attempt is, so that the circuit
+breakers of the devices behind it probe then rather than in the middle of the wait.
 
 Timeouts are enforced here with `asyncio.timeout`, per request, so devices with
 different `timeout_s` can share one connection; pymodbus's own retry and
@@ -16,9 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.client.base import ModbusBaseClient
@@ -100,6 +105,7 @@ class Connection:
         self._client: ModbusBaseClient | None = None
         self._lock = PriorityLock()
         self._last_rx = b""
+        self._connect_error: BaseException | None = None
         self._last_good = time.monotonic()
         self._timeouts_since_good = 0
         self.stats = ConnectionStats(endpoint)
@@ -148,11 +154,49 @@ class Connection:
             )
         # Never let pymodbus close a shared connection because one unit is silent.
         client.set_max_no_responses(1 << 30)
+        self._record_connect_errors(client)
         return client
+
+    def _record_connect_errors(self, client: ModbusBaseClient) -> None:
+        # pymodbus's connect() only returns False (and logs the reason to its own
+        # logger, which the gateway keeps quiet); keep the exception, so that the one
+        # line logged when a device goes down can say "connection refused".
+        ctx: Any = getattr(client, "ctx", None)
+        create: Callable[[], Awaitable[Any]] | None = getattr(ctx, "call_create", None)
+        if create is None:
+            return  # another pymodbus: the message just lacks the cause
+
+        async def recording() -> Any:
+            try:
+                return await create()
+            except OSError as exc:
+                self._connect_error = exc
+                raise
+
+        ctx.call_create = recording
+
+    def _connect_cause(self) -> str | None:
+        """Why the last connect failed, in words: `connection refused`, `timed out`."""
+        exc = self._connect_error
+        if isinstance(exc, TimeoutError):
+            return f"no answer within {self._connect_timeout_s:g} s"
+        if isinstance(exc, OSError):
+            if exc.errno and exc.errno > 0:
+                return os.strerror(exc.errno).lower()
+            return (exc.strerror or str(exc)).lower() or None
+        if self._serial is not None and not Path(self._serial.port).exists():
+            return "no such device"
+        return None
 
     @property
     def connected(self) -> bool:
         return self._client is not None and self._client.connected
+
+    def reconnect_in(self) -> float:
+        """Seconds until the next connect attempt; 0 when connected or free to try now."""
+        if self.connected:
+            return 0.0
+        return max(0.0, self._next_attempt - time.monotonic())
 
     async def _ensure_connected(self) -> ModbusBaseClient:
         if self._client is not None and self._client.connected:
@@ -167,11 +211,13 @@ class Connection:
                 f"not connected ({self.stats.last_error}); next attempt in {wait:.1f} s"
             )
         client = self._new_client()
+        self._connect_error = None
         ok = False
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 ok = await client.connect()
-        except TimeoutError:
+        except TimeoutError as exc:
+            self._connect_error = exc
             ok = False
         if not ok:
             client.close()
@@ -179,7 +225,8 @@ class Connection:
             self._next_attempt = time.monotonic() + self._delay
             what = "open serial port" if self._transport == "rtu" else "connect to"
             target = self._serial.port if self._serial else f"{self._host}:{self._port}"
-            self.stats.last_error = f"cannot {what} {target}"
+            cause = self._connect_cause()
+            self.stats.last_error = f"cannot {what} {target}" + (f" ({cause})" if cause else "")
             self.stats.connect_failures += 1
             self.stats.connected = False
             self.stats.next_attempt_in_s = self._delay
@@ -192,7 +239,10 @@ class Connection:
         self.stats.connected = True
         self.stats.next_attempt_in_s = 0.0
         if self.stats.connects > 1:
-            log.info("modbus %s: reconnected", self.endpoint)
+            # DEBUG: the poller says per device when one goes down and comes back; this
+            # also fires when a silent device's stale socket is reopened, and would
+            # announce a recovery that is none.
+            log.debug("modbus %s: reconnected", self.endpoint)
         return client
 
     def _drop(self, reason: str) -> None:

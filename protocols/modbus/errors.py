@@ -8,6 +8,10 @@ ModbusError                       root of everything this package raises
     +-- GarbledFrameError         bytes came back, but no valid frame (CRC, header)
     +-- DeviceExceptionError      the device answered with a Modbus exception code
     +-- ProtocolError             a frame that does not answer the request sent
+
+`from_device` splits them in two: the device sent something (an exception response, a
+garbled or wrong frame), worth keeping as evidence; or nothing came back at all
+(connection refused or lost, timeout), which is the device's state, not data.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class ModbusIOError(ModbusError):
     """A request failed. `kind` is the error-count key, `raw` the frame received if any."""
 
     kind = "io"
+    from_device = False  # True: the device answered, with something unusable
 
     def __init__(self, message: str, *, raw: bytes | None = None) -> None:
         super().__init__(message)
@@ -77,12 +82,14 @@ class GarbledFrameError(ModbusIOError):
     """Bytes arrived but formed no valid frame (bad CRC, bad MBAP header, noise)."""
 
     kind = "garbled"
+    from_device = True
 
 
 class DeviceExceptionError(ModbusIOError):
     """The device answered with a Modbus exception response."""
 
     kind = "exception"
+    from_device = True
 
     def __init__(self, code: int, *, raw: bytes | None = None) -> None:
         self.code = code
@@ -99,6 +106,7 @@ class ProtocolError(ModbusIOError):
     """A frame that does not answer the request (wrong unit, function, length, stale reply)."""
 
     kind = "protocol"
+    from_device = True
 
 
 @contextmanager

@@ -1,18 +1,51 @@
 """The Modbus poller: reads every configured meter at its interval, hands readings on.
 
 It knows nothing of the pipeline: readings go to `on_reading(reading, device_label)`,
-problems to `on_error(device_label, reason, raw_frame_or_None)`, and before each poll
-it awaits `wait_ready()` when given (storage backpressure: polling waits, nothing is
-dropped). A reading is `{"meter_id", "ts", <SPEC 7 field>: float, ...}` with `ts` the
-UTC epoch seconds at which the poll's first request went on the wire.
+data a device sent that cannot be used to `on_error(device_label, reason, raw)`, and
+before each poll it awaits `wait_ready()` when given (storage backpressure: polling
+waits, nothing is dropped). A reading is `{"meter_id", "ts", <field>: float, ...}`
+with the register maps' field names (`power_w`, `energy_import_kwh`, ...).
 
-Scheduling: each device polls once at start, then on the wall-clock grid of its
-interval (10 s -> :00, :10, ...), so readings of many meters line up. Slots a slow
-poll overran are skipped and counted, never queued up. Requests share a connection
-one at a time, meters known to answer first (see `lock.py`); a meter that never
-answered or failed its last poll gets no retries and queues behind the others, and
-its circuit breaker soon stops polling it except for a probe now and then, so a dead
-meter does not hold up its line.
+Scheduling and time stamps: each device polls on the wall-clock grid of its interval
+(10 s -> :00, :10, ...), so that readings of many meters line up, and a reading's `ts`
+is the slot it was polled for, an exact multiple of the interval - not the moment the
+request went out, which storage keeping whole seconds would file under the second
+before the slot whenever a poll woke a hair early or its clock lagged. A poll that
+could not even start within its slot (held back by storage backpressure, or queued on
+its line for a whole interval) is stamped with the slot it started in: a stamp stays
+within one interval of the moment the meter was read, and stamps of one device only
+increase. Slots a poll overran are skipped and counted (`missed_slots`), never queued
+up or polled late.
+
+Start-up: before its first slot each device is asked once for its first block of
+registers, only to learn whether it answers. Until then no meter is known to answer,
+and at the first slot a live meter could wait behind a dead one's timeout. That probe's
+values are not handed on, so every reading lies on the grid; the first reading comes at
+the first slot, at most one interval later. Snapping the probe's reading to the nearest
+grid point was the alternative, but it would label values read up to half an interval
+away as that slot's, and the first slot is never far off anyway.
+
+Shared lines: requests share a connection one at a time, meters known to answer first
+(see `lock.py`); a meter that never answered or failed its last poll gets no retries and
+queues behind the others, and yields the line rather than let its timeout run into the
+next slot of the meters that answer.
+
+A device that does not answer (connection refused or lost, timeout) is counted by kind
+and logged at DEBUG; nothing goes to `on_error`, as the device sent nothing to keep.
+After `breaker.failures` such polls in a row its circuit breaker opens and one WARNING
+names the device, its address and the cause; from then on a probe at a slot now and
+then, after a doubling backoff, checks on it. When it answers again, one INFO line says
+so and how long it was down. `on_error` is for what a device did send: exception
+responses, garbled frames, frames that do not answer the request, NaN registers
+(the first of a run at WARNING, repeats at DEBUG).
+
+The devices behind one connection share its reconnect backoff (`connection.py`): a
+device in that wait fails at once and counts the failure, since the connection failed
+for it too. A breaker probe due while the connection waits is held until the
+connection's own next attempt: made at once, it would fail without trying and double
+the backoff for nothing. And once a peer's poll has the connection back up, devices down
+only because of the connection are probed at their next slot instead of at the end of
+a backoff that may have grown to minutes.
 """
 
 from __future__ import annotations
@@ -26,7 +59,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from protocols.modbus.breaker import CircuitBreaker
+from protocols.modbus.breaker import BreakerState, CircuitBreaker
 from protocols.modbus.config import ModbusConfig, ModbusDeviceConfig
 from protocols.modbus.connection import Connection, ConnectionStats, ReadResult
 from protocols.modbus.decode import decode_block
@@ -48,17 +81,19 @@ class DeviceStats:
 
     meter_id: str
     label: str
-    polls: int = 0  # polls made (each one or more requests)
+    polls: int = 0  # polls made at slots or by poll_once (each one or more requests)
     readings: int = 0  # polls that produced a reading
     failed_polls: int = 0  # polls that produced nothing
     skipped: int = 0  # slots skipped because the breaker was open
     missed_slots: int = 0  # slots that passed while a poll (or the queue) overran
-    requests: int = 0
+    requests: int = 0  # the start-up probe's included
     retries: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # by kind: timeout, exception, ...
-    last_success: float | None = None  # epoch s of the last reading
+    last_success: float | None = None  # ts of the last reading
     last_error: str | None = None
     breaker: str = "closed"
+    breaker_openings: int = 0  # times it went down (not counting failed probes' re-openings)
+    down_since: float | None = None  # epoch s of the first failed poll, while it is down
     lateness_s: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
 
 
@@ -71,12 +106,15 @@ class _Device:
     stats: DeviceStats
     peers: list[_Device] = field(default_factory=list)  # devices on the same connection
     next_due: float = 0.0  # epoch s of the slot it sleeps towards (or is polling)
-    failing: bool = False  # for logging: the first failure at WARNING, repeats at DEBUG
+    answered: bool = False  # has answered since the start (the start-up probe counts)
+    failing_since: float | None = None  # epoch s of the first of the failed polls in a row
+    last_failure: ModbusIOError | None = None  # of the failed polls in a row, the latest
+    bad_data: bool = False  # for logging: the first data error at WARNING, repeats at DEBUG
 
     @property
     def proven(self) -> bool:
         """Answered its last poll: goes first on its connection and gets retries."""
-        return self.breaker.healthy and self.stats.last_success is not None
+        return self.answered and self.breaker.healthy
 
 
 class Poller:
@@ -161,45 +199,72 @@ class Poller:
             self._task = None
 
     async def poll_once(self, meter_id: str) -> dict[str, object] | None:
-        """Poll one device now (outside its schedule); returns the reading, if any."""
+        """Poll one device now, outside its schedule and its breaker (tools, tests).
+
+        The reading is handed on as well as returned, stamped with the moment its first
+        request went out: off the grid, which is why the running poller never calls this.
+        """
         return await self._poll(self._devices[meter_id], None)
 
     # -- scheduling ------------------------------------------------------------------
 
     async def _device_loop(self, dev: _Device) -> None:
         interval = dev.cfg.interval_s
-        # A first poll at once, off the grid: every meter gives a reading soon after the
-        # start, and by the first slot the poller knows which meters answer (until then
-        # all are unproven, so a live meter could wait behind a dead one's timeout).
-        await self._guarded_poll(dev, None)
+        try:
+            await self._probe(dev)
+        except Exception:  # a bug must not end this device's polling for good
+            log.exception("modbus %s: start-up probe failed unexpectedly", dev.cfg.meter_id)
         slot = math.floor(time.time() / interval) + 1
         while True:
-            due = slot * interval
-            dev.next_due = due
-            delay = due - time.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if not dev.breaker.allow():
-                dev.stats.skipped += 1
+            dev.next_due = slot * interval
+            await _sleep_until(dev.next_due)
+            if self._may_poll(dev):
+                await self._guarded_poll(dev, slot)
             else:
-                await self._guarded_poll(dev, due)
+                dev.stats.skipped += 1
             # Next grid point in the future; at least the next slot, even if the wall
             # clock lags the loop's monotonic clock by a hair.
             next_slot = max(slot + 1, math.floor(time.time() / interval) + 1)
             dev.stats.missed_slots += next_slot - slot - 1
             slot = next_slot
 
-    async def _guarded_poll(self, dev: _Device, due: float | None) -> None:
+    def _may_poll(self, dev: _Device) -> bool:
+        breaker, conn = dev.breaker, dev.conn
+        if (
+            breaker.state is BreakerState.OPEN
+            and isinstance(dev.last_failure, ModbusConnectError)
+            and conn.connected
+        ):
+            breaker.probe_now()  # a peer got the connection back: check on this one too
+        if not breaker.allow():
+            return False
+        # A probe within the connection's reconnect wait would fail without trying.
+        return breaker.state is not BreakerState.HALF_OPEN or conn.reconnect_in() <= 0
+
+    async def _guarded_poll(self, dev: _Device, slot: int) -> None:
         try:
             if self._wait_ready is not None:
                 await self._wait_ready()  # storage backpressure: wait, drop nothing
-            await self._poll(dev, due)
+            await self._poll(dev, slot)
         except Exception:  # a bug must not end this device's polling for good
             log.exception("modbus %s: poll failed unexpectedly", dev.cfg.meter_id)
 
+    async def _probe(self, dev: _Device) -> None:
+        """The start-up question "do you answer?": one request, nothing handed on."""
+        req = dev.plan[0]
+        result, err, tries = await self._read(dev, req, attempts=1, priority=1)
+        if result is not None or isinstance(err, DeviceExceptionError):
+            self._answered(dev)
+            return
+        assert err is not None
+        # Not dead-lettered even when bytes came back: the first slot's poll asks again
+        # and reports what it gets then.
+        self._note(dev, err.kind, f"{err} reading {req.describe()}", None, tries, report=False)
+        self._failed(dev, err)
+
     # -- one poll --------------------------------------------------------------------
 
-    async def _poll(self, dev: _Device, due: float | None) -> dict[str, object] | None:
+    async def _poll(self, dev: _Device, slot: int | None) -> dict[str, object] | None:
         cfg, stats = dev.cfg, dev.stats
         stats.polls += 1
         # A meter known to answer goes first and gets retries (for glitches). One that
@@ -209,42 +274,46 @@ class Poller:
         attempts = 1 + (cfg.retries if proven else 0)
         priority = 0 if proven else 1
         values: dict[str, float] = {}
-        ts: float | None = None
+        first_sent: float | None = None
         answered = False
+        bad_data = False
         failure: ModbusIOError | None = None
         for k, req in enumerate(dev.plan):
             result, err, tries = await self._read(dev, req, attempts, priority)
-            if k == 0 and due is not None:  # lateness: slot -> first request on the wire
-                sent = result.sent_at if result else (err.sent_at if err else None)
-                if sent is not None:
-                    stats.lateness_s.append(max(0.0, sent - due))
+            if k == 0:
+                first_sent = result.sent_at if result else (err.sent_at if err else None)
             if err is not None:
-                self._report(dev, err.kind, f"{err} reading {req.describe()}", err.raw, tries)
+                cause = f"{err} reading {req.describe()}"
+                self._note(dev, err.kind, cause, err.raw, tries, report=err.from_device)
+                bad_data = bad_data or err.from_device
                 if isinstance(err, DeviceExceptionError):
                     answered = True  # alive, this block refused: try the others
                     continue
                 failure = err
-                break  # silent or unreachable: do not spend the line on the other blocks
+                break  # silent, unreachable or garbling: spare the line the other blocks
             assert result is not None
             answered = True
-            ts = result.sent_at if ts is None else ts
             block, problems = decode_block(result.registers, req.address, req.entries)
             values.update(block)
             for p in problems:
-                self._report(dev, "nan", str(p), result.raw or None, 1)
+                bad_data = True
+                self._note(dev, "nan", str(p), result.raw or None, 1, report=True)
         if answered:
-            dev.breaker.record_success()
-        elif failure is not None and not isinstance(failure, ModbusConnectError):
-            dev.breaker.record_failure()  # the connection's own backoff handles the rest
+            self._answered(dev)
+        elif failure is not None:
+            self._failed(dev, failure)
+        if dev.bad_data and not bad_data and failure is None:
+            dev.bad_data = False
+            log.info("modbus %s (%s): sending valid data again", cfg.meter_id, cfg.label)
+        if slot is not None and first_sent is not None:
+            stats.lateness_s.append(max(0.0, first_sent - slot * cfg.interval_s))
         if not values:
             stats.failed_polls += 1
             return None
+        ts = _stamp(slot, cfg.interval_s, first_sent)
         reading: dict[str, object] = {"meter_id": cfg.meter_id, "ts": ts, **values}
         stats.readings += 1
         stats.last_success = ts
-        if dev.failing and failure is None:
-            dev.failing = False
-            log.info("modbus %s (%s): answering again", cfg.meter_id, cfg.label)
         try:
             self._on_reading(reading, cfg.label)
         except Exception:
@@ -294,14 +363,69 @@ class Poller:
         upcoming = [d.next_due for d in dev.peers if d.next_due > now and d.proven]
         return min(upcoming) if upcoming else None
 
-    def _report(self, dev: _Device, kind: str, cause: str, raw: bytes | None, tries: int) -> None:
+    # -- outcomes --------------------------------------------------------------------
+
+    def _answered(self, dev: _Device) -> None:
+        dev.answered = True
+        dev.breaker.record_success()
+        dev.failing_since = None
+        dev.last_failure = None
+        stats = dev.stats
+        if stats.down_since is not None:
+            now = time.time()
+            log.info(
+                "modbus %s (%s): answering again, after %s down (since %s UTC)",
+                dev.cfg.meter_id,
+                dev.cfg.label,
+                _duration(now - stats.down_since),
+                _clock(stats.down_since),
+            )
+            stats.down_since = None
+
+    def _failed(self, dev: _Device, err: ModbusIOError) -> None:
+        """A poll (or the probe) without any answer; the breaker may open on it."""
+        now = time.time()
+        if dev.failing_since is None:
+            dev.failing_since = now
+        dev.last_failure = err
+        breaker, stats = dev.breaker, dev.stats
+        breaker.record_failure()
+        if breaker.state is not BreakerState.OPEN or stats.down_since is not None:
+            return  # not down yet, or a failed probe of a device known to be down
+        stats.down_since = dev.failing_since
+        stats.breaker_openings += 1
+        cause = str(err)
+        if isinstance(err, ModbusConnectError) and dev.conn.stats.last_error:
+            cause = dev.conn.stats.last_error  # without the connection's retry timing
+        n = breaker.consecutive_failures
+        log.warning(
+            "modbus %s (%s) is down: %s (%d failed poll%s in a row since %s UTC); asking "
+            "again in %s, then less and less often, at most every %s, until it answers",
+            dev.cfg.meter_id,
+            dev.cfg.label,
+            cause,
+            n,
+            "" if n == 1 else "s",
+            _clock(dev.failing_since),
+            _duration(breaker.retry_in()),
+            _duration(dev.cfg.breaker.max_backoff_s),
+        )
+
+    def _note(
+        self, dev: _Device, kind: str, cause: str, raw: bytes | None, tries: int, *, report: bool
+    ) -> None:
+        """Count a failed request; with `report`, dead-letter what the device sent."""
         cfg = dev.cfg
         suffix = f" ({tries} attempts)" if tries > 1 else ""
         reason = f"{cfg.meter_id} ({cfg.label}): {kind}: {cause}{suffix}"
         dev.stats.errors[kind] = dev.stats.errors.get(kind, 0) + 1
         dev.stats.last_error = reason
-        if not dev.failing:
-            dev.failing = True
+        if not report:
+            # No answer: the breaker's WARNING when it goes down is the one line.
+            log.debug("modbus %s", reason)
+            return
+        if not dev.bad_data:
+            dev.bad_data = True
             log.warning("modbus %s", reason)
         else:
             log.debug("modbus %s", reason)
@@ -309,3 +433,39 @@ class Poller:
             self._on_error(cfg.label, reason, raw)
         except Exception:
             log.exception("modbus %s: on_error failed", cfg.meter_id)
+
+
+def _stamp(slot: int | None, interval: float, first_sent: float | None) -> float:
+    """A reading's ts: its slot, or the later slot its poll only started in."""
+    if slot is None:  # poll_once: no slot, the time it was made
+        return first_sent if first_sent is not None else time.time()
+    if first_sent is not None:
+        # max(): a request sent a hair before its slot (clocks) belongs to that slot.
+        slot = max(slot, math.floor(first_sent / interval))
+    return slot * interval
+
+
+async def _sleep_until(wall: float) -> None:
+    # asyncio sleeps on the monotonic clock, which the wall clock may run behind (NTP
+    # slewing): top up, so that a slot's poll does not go out before the slot.
+    for _ in range(3):
+        delay = wall - time.time()
+        if delay <= 0:
+            return
+        await asyncio.sleep(delay)
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
+
+
+def _duration(seconds: float) -> str:
+    """`0.4 s`, `42 s`, `3 min 12 s`, `5 min`, `2 h 5 min`."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min" + (f" {s % 60} s" if s % 60 else "")
+    return f"{s // 3600} h" + (f" {s % 3600 // 60} min" if s % 3600 // 60 else "")

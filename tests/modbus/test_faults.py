@@ -1,8 +1,13 @@
-"""Dead, refusing, garbling and NaN-sending meters: error counts and reports, never a stall."""
+"""Dead, refusing, garbling and NaN-sending meters: error counts and reports, never a stall.
+
+What a device sent (exception responses, garbled frames, NaN registers) goes to
+`on_error`; a device that sends nothing (connection refused, timeout) is only counted,
+and logged when its breaker opens."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -50,25 +55,25 @@ async def test_dead_devices_do_not_hold_up_live_ones(modbus_meters, sink, closed
         assert s.failed_polls == 0
         assert s.missed_slots == 0  # every slot of the interval was polled
     d = stats["dead"]
-    # One attempt a poll (it never answered, so no retries), queued behind the live
-    # devices; after two failed polls the breaker opened and every later slot was
-    # skipped without touching the line.
-    assert (d.polls, d.requests, d.errors) == (2, 2, {"timeout": 2})
+    # One attempt each (it never answered, so no retries), queued behind the live
+    # devices: the start-up probe and the first slot's poll failed, the breaker opened
+    # and every later slot was skipped without touching the line.
+    assert (d.polls, d.requests, d.errors) == (1, 2, {"timeout": 2})
     assert d.breaker == "open"
     assert d.skipped >= 2
-    g = stats["gone"]
-    # Reported every poll (but the one in flight as the stats were read), at no cost to others.
-    assert g.errors["connection"] >= g.polls - 1
-    assert g.breaker == "closed"  # a connection problem is not the meter's fault
-    c = conns[f"tcp://127.0.0.1:{closed_port}"]
-    assert not c.connected
-    assert 1 <= c.connect_failures < g.polls  # reconnect backs off, it does not hammer
-    reasons = [r for label, r, _ in sink.errors if label.endswith("/99")]
-    assert reasons[0] == (
+    assert d.last_error == (
         f"dead (tcp://127.0.0.1:{server.port}/99): timeout: no answer within 0.25 s reading "
         "input registers 0x0000-0x004B"
     )
-    assert any(f"cannot connect to 127.0.0.1:{closed_port}" in r for _, r, _ in sink.errors)
+    g = stats["gone"]
+    # Probe and two polls refused (default breaker: 3 failures), then only probes, 10 s on.
+    assert g.errors == {"connection": 3}
+    assert g.breaker == "open"
+    assert f"cannot connect to 127.0.0.1:{closed_port} (connection refused)" in str(g.last_error)
+    c = conns[f"tcp://127.0.0.1:{closed_port}"]
+    assert not c.connected
+    assert 1 <= c.connect_failures <= 3  # reconnect backs off, it does not hammer
+    assert sink.errors == []  # neither sent anything: nothing to dead-letter
 
 
 async def test_device_answering_exceptions(modbus_meters, sink) -> None:
@@ -106,7 +111,9 @@ async def test_busy_device_is_retried(modbus_meters, sink) -> None:
 
 
 @pytest.mark.parametrize("framer", ["socket", "rtu"])
-async def test_garbled_frames_are_reported_with_the_bytes(framer: str, modbus_meters, sink) -> None:
+async def test_garbled_frames_are_reported_with_the_bytes(
+    framer: str, modbus_meters, sink, log_watch
+) -> None:
     server = await modbus_meters(1, live=False, framer=framer)
     server.set_fault(1, "garbled")
     transport = "rtu-over-tcp" if framer == "rtu" else "tcp"
@@ -119,9 +126,13 @@ async def test_garbled_frames_are_reported_with_the_bytes(framer: str, modbus_me
     assert "garbled: no valid frame within 0.2 s" in reason
     assert raw is not None
     assert len(raw) > 100  # 76 registers came back, just not as a valid frame
+    assert await poller.poll_once("noisy") is None  # still garbling: reported, not logged
+    assert len(sink.errors) == 2
     server.set_fault(1, "none")  # the line recovers, and so does the poller
     assert await poller.poll_once("noisy") is not None
-    assert poller.stats()["noisy"].errors == {"garbled": 1}
+    assert poller.stats()["noisy"].errors == {"garbled": 2}
+    assert len(log_watch.lines(logging.WARNING, "noisy (", "garbled")) == 1
+    assert len(log_watch.lines(logging.INFO, "noisy (", "sending valid data again")) == 1
 
 
 async def test_garbled_on_a_serial_line(modbus_meters, serial_pty_pair, sink) -> None:
@@ -197,7 +208,7 @@ async def test_reconnects_after_the_server_comes_back(sink) -> None:
         await server.stop()
 
 
-async def test_breaker_closes_when_the_meter_answers_again(modbus_meters, sink) -> None:
+async def test_breaker_closes_when_the_meter_answers_again(modbus_meters, sink, log_watch) -> None:
     server = await modbus_meters(1, live=False)
     server.set_fault(1, "silent")
     dev = tcp(
@@ -214,13 +225,19 @@ async def test_breaker_closes_when_the_meter_answers_again(modbus_meters, sink) 
         on_reading=sink.on_reading,
         on_error=sink.on_error,
     ) as poller:
-        await sink.wait_for(lambda: len(sink.errors) >= 2)  # opened, probed, failed again
+        # Opened at the start-up probe (failures: 1), probed at a slot, failed again.
+        await log_watch.wait_for(lambda: len(log_watch.lines(logging.DEBUG, "m (", "timeout")) >= 2)
         assert poller.stats()["m"].breaker == "open"
         server.set_fault(1, "none")
         await sink.wait_for(lambda: len(sink.readings) >= 1)
         s = poller.stats()["m"]
     assert s.breaker == "closed"
     assert s.skipped >= 1
+    assert s.down_since is None
+    assert s.breaker_openings == 1  # the failed probe's re-opening is the same outage
+    assert len(log_watch.lines(logging.WARNING, "m (", "is down")) == 1
+    assert len(log_watch.lines(logging.INFO, "m (", "answering again, after")) == 1
+    assert sink.errors == []
 
 
 async def test_polling_waits_while_storage_is_not_ready(modbus_meters, sink) -> None:
@@ -268,12 +285,13 @@ async def test_a_meter_known_to_answer_is_retried_when_it_goes_quiet(modbus_mete
     assert await poller.poll_once("m") is not None
     server.set_fault(1, "silent")
     assert await poller.poll_once("m") is None
-    assert sink.errors[0][1].endswith(
+    assert str(poller.stats()["m"].last_error).endswith(
         "no answer within 0.1 s reading input registers 0x0000-0x004B (3 attempts)"
     )
     assert await poller.poll_once("m") is None  # failed last time: one attempt only
     s = poller.stats()["m"]
     assert (s.requests, s.retries, s.errors) == (1 + 3 + 1, 2, {"timeout": 2})
+    assert sink.errors == []  # silence is counted, not dead-lettered
 
 
 async def test_missing_serial_port_is_a_connection_error(tmp_path, sink) -> None:
@@ -285,10 +303,14 @@ async def test_missing_serial_port_is_a_connection_error(tmp_path, sink) -> None
         on_error=sink.on_error,
     )
     assert await poller.poll_once("m") is None
-    assert await poller.poll_once("m") is None
-    reasons = [r for _, r, _ in sink.errors]
-    assert reasons[0].startswith(
-        f"m (rtu://{port}/1): connection: cannot open serial port {port}; retrying in 0.5 s"
+    first = poller.stats()["m"].last_error
+    assert first == (
+        f"m (rtu://{port}/1): connection: cannot open serial port {port} "
+        "(no such file or directory); retrying in 0.5 s reading input registers 0x0000-0x001F"
     )
-    assert "next attempt in" in reasons[1]  # within the backoff: fails at once, no I/O
+    assert await poller.poll_once("m") is None
+    # Within the backoff: fails at once, no I/O.
+    assert "next attempt in" in str(poller.stats()["m"].last_error)
+    assert poller.stats()["m"].errors == {"connection": 2}
     assert poller.connection_stats()[f"rtu://{port}"].connect_failures == 1
+    assert sink.errors == []

@@ -12,6 +12,7 @@ import pytest
 from protocols.modbus.config import ModbusConfig
 from protocols.modbus.poller import Poller
 from protocols.modbus.registermap import bundled_map
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -128,12 +129,16 @@ async def test_poller_runs_every_device_on_its_interval(modbus_meters, sink) -> 
     assert all(b > a for a, b in itertools.pairwise(ts))
 
 
-async def test_first_poll_at_start_then_on_the_grid(modbus_meters, sink) -> None:
+async def test_start_up_probe_hands_nothing_on(modbus_meters, sink) -> None:
     server = await modbus_meters(1, values=VALUES)
-    # An hour's interval: the only reading this test can see is the start-up poll.
+    # An hour's interval: all this test can see is the start-up probe.
     cfg = ModbusConfig(devices=[device("m", "sdm630", "tcp", server.port, 1, interval_s=3600)])
     async with Poller(cfg, on_reading=sink.on_reading, on_error=sink.on_error) as poller:
-        await sink.wait_for(lambda: len(sink.readings) == 1)
+        # The probe's answer is not handed on, so there is no event: watch the meter.
+        await wait_until(lambda: server.meters[1].reads == 1, what="the start-up probe")
         stats = poller.stats()["m"]
-    assert (stats.polls, stats.readings) == (1, 1)
-    assert list(stats.lateness_s) == []  # off the grid: no slot to be late for
+        assert (stats.polls, stats.readings, stats.requests, stats.errors) == (0, 0, 1, {})
+        assert stats.breaker == "closed"
+    assert sink.readings == []  # read off the grid: not a reading to store
+    assert sink.errors == []
+    assert list(stats.lateness_s) == []
