@@ -1,4 +1,4 @@
-"""HTTP endpoints (SPEC 11): /metrics, /healthz, /readyz, /status and a status page.
+"""HTTP endpoints: /metrics, /healthz, /readyz, /status and a status page.
 
 Metrics are read from the gateway's plain counters at scrape time (a custom
 collector), so the hot path pays nothing for them.
@@ -40,6 +40,8 @@ def status_snapshot(gw: Gateway) -> dict[str, Any]:
             "connected": gw.mqtt.connected,
             "connects": gw.mqtt.connects,
             "messages": p.messages,
+            "unacknowledged": gw.mqtt.held,
+            "sessions_lost": gw.mqtt.sessions_lost,
         },
         "meters": {"seen": len(seen), "online": online, "offline": len(seen) - online},
         "readings": {
@@ -62,8 +64,11 @@ def status_snapshot(gw: Gateway) -> dict[str, Any]:
         },
         "dead_letter": {
             "records": gw.dead_letter.count,
+            "durable": gw.dead_letter.durable,
+            "write_errors": gw.dead_letter.write_errors,
             "directory": str(gw.dead_letter.directory),
         },
+        "internal_errors": p.internal_errors + gw.mqtt.handler_errors,
         "signals": dict(p.signals),
     }
     if gw.modbus is not None:
@@ -125,6 +130,18 @@ class _Collector(Collector):
         yield counter("mqtt_messages", "MQTT messages received.", None, {"": p.messages})
         yield counter("mqtt_connects", "MQTT connections made.", None, {"": gw.mqtt.connects})
         yield counter(
+            "mqtt_sessions_lost",
+            "Reconnects that found no session at the broker (messages may have been lost).",
+            None,
+            {"": gw.mqtt.sessions_lost},
+        )
+        yield counter(
+            "internal_errors",
+            "Inputs no rule foresaw (bugs), kept in the dead-letter store.",
+            None,
+            {"": p.internal_errors + gw.mqtt.handler_errors},
+        )
+        yield counter(
             "storage_lines_written", "Lines accepted by the database.", None, {"": w.lines_written}
         )
         yield counter(
@@ -145,6 +162,10 @@ class _Collector(Collector):
         )
         gauges = {
             "mqtt_connected": ("1 while connected to the broker.", float(gw.mqtt.connected)),
+            "mqtt_unacknowledged": (
+                "MQTT messages received and not yet acknowledged.",
+                float(gw.mqtt.held),
+            ),
             "storage_pending_lines": ("Lines waiting for the database.", float(w.pending)),
             "storage_healthy": ("1 while the database accepts writes.", float(w.healthy)),
             "storage_paused": ("1 while sources are paused by backpressure.", float(w.paused)),
@@ -344,8 +365,9 @@ class StatusServer:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if self._token and request.path != "/healthz":
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given, f"Bearer {self._token}"):
+            # Bytes: compare_digest refuses non-ASCII text, and a client may send any.
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(given, f"Bearer {self._token}".encode()):
                 return web.Response(
                     status=401, text="401: send Authorization: Bearer <http.token>\n"
                 )

@@ -1,6 +1,6 @@
-"""Configuration of the `modbus:` section (SPEC section 4), as pydantic 2 models.
+"""Configuration of the `modbus:` section, as pydantic 2 models.
 
-The lead's `config/schema.py` imports `ModbusConfig` as the section. Relative `map:`
+`config/schema.py` imports `ModbusConfig` as the section. Relative `map:`
 paths resolve against `config_dir` from the validation context when the loader
 passes one (`Model.model_validate(data, context={"config_dir": dir})`), else against
 the working directory. The register map is loaded and checked here, so a bad map

@@ -33,7 +33,7 @@ __all__ = [
 
 BUNDLED_MAPS_DIR = Path(__file__).with_name("maps")
 
-#: The measurement fields of SPEC section 7 a map may fill.
+#: The measurement fields (of `meter_reading`) a map may fill.
 ReadingField = Literal[
     "energy_import_kwh",
     "energy_export_kwh",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import aiohttp
@@ -41,6 +42,9 @@ async def test_metrics_status_and_page(tmp_path, mosquitto, victoria, publisher,
     assert 'meter_gateway_readings_rejected_total{reason="voltage_v"} 1.0' in body
     assert "meter_gateway_storage_lines_written_total 1.0" in body
     assert "meter_gateway_mqtt_connected 1.0" in body
+    assert "meter_gateway_mqtt_sessions_lost_total 0.0" in body
+    assert "meter_gateway_internal_errors_total 0.0" in body
+    assert "meter_gateway_mqtt_unacknowledged 0.0" in body
     status, body = await get(port, "/status")
     s = orjson.loads(body)
     assert s["meters"] == {"seen": 1, "online": 1, "offline": 0}
@@ -65,6 +69,13 @@ async def test_token_protects_all_but_healthz(tmp_path, mosquitto, victoria, run
     assert (await get(port, "/status"))[0] == 401
     assert (await get(port, "/metrics", token="wrong"))[0] == 401
     assert (await get(port, "/status", token="t0k"))[0] == 200
+    # A header that is not ASCII is a wrong token, not a server error.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\xf6k\r\n\r\n")
+    await writer.drain()
+    assert (await reader.readline()).startswith(b"HTTP/1.1 401")
+    writer.close()
+    await writer.wait_closed()
 
 
 async def test_readyz_says_why_when_the_broker_is_gone(tmp_path, mosquitto, victoria, run_gateway):
