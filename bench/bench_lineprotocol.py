@@ -16,11 +16,11 @@ import influxdb_client
 import orjson
 from influxdb_client import Point, WritePrecision
 
-from gateway.pipeline import Pipeline
-from gateway.reading import Reading
-from gateway.validate import MeterRules, Validator
-from protocols.formats import FORMATS
-from storage.lineprotocol import ReadingEncoder
+from meter_gateway.gateway.pipeline import Pipeline
+from meter_gateway.gateway.reading import Reading
+from meter_gateway.gateway.validate import MeterRules, Validator
+from meter_gateway.protocols.formats import FORMATS
+from meter_gateway.storage.lineprotocol import ReadingEncoder
 
 VALUES = {
     "energy_import_kwh": 10432.117,

@@ -32,8 +32,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from protocols.modbus.config import ModbusConfig  # noqa: E402 - after the path fix-up
-from protocols.modbus.poller import Poller  # noqa: E402
+from meter_gateway.protocols.modbus.config import ModbusConfig  # noqa: E402 - after the path fix-up
+from meter_gateway.protocols.modbus.poller import Poller  # noqa: E402
 
 
 def _free_run(n: int) -> int:
@@ -75,7 +75,7 @@ async def main(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-modbus-"))
     devices_file = tmp / "devices.yaml"
     sim = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "simulators.modbus.cli",
+        sys.executable, "-m", "meter_gateway.simulators.modbus.cli",
         "--meters", str(live), "--units-per-port", str(args.units_per_port),
         "--port", str(base), "--model", args.model, "--seed", "1",
         "--config-out", str(devices_file), "--interval", str(args.interval),

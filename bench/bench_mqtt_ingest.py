@@ -69,9 +69,9 @@ from paho.mqtt.properties import Properties
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from config.schema import Config
-from gateway.app import Gateway
-from simulators.services import Mosquitto, VictoriaMetrics
+from meter_gateway.config.schema import Config
+from meter_gateway.gateway.app import Gateway
+from meter_gateway.simulators.services import Mosquitto, VictoriaMetrics
 
 METERS = 1000
 BATCH_SIZE = 100  # readings per concentrator message

@@ -38,9 +38,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from protocols.modbus.config import ModbusConfig  # noqa: E402 - after the path fix-up
-from protocols.modbus.poller import Poller  # noqa: E402
-from simulators.modbus.server import MeterFleet, MeterServer, make_meter  # noqa: E402
+from meter_gateway.protocols.modbus.config import ModbusConfig  # noqa: E402 - after the path fix-up
+from meter_gateway.protocols.modbus.poller import Poller  # noqa: E402
+from meter_gateway.simulators.modbus.server import MeterFleet, MeterServer, make_meter  # noqa: E402
 
 REFUSED, MUTE = "unreachable-refused", "unreachable-mute"
 

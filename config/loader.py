@@ -29,7 +29,7 @@ from yaml.constructor import ConstructorError
 from yaml.error import Mark, MarkedYAMLError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from config.schema import Config, GatewayConfig, MqttConfig, TopologyConfig, shown
+from meter_gateway.config.schema import Config, GatewayConfig, MqttConfig, TopologyConfig, shown
 
 __all__ = [
     "ENV_PREFIX",
@@ -598,7 +598,10 @@ def _data_dir_problem(path: Path) -> str | None:
 
 
 def _topology_problem(path: Path) -> str | None:
-    from gateway.topology import TopologyError, load_topology  # the gateway's own reader
+    from meter_gateway.gateway.topology import (  # the gateway's own reader
+        TopologyError,
+        load_topology,
+    )
 
     try:
         st = os.stat(path)

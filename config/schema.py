@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from protocols.modbus.config import ModbusConfig
+from meter_gateway.protocols.modbus.config import ModbusConfig
 
 __all__ = [
     "MAX_TEXT",
@@ -216,7 +216,9 @@ class Subscription(_Section):
     @field_validator("format")
     @classmethod
     def _known_format(cls, v: str) -> str:
-        from protocols.formats import FORMATS  # late: formats register themselves on import
+        from meter_gateway.protocols.formats import (
+            FORMATS,  # late: formats register themselves on import
+        )
 
         if v not in FORMATS:
             raise ValueError(f"unknown format {v!r}; known: {', '.join(sorted(FORMATS))}")

@@ -9,19 +9,19 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from config.schema import Config
-from gateway.http import StatusServer
-from gateway.pipeline import Pipeline
-from gateway.reading import canonical_from_fields
-from gateway.topology import MeterPlace, load_topology
-from gateway.validate import Flag, MeterRules, Validator
-from protocols.formats import Signal
-from protocols.mqtt.source import LOOP_WINDOW_S, MqttSource
-from storage.deadletter import DeadLetterStore, dead_letter_record
-from storage.influxdb.v1 import V1Client
-from storage.influxdb.v2 import V2Client
-from storage.influxdb.writer import BatchWriter, LineClient
-from storage.lineprotocol import ReadingEncoder
+from meter_gateway.config.schema import Config
+from meter_gateway.gateway.http import StatusServer
+from meter_gateway.gateway.pipeline import Pipeline
+from meter_gateway.gateway.reading import canonical_from_fields
+from meter_gateway.gateway.topology import MeterPlace, load_topology
+from meter_gateway.gateway.validate import Flag, MeterRules, Validator
+from meter_gateway.protocols.formats import Signal
+from meter_gateway.protocols.mqtt.source import LOOP_WINDOW_S, MqttSource
+from meter_gateway.storage.deadletter import DeadLetterStore, dead_letter_record
+from meter_gateway.storage.influxdb.v1 import V1Client
+from meter_gateway.storage.influxdb.v2 import V2Client
+from meter_gateway.storage.influxdb.writer import BatchWriter, LineClient
+from meter_gateway.storage.lineprotocol import ReadingEncoder
 
 __all__ = ["Gateway"]
 
@@ -106,7 +106,9 @@ class Gateway:
         )
         self.modbus = None
         if config.modbus.devices:
-            from protocols.modbus.poller import Poller  # pymodbus only when it is used
+            from meter_gateway.protocols.modbus.poller import (
+                Poller,  # pymodbus only when it is used
+            )
 
             self.modbus = Poller(
                 config.modbus,

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from config.loader import ConfigError, load_config
+from meter_gateway.config.loader import ConfigError, load_config
 
 __all__ = ["main"]
 
@@ -102,14 +102,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim_sub = simulate.add_subparsers(dest="simulator", metavar="KIND")
     sim_sub.required = True
-    for module in ("simulators.mqtt_cli", "simulators.modbus.cli"):
+    for module in ("meter_gateway.simulators.mqtt_cli", "meter_gateway.simulators.modbus.cli"):
         try:
             importlib.import_module(module).register(sim_sub)
         except (ImportError, AttributeError):
             log.debug("simulator %s not available", module)
 
     try:
-        importlib.import_module("simulators.demo").register(sub)
+        importlib.import_module("meter_gateway.simulators.demo").register(sub)
     except (ImportError, AttributeError):
         log.debug("demo not available")
     return parser
@@ -135,7 +135,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gateway.logs import setup_logging
+    from meter_gateway.gateway.logs import setup_logging
 
     setup_logging(args.log_level, args.log_format)
     try:
@@ -145,7 +145,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for err in exc.errors:
             log.error("  %s", err)
         return EXIT_CONFIG
-    from gateway.topology import TopologyError
+    from meter_gateway.gateway.topology import TopologyError
 
     try:
         return _run_loop(_serve(cfg, args.shutdown_timeout))
@@ -158,7 +158,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _serve(cfg: object, shutdown_timeout: float) -> int:
-    from gateway.app import Gateway
+    from meter_gateway.gateway.app import Gateway
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

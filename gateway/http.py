@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from meter_gateway.gateway.app import Gateway
 
 __all__ = ["StatusServer", "status_snapshot"]
 

@@ -16,12 +16,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from gateway.reading import Reading
-from gateway.validate import Flag, Invalid, MeterRules, Validator
-from protocols.formats import MAX_NESTING, Decoded, PayloadFormat, Signal, too_deep
-from protocols.logs import LogLimiter
-from storage.deadletter import DeadLetterStore, dead_letter_record
-from storage.lineprotocol import ReadingEncoder
+from meter_gateway.gateway.reading import Reading
+from meter_gateway.gateway.validate import Flag, Invalid, MeterRules, Validator
+from meter_gateway.protocols.formats import MAX_NESTING, Decoded, PayloadFormat, Signal, too_deep
+from meter_gateway.protocols.logs import LogLimiter
+from meter_gateway.storage.deadletter import DeadLetterStore, dead_letter_record
+from meter_gateway.storage.lineprotocol import ReadingEncoder
 
 __all__ = ["Pipeline", "Sink"]
 

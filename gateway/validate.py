@@ -16,9 +16,9 @@ import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from config.schema import ValidationConfig
-from gateway.reading import CURRENT_FIELDS, VOLTAGE_FIELDS, Reading
-from protocols.formats import short_repr
+from meter_gateway.config.schema import ValidationConfig
+from meter_gateway.gateway.reading import CURRENT_FIELDS, VOLTAGE_FIELDS, Reading
+from meter_gateway.protocols.formats import short_repr
 
 __all__ = ["Flag", "Invalid", "MeterRules", "Validator", "format_ts"]
 

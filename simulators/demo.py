@@ -54,8 +54,8 @@ def register(sub: Any) -> None:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from gateway.cli import _run_loop
-    from gateway.logs import setup_logging
+    from meter_gateway.gateway.cli import _run_loop
+    from meter_gateway.gateway.logs import setup_logging
 
     setup_logging("warning")
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="meter-gateway-demo-"))
@@ -75,13 +75,13 @@ def _say(text: str) -> None:
 async def run_demo(
     workdir: Path, duration: float, meters: int, modbus_meters: int, seed: int
 ) -> int:
-    from config.schema import Config
-    from gateway.app import Gateway
-    from simulators.fleet import Fleet
-    from simulators.modbus.server import MeterFleet
-    from simulators.mqtt_cli import BrokerOptions, MqttPublisher, RunStats, run_fleet
-    from simulators.scenario import load_scenario
-    from simulators.services import Mosquitto, VictoriaMetrics
+    from meter_gateway.config.schema import Config
+    from meter_gateway.gateway.app import Gateway
+    from meter_gateway.simulators.fleet import Fleet
+    from meter_gateway.simulators.modbus.server import MeterFleet
+    from meter_gateway.simulators.mqtt_cli import BrokerOptions, MqttPublisher, RunStats, run_fleet
+    from meter_gateway.simulators.scenario import load_scenario
+    from meter_gateway.simulators.services import Mosquitto, VictoriaMetrics
 
     _say(f"demo: working in {workdir}")
     with Mosquitto(workdir / "mosquitto") as broker, VictoriaMetrics(workdir / "victoria") as vm:

@@ -24,8 +24,8 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from simulators.profiles import DAY_S, stable_seed
-from simulators.topology import Topology
+from meter_gateway.simulators.profiles import DAY_S, stable_seed
+from meter_gateway.simulators.topology import Topology
 
 __all__ = [
     "FAULT_TYPES",

@@ -21,11 +21,11 @@ from typing import Any, Literal
 
 import orjson
 
-from simulators.faults import FaultInstance, malform, plan_faults
-from simulators.meter import Effect, MeterModel, RegisterReset, rfc3339
-from simulators.scenario import Scenario, fleet_settings
-from simulators.topology import Topology, build_topology
-from simulators.truth import truth_record
+from meter_gateway.simulators.faults import FaultInstance, malform, plan_faults
+from meter_gateway.simulators.meter import Effect, MeterModel, RegisterReset, rfc3339
+from meter_gateway.simulators.scenario import Scenario, fleet_settings
+from meter_gateway.simulators.topology import Topology, build_topology
+from meter_gateway.simulators.truth import truth_record
 
 __all__ = ["Fleet", "Message", "Step", "default_start"]
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from simulators.profiles import (
+from meter_gateway.simulators.profiles import (
     DAY_S,
     Profile,
     grid_frequency_hz,

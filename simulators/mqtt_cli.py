@@ -3,7 +3,8 @@
 Two parts: ``MqttPublisher`` (a few paho-mqtt 2 connections that publish per-meter topics, so
 a fleet of thousands does not need thousands of TCP connections) and ``run_fleet`` (paces the
 fleet's messages by simulated time and writes the ground-truth log). ``register`` adds the
-command to ``meter-gateway simulate``; ``python -m simulators.mqtt_cli`` runs it standalone.
+command to ``meter-gateway simulate``; ``python -m meter_gateway.simulators.mqtt_cli`` runs
+it standalone.
 
 Last will: a per-meter MQTT last will needs a connection per meter, which this design avoids.
 The simulator emulates it instead: where a scenario sets ``lwt: true`` on an ``outage`` or
@@ -29,12 +30,12 @@ from typing import IO, Any, Self
 
 import paho.mqtt.client as paho
 
-from simulators.faults import FaultError, parse_duration
-from simulators.fleet import Fleet, Message
-from simulators.meter import rfc3339
-from simulators.scenario import Scenario, ScenarioError, load_scenario
-from simulators.topology import write_csv
-from simulators.truth import TruthLog
+from meter_gateway.simulators.faults import FaultError, parse_duration
+from meter_gateway.simulators.fleet import Fleet, Message
+from meter_gateway.simulators.meter import rfc3339
+from meter_gateway.simulators.scenario import Scenario, ScenarioError, load_scenario
+from meter_gateway.simulators.topology import write_csv
+from meter_gateway.simulators.truth import TruthLog
 
 __all__ = [
     "BrokerOptions",
@@ -497,7 +498,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m simulators.mqtt_cli",
+        prog="python -m meter_gateway.simulators.mqtt_cli",
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:  # imported lazily: every pytest run loads this plugin
-    from simulators.fleet import Fleet
-    from simulators.mqtt_cli import RunStats
-    from simulators.scenario import Scenario
-    from simulators.services import Mosquitto
-    from simulators.topology import Topology
+    from meter_gateway.simulators.fleet import Fleet
+    from meter_gateway.simulators.mqtt_cli import RunStats
+    from meter_gateway.simulators.scenario import Scenario
+    from meter_gateway.simulators.services import Mosquitto
+    from meter_gateway.simulators.topology import Topology
 
 __all__ = ["FleetRun", "meter_fleet", "mqtt_broker"]
 
@@ -49,8 +49,8 @@ class FleetRun:
         topology_out: Path,
         connections: int = 1,
     ) -> None:
-        from simulators.mqtt_cli import BrokerOptions, MqttPublisher
-        from simulators.topology import write_csv
+        from meter_gateway.simulators.mqtt_cli import BrokerOptions, MqttPublisher
+        from meter_gateway.simulators.topology import write_csv
 
         self.fleet = fleet
         self.truth_path = truth_out
@@ -73,7 +73,7 @@ class FleetRun:
         self._thread.start()
 
     def _run(self, speed: float) -> None:
-        from simulators.mqtt_cli import run_fleet
+        from meter_gateway.simulators.mqtt_cli import run_fleet
 
         try:
             self._stats = run_fleet(
@@ -120,7 +120,7 @@ class FleetRun:
     @property
     def truth(self) -> list[dict[str, Any]]:
         """The ground-truth records written so far."""
-        from simulators.truth import read_truth
+        from meter_gateway.simulators.truth import read_truth
 
         return read_truth(self.truth_path) if self.truth_path.exists() else []
 
@@ -128,7 +128,7 @@ class FleetRun:
 @pytest.fixture(scope="session")
 def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     """A real mosquitto on a free loopback port for the test session (``.host``, ``.port``)."""
-    from simulators.services import Mosquitto
+    from meter_gateway.simulators.services import Mosquitto
 
     with Mosquitto(tmp_path_factory.mktemp("mosquitto")) as broker:
         yield broker
@@ -160,8 +160,8 @@ def meter_fleet(
         connections: int = 1,
         **fleet_settings: Any,
     ) -> FleetRun:
-        from simulators.fleet import Fleet
-        from simulators.scenario import Scenario, load_scenario, parse_scenario
+        from meter_gateway.simulators.fleet import Fleet
+        from meter_gateway.simulators.scenario import Scenario, load_scenario, parse_scenario
 
         if scenario is None:
             sc = Scenario()

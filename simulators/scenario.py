@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from config.loader import ConfigError
-from simulators.faults import FAULT_TYPES, Duration, FaultSpec
+from meter_gateway.config.loader import ConfigError
+from meter_gateway.simulators.faults import FAULT_TYPES, Duration, FaultSpec
 
 __all__ = [
     "FleetSettings",

@@ -16,8 +16,8 @@ from typing import IO, Any, Self
 
 import orjson
 
-from simulators.faults import FaultInstance
-from simulators.meter import rfc3339
+from meter_gateway.simulators.faults import FaultInstance
+from meter_gateway.simulators.meter import rfc3339
 
 __all__ = ["TruthLog", "read_truth", "truth_record"]
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import orjson
 
-from gateway.reading import Reading
+from meter_gateway.gateway.reading import Reading
 
 __all__ = ["PRECISION_DIVISOR", "ReadingEncoder", "encode_point", "escape_key", "escape_tag"]
 

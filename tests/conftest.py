@@ -12,9 +12,9 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-from config.schema import Config
-from gateway.app import Gateway
-from simulators.services import InfluxDB1, Mosquitto, VictoriaMetrics
+from meter_gateway.config.schema import Config
+from meter_gateway.gateway.app import Gateway
+from meter_gateway.simulators.services import InfluxDB1, Mosquitto, VictoriaMetrics
 
 
 @pytest.fixture(autouse=True)

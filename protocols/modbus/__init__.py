@@ -6,8 +6,13 @@ models (as `config/schema.py` does) does not import pymodbus.
 
 from typing import Any
 
-from protocols.modbus.config import BreakerConfig, ModbusConfig, ModbusDeviceConfig, SerialConfig
-from protocols.modbus.errors import (
+from meter_gateway.protocols.modbus.config import (
+    BreakerConfig,
+    ModbusConfig,
+    ModbusDeviceConfig,
+    SerialConfig,
+)
+from meter_gateway.protocols.modbus.errors import (
     DeviceExceptionError,
     GarbledFrameError,
     ModbusConnectError,
@@ -17,7 +22,12 @@ from protocols.modbus.errors import (
     ProtocolError,
     RegisterMapError,
 )
-from protocols.modbus.registermap import RegisterEntry, RegisterMap, bundled_map, load_map
+from meter_gateway.protocols.modbus.registermap import (
+    RegisterEntry,
+    RegisterMap,
+    bundled_map,
+    load_map,
+)
 
 __all__ = [
     "BreakerConfig",
@@ -43,7 +53,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in ("Poller", "DeviceStats"):
-        from protocols.modbus import poller
+        from meter_gateway.protocols.modbus import poller
 
         return getattr(poller, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

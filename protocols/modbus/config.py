@@ -23,9 +23,9 @@ from pydantic import (
     model_validator,
 )
 
-from protocols.modbus.errors import RegisterMapError
-from protocols.modbus.plan import ReadRequest, plan_reads
-from protocols.modbus.registermap import (
+from meter_gateway.protocols.modbus.errors import RegisterMapError
+from meter_gateway.protocols.modbus.plan import ReadRequest, plan_reads
+from meter_gateway.protocols.modbus.registermap import (
     MODBUS_MAX_READ,
     RegisterMap,
     bundled_map,

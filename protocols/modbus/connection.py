@@ -29,8 +29,8 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.client.base import ModbusBaseClient
 from pymodbus.framer import FramerType
 
-from protocols.modbus.config import SerialConfig, Transport
-from protocols.modbus.errors import (
+from meter_gateway.protocols.modbus.config import SerialConfig, Transport
+from meter_gateway.protocols.modbus.errors import (
     DeviceExceptionError,
     GarbledFrameError,
     ModbusConnectError,
@@ -39,7 +39,7 @@ from protocols.modbus.errors import (
     ProtocolError,
     map_pymodbus_errors,
 )
-from protocols.modbus.lock import PriorityLock
+from meter_gateway.protocols.modbus.lock import PriorityLock
 
 __all__ = ["Connection", "ConnectionStats", "ReadResult"]
 

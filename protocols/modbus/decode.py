@@ -12,8 +12,8 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from protocols.modbus.datatypes import DATA_TYPES, ByteOrder, DataType, WordOrder
-from protocols.modbus.registermap import RegisterEntry
+from meter_gateway.protocols.modbus.datatypes import DATA_TYPES, ByteOrder, DataType, WordOrder
+from meter_gateway.protocols.modbus.registermap import RegisterEntry
 
 __all__ = ["DecodeProblem", "decode", "decode_block", "encode", "nan_words"]
 

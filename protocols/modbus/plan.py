@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from protocols.modbus.registermap import RegisterEntry
+from meter_gateway.protocols.modbus.registermap import RegisterEntry
 
 __all__ = ["ReadRequest", "plan_reads"]
 

@@ -59,12 +59,16 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from protocols.modbus.breaker import BreakerState, CircuitBreaker
-from protocols.modbus.config import ModbusConfig, ModbusDeviceConfig
-from protocols.modbus.connection import Connection, ConnectionStats, ReadResult
-from protocols.modbus.decode import decode_block
-from protocols.modbus.errors import DeviceExceptionError, ModbusConnectError, ModbusIOError
-from protocols.modbus.plan import ReadRequest
+from meter_gateway.protocols.modbus.breaker import BreakerState, CircuitBreaker
+from meter_gateway.protocols.modbus.config import ModbusConfig, ModbusDeviceConfig
+from meter_gateway.protocols.modbus.connection import Connection, ConnectionStats, ReadResult
+from meter_gateway.protocols.modbus.decode import decode_block
+from meter_gateway.protocols.modbus.errors import (
+    DeviceExceptionError,
+    ModbusConnectError,
+    ModbusIOError,
+)
+from meter_gateway.protocols.modbus.plan import ReadRequest
 
 __all__ = ["DeviceStats", "OnError", "OnReading", "Poller", "WaitReady"]
 

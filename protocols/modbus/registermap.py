@@ -16,8 +16,8 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from protocols.modbus.datatypes import DATA_TYPES, ByteOrder, DataType, WordOrder
-from protocols.modbus.errors import RegisterMapError
+from meter_gateway.protocols.modbus.datatypes import DATA_TYPES, ByteOrder, DataType, WordOrder
+from meter_gateway.protocols.modbus.errors import RegisterMapError
 
 __all__ = [
     "BUNDLED_MAPS_DIR",

@@ -36,9 +36,9 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from config.schema import MqttConfig
-from protocols.formats import FORMATS, PayloadFormat
-from protocols.logs import LogLimiter
+from meter_gateway.config.schema import MqttConfig
+from meter_gateway.protocols.formats import FORMATS, PayloadFormat
+from meter_gateway.protocols.logs import LogLimiter
 
 __all__ = ["Durability", "FlowControl", "MqttSource", "match_topic"]
 

@@ -12,7 +12,7 @@ __all__ = ["Fault", "MeterFleet", "MeterServer", "SimulatedMeter", "make_meter"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from simulators.modbus import server
+        from meter_gateway.simulators.modbus import server
 
         return getattr(server, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,7 @@
 """`meter-gateway simulate modbus`: simulated Modbus meters on local servers.
 
-Also runnable on its own: `python -m simulators.modbus.cli --meters 10 --model sdm630`.
+Also runnable on its own:
+`python -m meter_gateway.simulators.modbus.cli --meters 10 --model sdm630`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from protocols.modbus.registermap import bundled_models
+from meter_gateway.protocols.modbus.registermap import bundled_models
 
 # Kept here rather than imported from `server`, so that building the parser does not
 # import pymodbus (the gateway's CLI registers this sub-command on every start).
@@ -137,7 +138,7 @@ def register(simulate_subparsers: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The stand-alone parser (`python -m simulators.modbus.cli`)."""
+    """The stand-alone parser (`python -m meter_gateway.simulators.modbus.cli`)."""
     p = argparse.ArgumentParser(
         prog="meter-gateway simulate modbus",
         description=_DESCRIPTION,
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from simulators.modbus.server import Fault, MeterFleet
+    from meter_gateway.simulators.modbus.server import Fault, MeterFleet
 
     fleet = MeterFleet(
         args.meters,

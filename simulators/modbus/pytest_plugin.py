@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from simulators.modbus.server import MeterFleet, MeterServer, make_meter
+from meter_gateway.simulators.modbus.server import MeterFleet, MeterServer, make_meter
 
 try:  # the fixtures are async; pytest-asyncio runs them
     import pytest_asyncio

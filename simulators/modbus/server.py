@@ -32,10 +32,10 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from protocols.modbus.datatypes import DATA_TYPES
-from protocols.modbus.decode import encode, nan_words
-from protocols.modbus.registermap import RegisterMap, bundled_map
-from simulators.modbus.values import ValueSource, model_source, static_source
+from meter_gateway.protocols.modbus.datatypes import DATA_TYPES
+from meter_gateway.protocols.modbus.decode import encode, nan_words
+from meter_gateway.protocols.modbus.registermap import RegisterMap, bundled_map
+from meter_gateway.simulators.modbus.values import ValueSource, model_source, static_source
 
 __all__ = ["Fault", "MeterFleet", "MeterServer", "SimulatedMeter", "make_meter"]
 
@@ -136,7 +136,7 @@ def make_meter(
         source = static_source(values, phases=phases)
     else:
         try:
-            from simulators.meter import MeterModel
+            from meter_gateway.simulators.meter import MeterModel
         except ImportError:  # pragma: no cover - the model ships with the package
             source = static_source(phases=phases)
         else:

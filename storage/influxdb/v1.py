@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import aiohttp
 
-from config.schema import StorageConfig
-from storage.influxdb.errors import RetryableWriteError, error_for_status
+from meter_gateway.config.schema import StorageConfig
+from meter_gateway.storage.influxdb.errors import RetryableWriteError, error_for_status
 
 __all__ = ["V1Client"]
 

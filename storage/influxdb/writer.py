@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from storage.influxdb.errors import (
+from meter_gateway.storage.influxdb.errors import (
     BadPointsError,
     PayloadTooLargeError,
     RetryableWriteError,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from simulators.demo import run_demo
+from meter_gateway.simulators.demo import run_demo
 
 
 async def test_demo_runs_to_its_summary(tmp_path, capsys):

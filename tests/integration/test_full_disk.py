@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from storage.deadletter import DeadLetterStore, dead_letter_record
+from meter_gateway.storage.deadletter import DeadLetterStore, dead_letter_record
 from tests.conftest import make_config, wait_until
 
 
@@ -35,7 +35,7 @@ async def test_dead_letter_survives_a_full_disk(tmp_path, caplog):
 async def test_gateway_keeps_running_while_the_dead_letter_disk_is_full(
     tmp_path, mosquitto, victoria, publisher, run_gateway, monkeypatch
 ):
-    monkeypatch.setattr("gateway.app.STALL_S", 0.5)
+    monkeypatch.setattr("meter_gateway.gateway.app.STALL_S", 0.5)
     cfg = make_config(tmp_path, mosquitto, storage={"url": victoria.url})
     gw = await run_gateway(cfg)
     day = datetime.now(UTC).strftime("%Y-%m-%d")

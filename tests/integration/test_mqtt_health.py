@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import paho.mqtt.client as paho
 import pytest
 
-from gateway.app import Gateway
-from simulators.services import Mosquitto
+from meter_gateway.gateway.app import Gateway
+from meter_gateway.simulators.services import Mosquitto
 from tests.conftest import make_config, wait_until
 
 LOST = "holds no session"

@@ -9,8 +9,8 @@ import orjson
 import paho.mqtt.client as paho
 import pytest
 
-from protocols.formats import FORMATS, Decoded, register_format
-from simulators.services import Mosquitto
+from meter_gateway.protocols.formats import FORMATS, Decoded, register_format
+from meter_gateway.simulators.services import Mosquitto
 from tests.conftest import Publisher, make_config, wait_until
 
 
@@ -119,7 +119,7 @@ async def test_tls_with_username_and_password(tmp_path, victoria, run_gateway, p
 
 
 async def test_wrong_password_is_retried_and_logged_once(tmp_path, victoria, caplog, passwd):
-    from gateway.app import Gateway
+    from meter_gateway.gateway.app import Gateway
 
     pw = passwd
     with Mosquitto(tmp_path / "mq", password_file=pw) as broker:

@@ -159,7 +159,7 @@ def test_sigterm_drains_and_exits_zero(tmp_path, mosquitto, victoria):
         )
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg_file)],
+        [sys.executable, "-m", "meter_gateway.gateway.cli", "run", "-c", str(cfg_file)],
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -193,7 +193,7 @@ def test_sigterm_drains_and_exits_zero(tmp_path, mosquitto, victoria):
 def test_run_refuses_a_taken_status_address(tmp_path, mosquitto, victoria, capsys):
     import socket
 
-    from gateway.cli import main
+    from meter_gateway.gateway.cli import main
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -88,9 +88,9 @@ class LogWatch(logging.Handler):
 @pytest.fixture
 def log_watch(caplog: pytest.LogCaptureFixture) -> Iterator[LogWatch]:
     """Every record of `protocols.modbus`, DEBUG up (caplog sees them too)."""
-    caplog.set_level(logging.DEBUG, logger="protocols.modbus")
+    caplog.set_level(logging.DEBUG, logger="meter_gateway.protocols.modbus")
     watch = LogWatch()
-    logger = logging.getLogger("protocols.modbus")
+    logger = logging.getLogger("meter_gateway.protocols.modbus")
     logger.addHandler(watch)
     yield watch
     logger.removeHandler(watch)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from protocols.modbus.config import ModbusConfig, ModbusDeviceConfig
+from meter_gateway.protocols.modbus.config import ModbusConfig, ModbusDeviceConfig
 
 
 def errors(data: dict[str, Any], model: type = ModbusDeviceConfig) -> list[tuple[str, str]]:

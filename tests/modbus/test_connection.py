@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from protocols.modbus.connection import Connection
+from meter_gateway.protocols.modbus.connection import Connection
 
 pytestmark = pytest.mark.integration
 

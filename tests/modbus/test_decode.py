@@ -7,9 +7,9 @@ import struct
 
 import pytest
 
-from protocols.modbus.datatypes import DATA_TYPES, DataType
-from protocols.modbus.decode import decode, decode_block, encode, nan_words
-from protocols.modbus.registermap import RegisterEntry, bundled_map
+from meter_gateway.protocols.modbus.datatypes import DATA_TYPES, DataType
+from meter_gateway.protocols.modbus.decode import decode, decode_block, encode, nan_words
+from meter_gateway.protocols.modbus.registermap import RegisterEntry, bundled_map
 
 
 def entry(

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from protocols.modbus.config import ModbusConfig
-from protocols.modbus.poller import Poller
-from simulators.modbus.server import MeterServer, make_meter
+from meter_gateway.protocols.modbus.config import ModbusConfig
+from meter_gateway.protocols.modbus.poller import Poller
+from meter_gateway.simulators.modbus.server import MeterServer, make_meter
 
 pytestmark = pytest.mark.integration
 

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from protocols.modbus.breaker import BreakerState, CircuitBreaker
-from protocols.modbus.lock import PriorityLock
-from protocols.modbus.plan import plan_reads
-from protocols.modbus.registermap import RegisterEntry, bundled_map
+from meter_gateway.protocols.modbus.breaker import BreakerState, CircuitBreaker
+from meter_gateway.protocols.modbus.lock import PriorityLock
+from meter_gateway.protocols.modbus.plan import plan_reads
+from meter_gateway.protocols.modbus.registermap import RegisterEntry, bundled_map
 
 
 def e(field: str, address: int, type_: str = "float32", function: int = 4) -> RegisterEntry:

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from protocols.modbus.config import ModbusConfig
-from protocols.modbus.poller import Poller
-from protocols.modbus.registermap import bundled_map
+from meter_gateway.protocols.modbus.config import ModbusConfig
+from meter_gateway.protocols.modbus.poller import Poller
+from meter_gateway.protocols.modbus.registermap import bundled_map
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration

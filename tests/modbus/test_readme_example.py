@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from protocols.modbus.config import ModbusConfig, ModbusDeviceConfig
+from meter_gateway.protocols.modbus.config import ModbusConfig, ModbusDeviceConfig
 
 HERE = Path(__file__).resolve().parents[2] / "protocols" / "modbus"
 

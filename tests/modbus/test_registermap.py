@@ -7,8 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from protocols.modbus.errors import RegisterMapError
-from protocols.modbus.registermap import RegisterMap, bundled_map, bundled_models, load_map
+from meter_gateway.protocols.modbus.errors import RegisterMapError
+from meter_gateway.protocols.modbus.registermap import (
+    RegisterMap,
+    bundled_map,
+    bundled_models,
+    load_map,
+)
 
 
 def by_field(model: str) -> dict[str, tuple[int, int, str, str, float]]:

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from protocols.modbus.config import ModbusConfig
-from protocols.modbus.poller import Poller
-from simulators.modbus.cli import build_parser, register
-from simulators.modbus.server import MeterFleet
+from meter_gateway.protocols.modbus.config import ModbusConfig
+from meter_gateway.protocols.modbus.poller import Poller
+from meter_gateway.simulators.modbus.cli import build_parser, register
+from meter_gateway.simulators.modbus.server import MeterFleet
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +69,7 @@ async def test_standalone_process_serves_the_fleet_it_describes(tmp_path: Path, 
     port = two_free_ports()
     out = tmp_path / "devices.yaml"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "simulators.modbus.cli",
+        sys.executable, "-m", "meter_gateway.simulators.modbus.cli",
         "--meters", "3", "--units-per-port", "2", "--port", str(port), "--model", "em24",
         "--static", "--config-out", str(out), "--interval", "5",
         stderr=asyncio.subprocess.PIPE,

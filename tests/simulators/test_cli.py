@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from simulators.fleet import Fleet
-from simulators.mqtt_cli import main
-from simulators.scenario import load_scenario
-from simulators.truth import read_truth
+from meter_gateway.simulators.fleet import Fleet
+from meter_gateway.simulators.mqtt_cli import main
+from meter_gateway.simulators.scenario import load_scenario
+from meter_gateway.simulators.truth import read_truth
 from tests.simulators.conftest import Recorder
 
 pytestmark = pytest.mark.integration
@@ -83,14 +83,14 @@ def test_unknown_target_and_unreachable_broker(
     bad.write_text("faults:\n  - {type: outage, transformer: tx-042, at: 1h}\n")
     assert main(["--scenario", str(bad), "--meters", "3"]) == 2
     assert "faults[0].transformer: unknown transformer 'tx-042'" in capsys.readouterr().err
-    from simulators.services import free_port
+    from meter_gateway.simulators.services import free_port
 
     assert main(["--meters", "1", "--duration", "1h", "--port", str(free_port())]) == 1
     assert "cannot connect" in capsys.readouterr().err
 
 
 def test_registered_under_meter_gateway_simulate(capsys: pytest.CaptureFixture[str]) -> None:
-    from gateway.cli import main as gateway_main
+    from meter_gateway.gateway.cli import main as gateway_main
 
     with pytest.raises(SystemExit) as info:
         gateway_main(["simulate", "mqtt", "--help"])
@@ -134,7 +134,7 @@ def test_tls_with_username_and_password_file(
 ) -> None:
     import subprocess
 
-    from simulators.services import Mosquitto
+    from meter_gateway.simulators.services import Mosquitto
 
     users = tmp_path / "passwd"
     users.write_text("")

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from simulators.faults import (
+from meter_gateway.simulators.faults import (
     ClockDrift,
     CommsDropout,
     ConsumptionSpike,
@@ -31,7 +31,7 @@ from simulators.faults import (
     VoltageSag,
     VoltageSwell,
 )
-from simulators.fleet import Fleet
+from meter_gateway.simulators.fleet import Fleet
 from tests.simulators.conftest import SMALL_FLEET, Received
 
 pytestmark = pytest.mark.integration

@@ -9,11 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
-from simulators.faults import Outage
-from simulators.fleet import Fleet, default_start
-from simulators.meter import STEP_S
-from simulators.scenario import Scenario, load_scenario
-from simulators.topology import CSV_HEADER, build_topology, write_csv
+from meter_gateway.simulators.faults import Outage
+from meter_gateway.simulators.fleet import Fleet, default_start
+from meter_gateway.simulators.meter import STEP_S
+from meter_gateway.simulators.scenario import Scenario, load_scenario
+from meter_gateway.simulators.topology import CSV_HEADER, build_topology, write_csv
 
 EXAMPLE = Path(__file__).parents[2] / "simulators" / "scenarios" / "example.yaml"
 
@@ -111,7 +111,7 @@ def test_default_start_keeps_a_fast_run_inside_the_gateway_window() -> None:
 
 
 def test_topology_csv_is_what_the_gateway_loads(tmp_path: Path) -> None:
-    from gateway.topology import load_topology
+    from meter_gateway.gateway.topology import load_topology
 
     topo = build_topology(60, seed=3, meters_per_transformer=20, transformers_per_feeder=2,
                           prosumer_share=0.5)  # fmt: skip
@@ -166,7 +166,7 @@ def test_transformer_outages_at_a_rate_take_whole_transformers_down() -> None:
 
 
 def test_readings_held_out_of_order_are_delivered_when_the_run_ends() -> None:
-    from simulators.faults import OutOfOrder
+    from meter_gateway.simulators.faults import OutOfOrder
 
     scenario = Scenario(faults=[OutOfOrder(meters=["m-000001"], at="30m", duration="2h")])
     msgs, _ = _wire(Fleet(scenario, meters=1, seed=2, start="2026-11-20T00:00:00Z",

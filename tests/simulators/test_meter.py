@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from simulators.meter import STEP_S, Effect, MeterModel, RegisterReset, rfc3339
+from meter_gateway.simulators.meter import STEP_S, Effect, MeterModel, RegisterReset, rfc3339
 
 T0 = datetime(2026, 11, 23, tzinfo=UTC).timestamp()  # a Monday, 00:00 UTC
 DAY = 86_400

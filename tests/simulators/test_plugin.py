@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from simulators.faults import Outage
-from simulators.pytest_plugin import FleetRun
+from meter_gateway.simulators.faults import Outage
+from meter_gateway.simulators.pytest_plugin import FleetRun
 from tests.simulators.conftest import START, Recorder
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,13 @@ import sys
 
 import pytest
 
-from simulators.profiles import grid_frequency_hz, pv_clear_sky, shape, stable_seed, unit
+from meter_gateway.simulators.profiles import (
+    grid_frequency_hz,
+    pv_clear_sky,
+    shape,
+    stable_seed,
+    unit,
+)
 
 
 def test_stable_seed_is_the_same_in_another_process() -> None:

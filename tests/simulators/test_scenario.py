@@ -7,10 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from simulators.faults import FaultError, Outage, parse_duration, parse_time, plan_faults
-from simulators.fleet import Fleet
-from simulators.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
-from simulators.topology import build_topology
+from meter_gateway.simulators.faults import (
+    FaultError,
+    Outage,
+    parse_duration,
+    parse_time,
+    plan_faults,
+)
+from meter_gateway.simulators.fleet import Fleet
+from meter_gateway.simulators.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
+from meter_gateway.simulators.topology import build_topology
 
 EXAMPLE = Path(__file__).parents[2] / "simulators" / "scenarios" / "example.yaml"
 

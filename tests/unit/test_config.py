@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from config.loader import ConfigError, load_config
-from gateway.cli import main
+from meter_gateway.config.loader import ConfigError, load_config
+from meter_gateway.gateway.cli import main
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example.yaml"
 
@@ -111,7 +111,7 @@ def test_run_refuses_a_bad_config(tmp_path):
 
 
 def test_relative_register_map_path_is_next_to_the_config_file(tmp_path):
-    from protocols.modbus.registermap import BUNDLED_MAPS_DIR
+    from meter_gateway.protocols.modbus.registermap import BUNDLED_MAPS_DIR
 
     (tmp_path / "maps").mkdir()
     (tmp_path / "maps" / "mine.yaml").write_text((BUNDLED_MAPS_DIR / "sdm120.yaml").read_text())

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from config.loader import ENV_PREFIX, ConfigError, load_config
-from config.schema import Config
+from meter_gateway.config.loader import ENV_PREFIX, ConfigError, load_config
+from meter_gateway.config.schema import Config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example.yaml"
 

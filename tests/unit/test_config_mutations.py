@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from config.loader import load_config
-from config.schema import Config
-from gateway.cli import _run_loop, main
+from meter_gateway.config.loader import load_config
+from meter_gateway.config.schema import Config
+from meter_gateway.gateway.cli import _run_loop, main
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example.yaml"
 METER_GATEWAY = Path(sys.executable).with_name("meter-gateway")
@@ -254,8 +254,8 @@ def mutations(count: int = COUNT, seed: int = SEED) -> list[tuple[str, bytes]]:
 
 
 async def _build_like_run(cfg: Config) -> None:
-    from gateway.app import Gateway
-    from gateway.http import render_page, status_snapshot
+    from meter_gateway.gateway.app import Gateway
+    from meter_gateway.gateway.http import render_page, status_snapshot
 
     gw = Gateway(cfg, shutdown_timeout_s=1)
     # start(): the data directory, then the status server's address.

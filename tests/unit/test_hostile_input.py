@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.pipeline import Pipeline
-from gateway.validate import MeterRules, Validator
-from protocols.formats import FORMATS, decode_json
-from storage.deadletter import DeadLetterStore
-from storage.lineprotocol import ReadingEncoder
+from meter_gateway.gateway.pipeline import Pipeline
+from meter_gateway.gateway.validate import MeterRules, Validator
+from meter_gateway.protocols.formats import FORMATS, decode_json
+from meter_gateway.storage.deadletter import DeadLetterStore
+from meter_gateway.storage.lineprotocol import ReadingEncoder
 from tests.hostile import hostile_messages
 
 # A reason in words names what is wrong; it is never a Python exception's repr.

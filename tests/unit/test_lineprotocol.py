@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.reading import Reading
-from gateway.topology import MeterPlace
-from storage.lineprotocol import ReadingEncoder, encode_point, escape_tag
+from meter_gateway.gateway.reading import Reading
+from meter_gateway.gateway.topology import MeterPlace
+from meter_gateway.storage.lineprotocol import ReadingEncoder, encode_point, escape_tag
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import logging
 
-from gateway.logs import setup_logging
+from meter_gateway.gateway.logs import setup_logging
 
 
 def test_json_logs_are_one_object_per_line(capsys):

@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from gateway.reading import Reading
-from gateway.validate import Flag, Invalid, MeterRules, Validator
-from protocols.formats import FORMATS
+from meter_gateway.gateway.reading import Reading
+from meter_gateway.gateway.validate import Flag, Invalid, MeterRules, Validator
+from meter_gateway.protocols.formats import FORMATS
 
 NOW = 1_800_000_000 * 10**9  # 2027-01-15
 TS = "2027-01-15T07:50:00Z"
@@ -182,6 +182,6 @@ def test_formats_event_and_lwt():
     ],
 )
 def test_rejection_categories_for_metrics(reason, category):
-    from gateway.pipeline import _category
+    from meter_gateway.gateway.pipeline import _category
 
     assert _category(reason) == category

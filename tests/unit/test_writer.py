@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from aiohttp import web
 
-from config.schema import StorageConfig
-from storage.influxdb.v1 import V1Client
-from storage.influxdb.v2 import V2Client
-from storage.influxdb.writer import BatchWriter
+from meter_gateway.config.schema import StorageConfig
+from meter_gateway.storage.influxdb.v1 import V1Client
+from meter_gateway.storage.influxdb.v2 import V2Client
+from meter_gateway.storage.influxdb.writer import BatchWriter
 
 
 class FakeInflux:
