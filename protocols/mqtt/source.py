@@ -1,10 +1,8 @@
 """The MQTT source: subscribe, route each message to its payload format, acknowledge.
 
-aiomqtt (over paho-mqtt 2) owns the connection. Two things differ from its usual use:
+aiomqtt (over paho-mqtt 2) owns the connection, through `client.BurstClient`, which
+hands each message to this source straight from paho's callback (see client.py).
 
-- Messages do not go through aiomqtt's queue and iterator: that costs more per
-  message than paho's own parsing (measured: ~9k/s vs 9k-22k/s), and its queue
-  drops when full. Each message is handled in paho's callback, on the event loop.
 - Acknowledgements are manual (paho's `manual_ack`). A QoS 1 message is acked once
   the pipeline has taken it and whatever of it went to the dead-letter store is on
   disk; while storage is behind (`flow.paused`) acks are held, so the broker stops
@@ -29,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -39,12 +37,11 @@ from paho.mqtt.properties import Properties
 from meter_gateway.config.schema import MqttConfig
 from meter_gateway.protocols.formats import FORMATS, PayloadFormat
 from meter_gateway.protocols.logs import LogLimiter
+from meter_gateway.protocols.mqtt.client import BurstClient
 
 __all__ = ["Durability", "FlowControl", "MqttSource", "match_topic"]
 
 log = logging.getLogger("meter_gateway.mqtt")
-
-READ_BURST_S = 0.001  # longest stretch of packet handling before the loop's other tasks run
 
 # topic, payload, format, the topic's meter id -> the ticket to be durable before the ack
 Handler = Callable[[str, bytes, PayloadFormat, "str | None"], int]
@@ -93,192 +90,6 @@ def match_topic(filter_levels: list[str], topic: str) -> tuple[bool, str | None]
     return len(levels) == len(filter_levels), plus
 
 
-def _fast_publish(client: paho.Client) -> Callable[[], paho.MQTTErrorCode]:
-    """paho's handling of an incoming QoS 0/1 PUBLISH, without its per-message overhead.
-
-    paho 2.2 builds a `Properties` object for every MQTT 5 PUBLISH, even one without
-    properties (about 10 us: it fills and clears a table of every property name), and
-    an `MQTTMessageInfo` holding a `threading.Condition` for every incoming message;
-    together they cost more than the gateway's own work on a single-reading message.
-    Here properties are parsed only when the packet has some, and the message is built
-    without the info object (it serves outgoing messages only). QoS 2 and anything
-    that does not parse go to paho's own handler, which also reports malformed packets.
-    """
-    original = client._handle_publish
-    new_message = paho.MQTTMessage.__new__
-    clock = paho.time_func
-    ok = paho.MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def handle_publish() -> paho.MQTTErrorCode:
-        header = client._in_packet["command"]
-        qos = (header & 0x06) >> 1
-        if qos == 2:
-            return original()
-        packet = client._in_packet["packet"]
-        try:
-            end = 2 + ((packet[0] << 8) | packet[1])
-            topic = bytes(packet[2:end])
-            mid = 0
-            if qos:
-                mid = (packet[end] << 8) | packet[end + 1]
-                end += 2
-            properties = None
-            if packet[end] == 0:  # property length 0: the usual case
-                end += 1
-            else:
-                properties = Properties(PacketTypes.PUBLISH)
-                end += properties.unpack(bytes(packet[end:]))[1]
-        except Exception:
-            return original()
-        msg = new_message(paho.MQTTMessage)
-        msg.timestamp = clock()
-        msg.state = paho.mqtt_ms_invalid
-        msg.dup = bool(header & 0x08)
-        msg.mid = mid
-        msg._topic = topic
-        msg.payload = bytes(packet[end:])
-        msg.qos = qos
-        msg.retain = bool(header & 0x01)
-        msg.info = None  # type: ignore[assignment]
-        msg.properties = properties
-        client._handle_on_message(msg)
-        if qos and not client._manual_ack:
-            return client._send_puback(mid)
-        return ok
-
-    return handle_publish
-
-
-class _Client(aiomqtt.Client):
-    """aiomqtt's client with its message queue bypassed (see the module docstring),
-    and a socket reader that can be paused.
-
-    Pausing the reader is the backstop of flow control: mosquitto 2.0.11 sends past
-    our Receive Maximum when publishers burst (measured: 100 of 100 delivered with 20
-    acks and a window of 21), so held acks alone do not bound memory. With the
-    reader paused, TCP flow control stops the broker. This overrides aiomqtt 2.5's
-    private `_on_socket_open` (the version is pinned); the reader does what aiomqtt's does.
-    """
-
-    def __init__(
-        self,
-        *args: Any,
-        on_message: Callable[[paho.Client, paho.MQTTMessage], None],
-        **kw: Any,
-    ) -> None:
-        super().__init__(*args, **kw)
-        self._direct = on_message
-        self._client.manual_ack_set(True)
-        self._client._handle_publish = _fast_publish(self._client)  # type: ignore[method-assign]
-        self._fd: int | None = None
-        self.reading_paused = False
-        self.session_present = False
-        self._in_read = False
-        self._write_pending = False
-
-    def _read(self) -> None:
-        """Handle the packets waiting on the socket, then send their acks in one write.
-
-        paho's `loop_read()` handles one packet per call, so each message cost a trip
-        through the event loop, and each ack its own `add_writer`. Here packets are read
-        until the socket is empty, for at most READ_BURST_S so the storage writer keeps
-        its turn; the socket is level-triggered, so what is left wakes us again.
-        """
-        client = self._client
-        again = paho.MQTTErrorCode.MQTT_ERR_AGAIN
-        deadline = time.perf_counter() + READ_BURST_S
-        self._in_read = True
-        try:
-            while not self.reading_paused:
-                rc = client._packet_read()
-                if rc == again:
-                    break
-                if rc != paho.MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    client._loop_rc_handle(rc)
-                    break
-                if time.perf_counter() > deadline:
-                    # Bytes an SSL socket already decrypted raise no readable event
-                    # (paho issue 131): come back for them.
-                    sock = client.socket()
-                    if sock is not None and hasattr(sock, "pending") and sock.pending() > 0:
-                        self._loop.call_soon(self._read)
-                    break
-        except Exception as exc:  # any failure here means the connection is gone
-            if not self._disconnected.done():
-                self._disconnected.set_exception(exc)
-        finally:
-            self._in_read = False
-        if self._write_pending:
-            self._write_pending = False
-            self._flush()
-
-    def _flush(self) -> None:
-        client = self._client
-        sock = client.socket()
-        if sock is None:
-            return
-        try:
-            client.loop_write()
-        except Exception as exc:
-            if not self._disconnected.done():
-                self._disconnected.set_exception(exc)
-            return
-        if client.want_write():  # the socket took only part: finish when writable
-            super()._on_socket_register_write(client, None, sock)
-
-    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        if self._in_read:
-            self._write_pending = True  # sent by _read() once the burst is handled
-        else:
-            super()._on_socket_register_write(client, userdata, sock)
-
-    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        fd = sock.fileno()
-
-        def opened() -> None:
-            self._fd = fd
-            if not self.reading_paused:
-                self._loop.add_reader(fd, self._read)
-            self._misc_task = self._loop.create_task(self._misc_loop())
-
-        # paho may call this from the executor thread that runs connect().
-        self._loop.call_soon_threadsafe(opened)
-
-    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._fd = None
-        super()._on_socket_close(client, userdata, sock)
-
-    def pause_reading(self) -> None:
-        if not self.reading_paused:
-            self.reading_paused = True
-            if self._fd is not None:
-                self._loop.remove_reader(self._fd)
-
-    def resume_reading(self) -> None:
-        if self.reading_paused:
-            self.reading_paused = False
-            if self._fd is not None:
-                self._loop.add_reader(self._fd, self._read)
-
-    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        self._direct(client, message)
-
-    def _on_connect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.ConnectFlags,
-        reason_code: Any,
-        properties: Properties | None = None,
-    ) -> None:
-        self.session_present = bool(flags.session_present)
-        super()._on_connect(client, userdata, flags, reason_code, properties)
-
-    @property
-    def paho(self) -> paho.Client:
-        return self._client
-
-
 class MqttSource:
     def __init__(
         self,
@@ -302,7 +113,7 @@ class MqttSource:
         self._on_state = on_state or (lambda connected: None)
         self._filters = [(sub.topic.split("/"), FORMATS[sub.format]) for sub in cfg.subscriptions]
         self._routes: dict[str, tuple[PayloadFormat, str | None] | None] = {}
-        self._client: _Client | None = None
+        self._client: BurstClient | None = None
         self._held: list[tuple[int, int, int]] = []  # (mid, qos, ticket), in arrival order
         self._held_since = 0.0  # monotonic time acks last moved while some were held
         self._release_task: asyncio.Task[None] | None = None
@@ -413,7 +224,7 @@ class MqttSource:
         recent = [t for t in self._losses if now - t < LOOP_WINDOW_S]
         return len(recent) if len(recent) >= LOOP_LOSSES else 0
 
-    def _session_check(self, client: _Client, where: str) -> None:
+    def _session_check(self, client: BurstClient, where: str) -> None:
         """Warn when the broker has lost our persistent session (and what it held)."""
         if self._cfg.clean_start:
             return
@@ -458,7 +269,7 @@ class MqttSource:
         return True
 
     # -- connection ---------------------------------------------------------------------------
-    def _make_client(self) -> _Client:
+    def _make_client(self) -> BurstClient:
         cfg = self._cfg
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = cfg.session_expiry_s
@@ -471,7 +282,7 @@ class MqttSource:
                 keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
                 cert_reqs=ssl.CERT_NONE if cfg.tls.insecure else ssl.CERT_REQUIRED,
             )
-        return _Client(
+        return BurstClient(
             cfg.host,
             cfg.port,
             username=cfg.username,

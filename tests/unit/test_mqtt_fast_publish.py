@@ -10,7 +10,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from meter_gateway.protocols.mqtt.source import _fast_publish
+from meter_gateway.protocols.mqtt.fastpath import fast_publish as _fast_publish
 
 
 def packet(
