@@ -10,10 +10,10 @@ from collections import deque
 from collections.abc import Callable
 
 from meter_gateway.config.schema import Config
+from meter_gateway.config.topology import MeterPlace, load_topology
 from meter_gateway.gateway.http import StatusServer
 from meter_gateway.gateway.pipeline import Pipeline
 from meter_gateway.gateway.reading import canonical_from_fields
-from meter_gateway.gateway.topology import MeterPlace, load_topology
 from meter_gateway.gateway.validate import Flag, MeterRules, Validator
 from meter_gateway.protocols.formats import Signal
 from meter_gateway.protocols.mqtt.source import LOOP_WINDOW_S, MqttSource
@@ -132,7 +132,9 @@ class Gateway:
         self.pipeline.handle_reading(canonical_from_fields(reading), "modbus", device)
 
     def _modbus_error(self, device: str, reason: str, raw: bytes | None) -> None:
-        self.pipeline.reject(source="modbus", reason=reason, device=device, payload=raw)
+        self.pipeline.reject(
+            source="modbus", reason=reason, device=device, payload=raw, category="modbus"
+        )
 
     def _bad_line(self, line: str, reason: str) -> None:
         self.dead_letter.add(

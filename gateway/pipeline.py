@@ -60,7 +60,7 @@ class Pipeline:
         self._on_reading = on_reading
         self.received: Counter[str] = Counter()  # readings seen, by source
         self.stored: Counter[str] = Counter()  # readings handed to storage, by source
-        self.rejected: Counter[str] = Counter()  # by reason category
+        self.rejected: Counter[str] = Counter()  # by the field at fault (a metric label)
         self.flagged: Counter[str] = Counter()  # by flag kind
         self.signals: Counter[str] = Counter()  # meter events and status, by value
         self.messages = 0
@@ -111,10 +111,10 @@ class Pipeline:
         decoded: Decoded = fmt(payload, topic_id)
         for rej in decoded.rejections:
             if rej.index is None:
-                self._reject_message(topic, payload, rej.reason, _category(rej.reason))
+                self._reject_message(topic, payload, rej.reason, rej.field)
             else:
                 self.received["mqtt"] += 1
-                self._reject_item(topic, rej.item, rej.reason, rej.index, payload)
+                self._reject_item(topic, rej.item, rej.reason, rej.index, payload, rej.field)
         if decoded.readings:
             self._readings(decoded, topic, payload)
         if decoded.signals:
@@ -145,10 +145,10 @@ class Pipeline:
                 add(encode(r))
             except Invalid as exc:
                 if positions is None:
-                    self._reject_message(topic, payload, str(exc), _category(str(exc)))
+                    self._reject_message(topic, payload, str(exc), exc.field)
                 else:
                     reason = f"readings[{positions[i]}]: {exc}"
-                    self._reject_item(topic, obj, reason, positions[i], payload)
+                    self._reject_item(topic, obj, reason, positions[i], payload, exc.field)
                 continue
             except Exception as exc:  # a bug, for this reading only: its neighbours go on
                 index = positions[i] if positions is not None else None
@@ -184,7 +184,7 @@ class Pipeline:
             if flags:
                 self._flags(flags)
         except Invalid as exc:
-            self.reject(source=source, reason=str(exc), device=origin, item=obj)
+            self.reject(source=source, reason=str(exc), device=origin, item=obj, category=exc.field)
         except Exception as exc:
             self._internal_error(exc, source=source, device=origin, item=obj)
         return self._ticket
@@ -198,10 +198,12 @@ class Pipeline:
         topic: str | None = None,
         payload: bytes | None = None,
         item: Any = None,
-        category: str | None = None,
+        category: str = "reading",
     ) -> int:
-        """Keep a rejection in the dead-letter store; return its sequence number."""
-        category = category or _category(reason)
+        """Keep a rejection in the dead-letter store; return its sequence number.
+
+        `category` is the metric label (the field at fault, or the kind of failure).
+        """
         self.rejected[category] += 1
         where = device or topic or source
         self._log.log((source, category), logging.WARNING, f"rejected from {where}: {reason}")
@@ -220,8 +222,9 @@ class Pipeline:
     def _reject_message(self, topic: str, payload: bytes, reason: str, category: str) -> None:
         self.reject(source="mqtt", reason=reason, topic=topic, payload=payload, category=category)
 
-    def _reject_item(self, topic: str, item: Any, reason: str, index: int, payload: bytes) -> None:
-        category = _category(reason)
+    def _reject_item(
+        self, topic: str, item: Any, reason: str, index: int, payload: bytes, category: str
+    ) -> None:
         if too_deep(item):
             # Not worth walking or writing as an element: keep the whole raw message.
             reason = f"readings[{index}]: nested deeper than {MAX_NESTING} levels"
@@ -283,15 +286,3 @@ class Pipeline:
             )
             if self._on_flag is not None:
                 self._on_flag(f)
-
-
-def _category(reason: str) -> str:
-    """A short label for metrics: the field, or the kind of failure."""
-    head = reason.split(":", 1)[0]
-    if head.startswith("readings["):
-        rest = reason.split(": ", 2)
-        head = rest[1] if len(rest) > 2 else "reading"
-    head = head.split("[", 1)[0].strip()
-    if head.startswith("invalid JSON"):
-        return "invalid_json"
-    return head if head.replace("_", "").isalnum() and len(head) <= 32 else "invalid"

@@ -46,7 +46,17 @@ MEASUREMENT_KEYS = (
 
 
 class Invalid(ValueError):
-    """A reading that cannot be stored; the message names the field and the bound."""
+    """A reading that cannot be stored; the message names the field and the bound.
+
+    `field` is the key at fault (`voltage_v`, `ts`, or `reading` for the whole) and
+    `kind` what is wrong with it (missing, type, range, time, shape): labels for
+    metrics, so that counting never depends on the wording of a message.
+    """
+
+    def __init__(self, message: str, *, field: str, kind: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.kind = kind
 
 
 @dataclass(slots=True, frozen=True)
@@ -83,29 +93,37 @@ def _type_name(v: object) -> str:
     return type(v).__name__
 
 
-def _number(key: str, v: object, lo: float, hi: float) -> float:
+def _number(key: str, v: object, lo: float, hi: float, field: str) -> float:
     """The slow path: convert an integer, or say exactly what is wrong."""
     t = type(v)
     if t is int:
         try:
             v = float(v)  # type: ignore[arg-type]
         except OverflowError:
-            raise Invalid(f"{key}: {short_repr(v)} is out of range") from None
+            raise Invalid(
+                f"{key}: {short_repr(v)} is out of range", field=field, kind="range"
+            ) from None
     elif t is not float or v != v or v in (_INF, -_INF):
-        raise _bad_number(key, v)
+        raise _bad_number(key, v, field)
     if v < lo:  # type: ignore[operator]
-        raise Invalid(f"{key}: {v!r} below {lo!r}")
+        raise Invalid(f"{key}: {v!r} below {lo!r}", field=field, kind="range")
     if v > hi:  # type: ignore[operator]
-        raise Invalid(f"{key}: {v!r} above {hi!r}")
+        raise Invalid(f"{key}: {v!r} above {hi!r}", field=field, kind="range")
     return v  # type: ignore[return-value]
 
 
-def _bad_number(key: str, v: object) -> Invalid:
+def _bad_number(key: str, v: object, field: str) -> Invalid:
     if isinstance(v, float):  # only NaN and infinities get here
-        return Invalid(f"{key}: {v!r} is not a number (NaN and Infinity are not allowed)")
+        return Invalid(
+            f"{key}: {v!r} is not a number (NaN and Infinity are not allowed)",
+            field=field,
+            kind="type",
+        )
     if isinstance(v, list | dict):
-        return Invalid(f"{key}: expected a number, got {short_repr(v)}")
-    return Invalid(f"{key}: expected a number, got {_type_name(v)} {short_repr(v)}")
+        return Invalid(f"{key}: expected a number, got {short_repr(v)}", field=field, kind="type")
+    return Invalid(
+        f"{key}: expected a number, got {_type_name(v)} {short_repr(v)}", field=field, kind="type"
+    )
 
 
 class Validator:
@@ -141,11 +159,15 @@ class Validator:
         if ts_ns > now_ns + self._max_future_ns:
             raise Invalid(
                 f"ts: {format_ts(ts_ns)} is {(ts_ns - now_ns) / _NS:.0f} s in the future "
-                f"(limit {self._max_future_ns / _NS:.0f} s; check the meter's clock)"
+                f"(limit {self._max_future_ns / _NS:.0f} s; check the meter's clock)",
+                field="ts",
+                kind="time",
             )
         if ts_ns < now_ns - self._max_age_ns:
             raise Invalid(
-                f"ts: {format_ts(ts_ns)} is older than the maximum age of {self._max_age_text}"
+                f"ts: {format_ts(ts_ns)} is older than the maximum age of {self._max_age_text}",
+                field="ts",
+                kind="time",
             )
 
         # Fast path: a float inside its bounds (NaN and infinities fail the chained
@@ -157,7 +179,7 @@ class Validator:
             if v is None:
                 continue
             if type(v) is not float or not lo <= v <= hi:
-                v = _number(key, v, lo, hi)
+                v = _number(key, v, lo, hi, key)
             values[name] = v
         for key, names, lo, hi in self._phases:
             v = get(key)
@@ -175,40 +197,46 @@ class Validator:
                         and lo <= b <= hi
                         and lo <= c <= hi
                     ):
-                        a = _number(f"{key}[0]", a, lo, hi)
-                        b = _number(f"{key}[1]", b, lo, hi)
-                        c = _number(f"{key}[2]", c, lo, hi)
+                        a = _number(f"{key}[0]", a, lo, hi, key)
+                        b = _number(f"{key}[1]", b, lo, hi, key)
+                        c = _number(f"{key}[2]", c, lo, hi, key)
                     values[names[0]] = a
                     values[names[1]] = b
                     values[names[2]] = c
                 elif n == 1:
-                    values[names[0]] = _number(f"{key}[0]", v[0], lo, hi)
+                    values[names[0]] = _number(f"{key}[0]", v[0], lo, hi, key)
                 else:
                     raise Invalid(
                         f"{key}: expected one number or a list of three (L1, L2, L3), "
-                        f"got a list of {n}"
+                        f"got a list of {n}",
+                        field=key,
+                        kind="shape",
                     )
             else:
                 if type(v) is not float or not lo <= v <= hi:
-                    v = _number(key, v, lo, hi)
+                    v = _number(key, v, lo, hi, key)
                 values[names[0]] = v
         if not values:
             raise Invalid(
-                "no measurement: a reading needs at least one of " + ", ".join(MEASUREMENT_KEYS)
+                "no measurement: a reading needs at least one of " + ", ".join(MEASUREMENT_KEYS),
+                field="reading",
+                kind="missing",
             )
         return Reading(meter_id, ts_ns, source, values)
 
     def _check_meter_id(self, meter_id: object) -> None:
         if meter_id is None:
-            raise Invalid("meter_id: missing")
+            raise Invalid("meter_id: missing", field="meter_id", kind="missing")
         if type(meter_id) is not str:
             got = _type_name(meter_id)
             if isinstance(meter_id, int | float):
                 got += f" {short_repr(meter_id)}"
-            raise Invalid(f"meter_id: expected text, got {got}")
+            raise Invalid(f"meter_id: expected text, got {got}", field="meter_id", kind="type")
         if not _METER_ID.fullmatch(meter_id):
             raise Invalid(
-                f"meter_id: {meter_id[:70]!r} is not 1-64 characters of A-Z a-z 0-9 . _ : -"
+                f"meter_id: {meter_id[:70]!r} is not 1-64 characters of A-Z a-z 0-9 . _ : -",
+                field="meter_id",
+                kind="format",
             )
         if len(self._ids) < 1_000_000:
             self._ids.add(meter_id)
@@ -233,9 +261,15 @@ class Validator:
                 raise _bad_epoch(ts)  # type: ignore[arg-type]
             return round(ts * 1_000_000) * 1000  # type: ignore[operator]
         if ts is None:
-            raise Invalid("ts: missing (RFC 3339 with an offset, or epoch seconds)")
+            raise Invalid(
+                "ts: missing (RFC 3339 with an offset, or epoch seconds)",
+                field="ts",
+                kind="missing",
+            )
         raise Invalid(
-            f"ts: expected RFC 3339 text or epoch seconds, got {_type_name(ts)} {short_repr(ts)}"
+            f"ts: expected RFC 3339 text or epoch seconds, got {_type_name(ts)} {short_repr(ts)}",
+            field="ts",
+            kind="type",
         )
 
 
@@ -243,24 +277,28 @@ def _bad_epoch(ts: float) -> Invalid:
     """Explain an epoch number that cannot be seconds, guessing the unit it is in."""
     shown = short_repr(ts)
     if ts < 0:
-        return Invalid(f"ts: {shown} is before 1970 (epoch seconds cannot be negative)")
+        return _ts_invalid(f"{shown} is before 1970 (epoch seconds cannot be negative)")
     if ts > 1e30:  # an int this long does not even convert to a float
-        return Invalid(f"ts: {shown} is far beyond year 9999; not a time")
+        return _ts_invalid(f"{shown} is far beyond year 9999; not a time")
     for unit, scale in (("milliseconds", 1e3), ("microseconds", 1e6), ("nanoseconds", 1e9)):
         if ts / scale <= _EPOCH_S_MAX:
             year = 1970 + int(ts / _YEAR_S)
-            return Invalid(f"ts: {shown} is not epoch seconds (year {year}); epoch {unit}?")
-    return Invalid(f"ts: {shown} is far beyond year 9999; not a time")
+            return _ts_invalid(f"{shown} is not epoch seconds (year {year}); epoch {unit}?")
+    return _ts_invalid(f"{shown} is far beyond year 9999; not a time")
+
+
+def _ts_invalid(detail: str) -> Invalid:
+    return Invalid(f"ts: {detail}", field="ts", kind="time")
 
 
 def _parse_rfc3339(text: str) -> int:
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
-        raise Invalid(f"ts: {text[:40]!r} is not an RFC 3339 time") from None
+        raise _ts_invalid(f"{text[:40]!r} is not an RFC 3339 time") from None
     if dt.tzinfo is None:
         # A time without an offset is ambiguous across time zones: rejected, not guessed.
-        raise Invalid(f"ts: {text[:40]!r} has no UTC offset (add 'Z' or '+01:00')")
+        raise _ts_invalid(f"{text[:40]!r} has no UTC offset (add 'Z' or '+01:00')")
     delta = dt - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * _NS + delta.microseconds * 1000
 

@@ -81,6 +81,7 @@ class Rejection:
     """A payload, or one element of it, that cannot be used, and why."""
 
     reason: str
+    field: str = "payload"  # the key at fault, a metric label (never parsed from `reason`)
     index: int | None = None  # position in a batch; None for the whole message
     item: Any = None  # the offending element of a batch, for the dead-letter record
 
@@ -173,10 +174,10 @@ def _json_object(payload: bytes, out: Decoded) -> dict[str, Any] | None:
     try:
         obj = decode_json(payload)
     except ValueError as exc:
-        out.rejections.append(Rejection(str(exc)))
+        out.rejections.append(Rejection(str(exc), "json"))
         return None
     if not isinstance(obj, dict):
-        out.rejections.append(Rejection(f"expected a JSON object, got {type(obj).__name__}"))
+        out.rejections.append(Rejection(f"expected a JSON object, got {short_repr(obj)}"))
         return None
     return obj
 
@@ -189,7 +190,7 @@ def json_reading(payload: bytes, topic_id: str | None) -> Decoded:
         return out
     reason = _own_meter(obj, topic_id)
     if reason:
-        out.rejections.append(Rejection(reason))
+        out.rejections.append(Rejection(reason, "meter_id"))
     else:
         out.readings.append(obj)
     return out
@@ -201,7 +202,7 @@ def json_batch(payload: bytes, topic_id: str | None) -> Decoded:
     try:
         obj = decode_json(payload)
     except ValueError as exc:
-        out.rejections.append(Rejection(str(exc)))
+        out.rejections.append(Rejection(str(exc), "json"))
         return out
     if not isinstance(obj, dict) or not isinstance(obj.get("readings"), list):
         out.rejections.append(
@@ -210,13 +211,16 @@ def json_batch(payload: bytes, topic_id: str | None) -> Decoded:
         return out
     named = obj.get("concentrator_id")
     if named is not None and type(named) is not str:
-        out.rejections.append(Rejection(f"concentrator_id: expected text, got {short_repr(named)}"))
+        out.rejections.append(
+            Rejection(f"concentrator_id: expected text, got {short_repr(named)}", "concentrator_id")
+        )
         return out
     if named is not None and topic_id is not None and named != topic_id:
         out.rejections.append(
             Rejection(
                 f"concentrator_id: payload names {short_repr(named)} "
-                f"but the topic is for {topic_id!r}"
+                f"but the topic is for {topic_id!r}",
+                "concentrator_id",
             )
         )
         return out
@@ -226,12 +230,14 @@ def json_batch(payload: bytes, topic_id: str | None) -> Decoded:
     for i, item in enumerate(obj["readings"]):
         # Each reading is judged on its own: one bad one does not sink its neighbours.
         if type(item) is not dict:
-            what = f"nested deeper than {MAX_NESTING} levels" if too_deep(item) else None
-            what = what or f"expected a JSON object, got {short_repr(item)}"
-            out.rejections.append(Rejection(f"readings[{i}]: {what}", index=i, item=item))
+            if too_deep(item):
+                what, field = f"nested deeper than {MAX_NESTING} levels", "nesting"
+            else:
+                what, field = f"expected a JSON object, got {short_repr(item)}", "reading"
+            out.rejections.append(Rejection(f"readings[{i}]: {what}", field, index=i, item=item))
         elif "meter_id" not in item:
             out.rejections.append(
-                Rejection(f"readings[{i}]: meter_id is missing", index=i, item=item)
+                Rejection(f"readings[{i}]: meter_id: missing", "meter_id", index=i, item=item)
             )
         else:
             readings.append(item)
@@ -248,15 +254,18 @@ def meter_event(payload: bytes, topic_id: str | None) -> Decoded:
     reason = _own_meter(obj, topic_id)
     kind = obj.get("type")
     if reason:
-        out.rejections.append(Rejection(reason))
+        out.rejections.append(Rejection(reason, "meter_id"))
     elif type(kind) is not str or kind not in METER_EVENT_TYPES:
         out.rejections.append(
             Rejection(
-                f"type: {short_repr(kind)} is not one of {', '.join(sorted(METER_EVENT_TYPES))}"
+                f"type: {short_repr(kind)} is not one of {', '.join(sorted(METER_EVENT_TYPES))}",
+                "type",
             )
         )
     elif not isinstance(obj.get("meter_id"), str):
-        out.rejections.append(Rejection("meter_id: missing (not in the payload nor the topic)"))
+        out.rejections.append(
+            Rejection("meter_id: missing (not in the payload nor the topic)", "meter_id")
+        )
     else:
         out.signals.append(Signal("event", obj["meter_id"], kind, obj.get("ts"), obj))
     return out
@@ -267,10 +276,10 @@ def last_will(payload: bytes, topic_id: str | None) -> Decoded:
     out = Decoded()
     text = payload.decode("utf-8", "replace").strip().lower()
     if topic_id is None:
-        out.rejections.append(Rejection("lwt: the topic names no meter (use a `+` level)"))
+        out.rejections.append(Rejection("lwt: the topic names no meter (use a `+` level)", "lwt"))
     elif text not in ("online", "offline"):
         got = short_repr(text)
-        out.rejections.append(Rejection(f"lwt: expected 'online' or 'offline', got {got}"))
+        out.rejections.append(Rejection(f"lwt: expected 'online' or 'offline', got {got}", "lwt"))
     else:
         out.signals.append(Signal("status", topic_id, text))
     return out

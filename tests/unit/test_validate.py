@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 
@@ -158,7 +159,7 @@ def test_formats_batch_judges_each_element():
     assert d.positions == [0]
     assert [(r.index, r.reason) for r in d.rejections] == [
         (1, "readings[1]: expected a JSON object, got 5"),
-        (2, "readings[2]: meter_id is missing"),
+        (2, "readings[2]: meter_id: missing"),
     ]
 
 
@@ -172,16 +173,45 @@ def test_formats_event_and_lwt():
     assert FORMATS["lwt"](b"maybe", "m-1").rejections
 
 
+NOW_S = int(time.time())
+
+
 @pytest.mark.parametrize(
-    ("reason", "category"),
+    ("payload", "fmt", "label"),
     [
-        ("invalid JSON: unexpected end of data: line 1 column 5 (char 4)", "invalid_json"),
-        ("readings[10]: voltage_v[1]: 1234.0 above 1000.0", "voltage_v"),
-        ("power_w: expected a number, got a string '812'", "power_w"),
-        ("payload of 5000 bytes is over max_payload_bytes (4096)", "invalid"),
+        (b'{"ts": 1, "power_w": ', "json", "json"),
+        (
+            b'{"readings": [{"meter_id": "m", "ts": %d, "voltage_v": [1, 1234.0, 1]}]}' % NOW_S,
+            "json-batch",
+            "voltage_v",
+        ),
+        (b'{"ts": %d, "power_w": "812"}' % NOW_S, "json", "power_w"),
+        (b'{"ts": %d}' % NOW_S, "json", "reading"),
+        (b'{"ts": 1, "power_w": 1.0}', "json", "ts"),
+        (b'{"meter_id": "other", "ts": 1, "power_w": 1.0}', "json", "meter_id"),
+        (b"[1]", "json", "payload"),
+        (b"maybe", "lwt", "lwt"),
+        (b"x" * 5000, "json", "too_large"),
     ],
 )
-def test_rejection_categories_for_metrics(reason, category):
-    from meter_gateway.gateway.pipeline import _category
+def test_rejections_are_counted_by_the_field_at_fault(tmp_path, payload, fmt, label):
+    from meter_gateway.gateway.pipeline import Pipeline
+    from meter_gateway.storage.deadletter import DeadLetterStore
+    from meter_gateway.storage.lineprotocol import ReadingEncoder
 
-    assert _category(reason) == category
+    class Sink:
+        paused = False
+
+        def add(self, line: str) -> None:
+            pass
+
+    p = Pipeline(
+        validator=Validator(),
+        rules=MeterRules(),
+        encoder=ReadingEncoder(),
+        sink=Sink(),
+        dead_letter=DeadLetterStore(tmp_path),
+        max_payload_bytes=4096,
+    )
+    p.handle_message("t/m/x", payload, FORMATS[fmt], "m")
+    assert dict(p.rejected) == {label: 1}
