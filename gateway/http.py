@@ -24,52 +24,32 @@ __all__ = ["StatusServer", "status_snapshot"]
 
 
 def status_snapshot(gw: Gateway) -> dict[str, Any]:
-    """What /status returns and the page shows."""
-    p, w = gw.pipeline, gw.writer
+    """What /status returns and the page shows: each component's own `stats()`."""
+    p = gw.pipeline.stats()
     now_ns = time.time_ns()
     offline_ns = int(gw.config.events.offline_after_s * 1e9)
-    seen = p.last_seen
+    seen = gw.pipeline.last_seen
     online = sum(1 for t in seen.values() if now_ns - t <= offline_ns)
+    ready, why = gw.ready()
     out: dict[str, Any] = {
         "gateway_id": gw.config.gateway.id,
         "uptime_s": round(time.time() - gw.started_at, 1),
-        "ready": gw.ready()[0],
-        "not_ready_because": gw.ready()[1],
-        "mqtt": {
-            "broker": f"{gw.config.mqtt.host}:{gw.config.mqtt.port}",
-            "connected": gw.mqtt.connected,
-            "connects": gw.mqtt.connects,
-            "messages": p.messages,
-            "unacknowledged": gw.mqtt.held,
-            "sessions_lost": gw.mqtt.sessions_lost,
-        },
+        "ready": ready,
+        "not_ready_because": why,
+        "mqtt": {**gw.mqtt.stats(), "messages": p["messages"]},
         "meters": {"seen": len(seen), "online": online, "offline": len(seen) - online},
         "readings": {
-            "received": dict(p.received),
-            "stored": dict(p.stored),
-            "rejected": dict(p.rejected),
-            "flagged": dict(p.flagged),
-            "duplicates": p.duplicates,
+            "received": p["received"],
+            "stored": p["stored"],
+            "rejected": p["rejected"],
+            "flagged": p["flagged"],
+            "duplicates": p["duplicates"],
             "rate_per_s": round(gw.rate.per_second, 1),
         },
-        "storage": {
-            "target": gw.client.target,
-            "healthy": w.healthy,
-            "lines_written": w.lines_written,
-            "lines_refused": w.lines_rejected,
-            "pending_lines": w.pending,
-            "paused_sources": w.paused,
-            "retries": w.retries,
-            "last_error": w.last_error,
-        },
-        "dead_letter": {
-            "records": gw.dead_letter.count,
-            "durable": gw.dead_letter.durable,
-            "write_errors": gw.dead_letter.write_errors,
-            "directory": str(gw.dead_letter.directory),
-        },
-        "internal_errors": p.internal_errors + gw.mqtt.handler_errors,
-        "signals": dict(p.signals),
+        "storage": gw.writer.stats(),
+        "dead_letter": gw.dead_letter.stats(),
+        "internal_errors": p["internal_errors"] + gw.mqtt.handler_errors,
+        "signals": p["signals"],
     }
     if gw.modbus is not None:
         out["modbus"] = {
@@ -105,7 +85,13 @@ class _Collector(Collector):
         self._gw = gw
 
     def collect(self) -> Iterator[Any]:
-        gw, p, w = self._gw, self._gw.pipeline, self._gw.writer
+        gw = self._gw
+        p, m, w, dl = (
+            gw.pipeline.stats(),
+            gw.mqtt.stats(),
+            gw.writer.stats(),
+            gw.dead_letter.stats(),
+        )
 
         def counter(name: str, doc: str, label: str | None, values: dict[str, int]) -> Any:
             fam = CounterMetricFamily(
@@ -115,65 +101,94 @@ class _Collector(Collector):
                 fam.add_metric([key] if label else [], value)
             return fam
 
-        yield counter("readings_received", "Readings received, by source.", "source", p.received)
+        def total(value: int) -> dict[str, int]:
+            return {"": value}
+
+        yield counter("readings_received", "Readings received, by source.", "source", p["received"])
         yield counter(
-            "readings_stored", "Readings handed to storage, by source.", "source", p.stored
+            "readings_stored", "Readings handed to storage, by source.", "source", p["stored"]
         )
         yield counter(
-            "readings_rejected", "Readings or messages rejected, by reason.", "reason", p.rejected
+            "readings_rejected",
+            "Readings or messages rejected, by the field at fault.",
+            "reason",
+            p["rejected"],
         )
-        yield counter("readings_flagged", "Readings stored as suspect, by rule.", "rule", p.flagged)
-        yield counter("readings_duplicate", "Exact duplicates dropped.", None, {"": p.duplicates})
         yield counter(
-            "meter_signals", "Meter events and status reports, by value.", "value", p.signals
+            "readings_flagged", "Readings stored as suspect, by rule.", "rule", p["flagged"]
         )
-        yield counter("mqtt_messages", "MQTT messages received.", None, {"": p.messages})
-        yield counter("mqtt_connects", "MQTT connections made.", None, {"": gw.mqtt.connects})
+        yield counter(
+            "readings_duplicate", "Exact duplicates dropped.", None, total(p["duplicates"])
+        )
+        yield counter(
+            "meter_signals", "Meter events and status reports, by value.", "value", p["signals"]
+        )
+        yield counter("mqtt_messages", "MQTT messages received.", None, total(p["messages"]))
+        yield counter("mqtt_connects", "MQTT connections made.", None, total(m["connects"]))
         yield counter(
             "mqtt_sessions_lost",
             "Reconnects that found no session at the broker (messages may have been lost).",
             None,
-            {"": gw.mqtt.sessions_lost},
+            total(m["sessions_lost"]),
         )
         yield counter(
             "internal_errors",
             "Inputs no rule foresaw (bugs), kept in the dead-letter store.",
             None,
-            {"": p.internal_errors + gw.mqtt.handler_errors},
+            total(p["internal_errors"] + m["handler_errors"]),
         )
         yield counter(
-            "storage_lines_written", "Lines accepted by the database.", None, {"": w.lines_written}
+            "storage_lines_written",
+            "Lines accepted by the database.",
+            None,
+            total(w["lines_written"]),
         )
         yield counter(
             "storage_lines_refused",
             "Lines the database refused (dead-lettered).",
             None,
-            {"": w.lines_rejected},
+            total(w["lines_refused"]),
         )
-        yield counter("storage_batches", "Batches written.", None, {"": w.batches_written})
+        yield counter("storage_batches", "Batches written.", None, total(w["batches_written"]))
         yield counter(
-            "storage_retries", "Write attempts that failed and were retried.", None, {"": w.retries}
+            "storage_retries",
+            "Write attempts that failed and were retried.",
+            None,
+            total(w["retries"]),
         )
         yield counter(
             "dead_letter_records",
-            "Records written to the dead-letter store.",
+            "Records taken by the dead-letter store.",
             None,
-            {"": gw.dead_letter.count},
+            total(dl["records"]),
+        )
+        yield counter(
+            "dead_letter_fsyncs",
+            "Group commits of the dead-letter store.",
+            None,
+            total(dl["fsyncs"]),
         )
         gauges = {
-            "mqtt_connected": ("1 while connected to the broker.", float(gw.mqtt.connected)),
+            "mqtt_connected": ("1 while connected to the broker.", float(m["connected"])),
             "mqtt_unacknowledged": (
                 "MQTT messages received and not yet acknowledged.",
-                float(gw.mqtt.held),
+                float(m["unacknowledged"]),
             ),
-            "storage_pending_lines": ("Lines waiting for the database.", float(w.pending)),
-            "storage_healthy": ("1 while the database accepts writes.", float(w.healthy)),
-            "storage_paused": ("1 while sources are paused by backpressure.", float(w.paused)),
+            "storage_pending_lines": ("Lines waiting for the database.", float(w["pending_lines"])),
+            "storage_healthy": ("1 while the database accepts writes.", float(w["healthy"])),
+            "storage_paused": (
+                "1 while sources are paused by backpressure.",
+                float(w["paused_sources"]),
+            ),
             "storage_last_write_seconds": (
                 "Duration of the last successful write.",
-                w.last_write_s or 0.0,
+                w["last_write_s"] or 0.0,
             ),
-            "meters_seen": ("Meters that sent a valid reading.", float(len(p.last_seen))),
+            "dead_letter_pending": (
+                "Dead-letter records not yet on disk.",
+                float(dl["pending"]),
+            ),
+            "meters_seen": ("Meters that sent a valid reading.", float(p["meters_seen"])),
         }
         for name, (doc, value) in gauges.items():
             g = GaugeMetricFamily(f"meter_gateway_{name}", doc)

@@ -77,6 +77,20 @@ class Pipeline:
     def duplicates(self) -> int:
         return self._rules.duplicates
 
+    def stats(self) -> dict[str, Any]:
+        """Counters for metrics and the status page (a snapshot; safe to keep)."""
+        return {
+            "messages": self.messages,
+            "received": dict(self.received),
+            "stored": dict(self.stored),
+            "rejected": dict(self.rejected),
+            "flagged": dict(self.flagged),
+            "duplicates": self.duplicates,
+            "signals": dict(self.signals),
+            "internal_errors": self.internal_errors,
+            "meters_seen": len(self.last_seen),
+        }
+
     # -- MQTT ------------------------------------------------------------------------------
     def handle_message(
         self, topic: str, payload: bytes, fmt: PayloadFormat, topic_id: str | None

@@ -125,6 +125,17 @@ class DeadLetterStore:
             self._durable_changed.clear()
             await self._durable_changed.wait()
 
+    def stats(self) -> dict[str, Any]:
+        """Counters for metrics and the status page (a snapshot)."""
+        return {
+            "records": self.count,
+            "durable": self.durable,
+            "pending": self.count - self.durable,
+            "write_errors": self.write_errors,
+            "fsyncs": self.fsyncs,
+            "directory": str(self.directory),
+        }
+
     def path_for(self, day: str) -> Path:
         return self.directory / f"{day}.jsonl"
 

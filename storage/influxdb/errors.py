@@ -4,8 +4,9 @@ WriteError
  +-- RetryableWriteError      connection refused/reset, timeout, 429, 5xx: wait and retry
  +-- PayloadTooLargeError     413: split the batch and retry the halves
  +-- BadPointsError           400/422: some lines are bad; bisect to find them
- +-- FatalWriteError          401/403/404: nothing will change by retrying until
-                              an operator acts (token, database); retried slowly
+ +-- FatalWriteError          401/403/404: nothing will change until an operator
+                              acts (token, database); the data is kept and the
+                              batch retried with the same capped backoff
 """
 
 from __future__ import annotations
