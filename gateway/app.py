@@ -7,12 +7,12 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from meter_gateway.config.schema import Config
 from meter_gateway.config.topology import MeterPlace, load_topology
 from meter_gateway.gateway.http import StatusServer
-from meter_gateway.gateway.pipeline import Pipeline
+from meter_gateway.gateway.pipeline import Pipeline, Sink
 from meter_gateway.gateway.reading import canonical_from_fields
 from meter_gateway.gateway.validate import Flag, MeterRules, Validator
 from meter_gateway.protocols.formats import Signal
@@ -22,6 +22,7 @@ from meter_gateway.storage.influxdb.v1 import V1Client
 from meter_gateway.storage.influxdb.v2 import V2Client
 from meter_gateway.storage.influxdb.writer import BatchWriter, LineClient
 from meter_gateway.storage.lineprotocol import ReadingEncoder
+from meter_gateway.storage.spool import Spool, SpoolNote
 
 __all__ = ["Gateway"]
 
@@ -60,10 +61,40 @@ class RateMeter:
             await asyncio.sleep(self._every)
 
 
+class _MemorySink:
+    """Readings straight into the writer's memory: the path before the spool.
+
+    For benchmarks that measure what the spool costs; never for a deployment."""
+
+    durable = 1 << 62
+
+    def __init__(self, writer: BatchWriter) -> None:
+        self.add = writer.add  # type: ignore[method-assign]
+        self._writer = writer
+
+    def add(self, line: str) -> int:  # replaced per instance; here for the type
+        self._writer.add(line)
+        return 0
+
+    @property
+    def paused(self) -> bool:
+        return self._writer.paused
+
+    async def wait_resumed(self) -> None:
+        await self._writer.wait_resumed()
+
+    async def wait_durable(self, seq: int) -> None:
+        return None
+
+
 class Gateway:
     """`await start()`, then `await stop()` (drains); or `await run(stop_event)`."""
 
-    def __init__(self, config: Config, *, shutdown_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, config: Config, *, shutdown_timeout_s: float = 30.0, spool: bool = True
+    ) -> None:
+        """`spool=False` is for benchmarks only: readings wait in memory, as before the
+        spool, and a crash loses what was acknowledged."""
         self.config = config
         self.shutdown_timeout_s = shutdown_timeout_s
         self.started_at = time.time()
@@ -86,11 +117,21 @@ class Gateway:
             max_buffered_lines=st.max_buffered_lines,
             on_bad_line=self._bad_line,
         )
+        self.spool = Spool(
+            config.gateway.data_dir / "spool",
+            max_bytes=st.spool_max_bytes,
+            feed_lines=st.max_buffered_lines,
+            on_note=self._spool_note,
+            on_pause=self._backpressure,
+        )
+        self.backpressure = ""  # why sources are paused, while they are
+        sink: Sink = self.spool if spool else _MemorySink(self.writer)
+        self._sink = sink
         self.pipeline = Pipeline(
             validator=Validator(config.validation),
             rules=MeterRules(config.validation.duplicate_window),
             encoder=ReadingEncoder(st.precision, topology),
-            sink=self.writer,
+            sink=sink,
             dead_letter=self.dead_letter,
             max_payload_bytes=config.mqtt.max_payload_bytes,
             on_signal=self._signal,
@@ -100,8 +141,8 @@ class Gateway:
             config.mqtt,
             client_id=config.client_id,
             handler=self.pipeline.handle_message,
-            flow=self.writer,
-            durability=self.dead_letter,
+            flow=sink,
+            durability=self.pipeline,
             state_dir=config.gateway.data_dir,
         )
         self.modbus = None
@@ -114,7 +155,7 @@ class Gateway:
                 config.modbus,
                 on_reading=self._modbus_reading,
                 on_error=self._modbus_error,
-                wait_ready=self.writer.wait_resumed,
+                wait_ready=sink.wait_resumed,
             )
         self.rate = RateMeter(lambda: sum(self.pipeline.received.values()))
         self.http = StatusServer(self)
@@ -128,8 +169,18 @@ class Gateway:
     def _flag(self, flag: Flag) -> None:
         pass  # logged by the pipeline; the register_decrease event hangs here
 
-    def _modbus_reading(self, reading: dict[str, object], device: str) -> None:
-        self.pipeline.handle_reading(canonical_from_fields(reading), "modbus", device)
+    def _modbus_reading(self, reading: dict[str, object], device: str) -> Awaitable[None]:
+        ticket = self.pipeline.handle_reading(canonical_from_fields(reading), "modbus", device)
+        return self.pipeline.wait_durable(ticket)
+
+    def _spool_note(self, note: SpoolNote) -> None:
+        record = dead_letter_record(reason=note.reason, source="spool", device=note.path)
+        self.dead_letter.add(record)
+
+    def _backpressure(self, paused: bool, why: str) -> None:
+        # The storage_backpressure event is raised here once the event engine exists;
+        # until then the log line (from the spool), /readyz and the metrics say it.
+        self.backpressure = why if paused else ""
 
     def _modbus_error(self, device: str, reason: str, raw: bytes | None) -> None:
         self.pipeline.reject(
@@ -148,14 +199,16 @@ class Gateway:
         p, w = self.pipeline, self.writer
         log.info(
             "ingest: %.0f readings/s; received %d, stored %d, rejected %d, suspect %d, "
-            "duplicates %d; pending %d; mqtt %s; storage %s",
+            "duplicates %d; spool %d readings (%s bytes, oldest %.0f s); mqtt %s; storage %s",
             self.rate.per_second,
             sum(p.received.values()),
             w.lines_written,
             sum(p.rejected.values()),
             sum(p.flagged.values()),
             p.duplicates,
-            w.pending,
+            self.spool.lines,
+            f"{self.spool.bytes:,}",
+            self.spool.oldest_age_s(),
             "connected" if self.mqtt.connected else "DISCONNECTED",
             "ok" if w.healthy else f"FAILING ({w.last_error})",
         )
@@ -178,8 +231,10 @@ class Gateway:
                 f"{self.mqtt.held} MQTT messages taken but not acknowledged for {stalled:.0f} s "
                 "(storage or the dead-letter store is not keeping up)"
             )
-        if not self.writer.healthy and self.writer.paused:
-            why.append(f"storage failing ({self.writer.last_error}) and its buffer is full")
+        if self._sink.paused:
+            cause = self.backpressure or "storage is behind"
+            state = "" if self.writer.healthy else f"; storage failing ({self.writer.last_error})"
+            why.append(f"the spool is full ({cause}): sources are paused{state}")
         return not why, why
 
     async def _watch(self) -> None:
@@ -217,10 +272,15 @@ class Gateway:
             self.config.mqtt.port,
             self.config.gateway.data_dir,
         )
-        self._sink_tasks = [
-            asyncio.create_task(self.writer.run(), name="storage-writer"),
-            asyncio.create_task(self.dead_letter.run(), name="dead-letter"),
-        ]
+        self._writer_task = asyncio.create_task(self.writer.run(), name="storage-writer")
+        self._dl_task = asyncio.create_task(self.dead_letter.run(), name="dead-letter")
+        self._sink_tasks = [self._writer_task, self._dl_task]
+        if self._sink is self.spool:
+            # What an earlier run left (a crash, a slow database) goes first.
+            await self.spool.open()
+            self._spool_task = asyncio.create_task(self.spool.run(), name="spool")
+            self._feed_task = asyncio.create_task(self.spool.feed(self.writer), name="spool-feed")
+            self._sink_tasks += [self._spool_task, self._feed_task]
         self._rate_task = asyncio.create_task(self.rate.run(self._report), name="rate")
         self._watch_task = asyncio.create_task(self._watch(), name="watch")
         self._source_tasks = [asyncio.create_task(self.mqtt.run(), name="mqtt-source")]
@@ -234,21 +294,38 @@ class Gateway:
         for task in self._source_tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        deadline = time.monotonic() + self.shutdown_timeout_s
+        if self._sink is self.spool:
+            await self.spool.close()  # everything taken is on disk now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.spool.wait_empty(), max(0.1, deadline - time.monotonic())
+                )
+            self._feed_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._feed_task
         self.writer.close()
-        writer_task, dl_task = self._sink_tasks
+        writer_task, dl_task = self._writer_task, self._dl_task
         try:
-            await asyncio.wait_for(asyncio.shield(writer_task), self.shutdown_timeout_s)
+            await asyncio.wait_for(
+                asyncio.shield(writer_task), max(0.1, deadline - time.monotonic())
+            )
         except TimeoutError:
+            left = self.spool.lines if self._sink is self.spool else self.writer.pending
             log.error(
-                "shutdown: %d readings could not be written to %s within %.0f s "
-                "(unacknowledged MQTT messages stay queued at the broker)",
-                self.writer.pending,
+                "shutdown: %d readings could not be written to %s within %.0f s; %s",
+                left,
                 self.client.target,
                 self.shutdown_timeout_s,
+                "they are in the spool and go first at the next start"
+                if self._sink is self.spool
+                else "unacknowledged MQTT messages stay queued at the broker",
             )
             writer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer_task
+        if self._sink is self.spool:
+            self.spool.settle(self.writer.lines_done)
         await self.dead_letter.close()
         dl_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

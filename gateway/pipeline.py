@@ -1,18 +1,18 @@
 """The pipeline: decoded payloads -> validation -> storage, rejections -> dead letter.
 
-Data flows one way: source -> format -> validate -> (spool) -> store, with
-signals and flags going to the detectors. A source hands over raw bytes and
-learns whether it may acknowledge them now (`paused` says storage is behind).
-
-The seam for the durable spool is `Sink`: today the batch writer's in-memory
-buffer; the spool slots in with the same `add(line)` and `paused`.
+Data flows one way: source -> format -> validate -> spool -> store, with signals
+and flags going to the detectors. A source hands over raw bytes and gets back a
+ticket; it acknowledges the message once `durable` has reached that ticket, i.e.
+once every reading of it is in the spool and every rejection of it in the
+dead-letter store, both fsync'd. Tickets are issued in arrival order, so acks are
+too. `paused` says the spool is full: sources stop taking input.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -29,10 +29,16 @@ log = logging.getLogger("meter_gateway.pipeline")
 
 
 class Sink(Protocol):
-    def add(self, line: str) -> None: ...
+    """Where encoded readings go: `add` returns the position to wait for."""
+
+    durable: int
+
+    def add(self, line: str) -> int: ...
 
     @property
     def paused(self) -> bool: ...
+
+    async def wait_durable(self, seq: int) -> None: ...
 
 
 class Pipeline:
@@ -66,6 +72,10 @@ class Pipeline:
         self.messages = 0
         self.internal_errors = 0  # inputs no rule foresaw (bugs); kept in the dead-letter store
         self._ticket = 0  # dead-letter sequence number of the input being handled
+        self._pos = 0  # spool position of the input being handled
+        self._issued = 0  # tickets handed out
+        # (ticket, spool position, dead-letter seq) of inputs not yet known durable
+        self._waiting: deque[tuple[int, int, int]] = deque()
         self._log = LogLimiter(log)
         self.last_seen: dict[str, int] = {}  # meter id -> when its last valid reading came (ns)
 
@@ -76,6 +86,36 @@ class Pipeline:
     @property
     def duplicates(self) -> int:
         return self._rules.duplicates
+
+    # -- durability: when may a source acknowledge? ------------------------------------------
+    def _issue(self) -> int:
+        self._issued += 1
+        if self._pos or self._ticket:
+            self._waiting.append((self._issued, self._pos, self._ticket))
+        return self._issued
+
+    @property
+    def durable(self) -> int:
+        """The last ticket whose readings and rejections (and all before it's) are on disk."""
+        waiting = self._waiting
+        if not waiting:
+            return self._issued
+        sink_at, dl_at = self._sink.durable, self._dead_letter.durable
+        while waiting:
+            _, pos, seq = waiting[0]
+            if pos > sink_at or seq > dl_at:
+                return waiting[0][0] - 1
+            waiting.popleft()
+        return self._issued
+
+    async def wait_durable(self, ticket: int) -> None:
+        """Until `durable` reaches `ticket`."""
+        while self.durable < ticket:
+            _, pos, seq = self._waiting[0]
+            if pos > self._sink.durable:
+                await self._sink.wait_durable(pos)
+            if seq > self._dead_letter.durable:
+                await self._dead_letter.wait_durable(seq)
 
     def stats(self) -> dict[str, Any]:
         """Counters for metrics and the status page (a snapshot; safe to keep)."""
@@ -97,18 +137,17 @@ class Pipeline:
     ) -> int:
         """One MQTT message; never raises, whatever the payload holds.
 
-        Returns the dead-letter sequence number that must be durable before the
-        message may be acknowledged (0: nothing of it went to the dead-letter store).
+        Returns the ticket to acknowledge it at: see `durable` and `wait_durable`.
         """
         self.messages += 1
-        self._ticket = 0
+        self._ticket = self._pos = 0
         try:
             self._message(topic, payload, fmt, topic_id)
         except Exception as exc:
             # No rule foresaw this: a bug. The message is kept so nothing is lost, and
             # the traceback is logged (rate-limited: a hostile stream must not flood it).
             self._internal_error(exc, topic=topic, payload=payload)
-        return self._ticket
+        return self._issue()
 
     def _message(
         self, topic: str, payload: bytes, fmt: PayloadFormat, topic_id: str | None
@@ -147,6 +186,7 @@ class Pipeline:
         flags: list[Flag] = []
         positions = decoded.positions
         stored = 0
+        pos = 0
         last_seen = self.last_seen
         items = decoded.readings
         for i, obj in enumerate(items):
@@ -156,7 +196,7 @@ class Pipeline:
                 r = judge(r, flags)
                 if r is None:
                     continue  # exact duplicate (a QoS 1 redelivery); counted by the rules
-                add(encode(r))
+                pos = add(encode(r))
             except Invalid as exc:
                 if positions is None:
                     self._reject_message(topic, payload, str(exc), exc.field)
@@ -173,6 +213,8 @@ class Pipeline:
                 on_reading(r)
         self.received["mqtt"] += len(items)
         self.stored["mqtt"] += stored
+        if pos:
+            self._pos = pos
         if flags:
             self._flags(flags)
 
@@ -180,10 +222,10 @@ class Pipeline:
     def handle_reading(self, obj: dict[str, Any], source: str, origin: str) -> int:
         """One reading already in canonical form (a poller's); never raises.
 
-        Returns the dead-letter sequence number to wait for, as `handle_message` does.
+        Returns the ticket to wait for, as `handle_message` does.
         """
         self.received[source] += 1
-        self._ticket = 0
+        self._ticket = self._pos = 0
         now_ns = time.time_ns()
         try:
             r = self._validator.check(obj, source, now_ns)
@@ -191,7 +233,7 @@ class Pipeline:
             flags: list[Flag] = []
             r2 = self._rules.judge(r, flags)
             if r2 is not None:
-                self._sink.add(self._encode(r2))
+                self._pos = self._sink.add(self._encode(r2))
                 self.stored[source] += 1
                 if self._on_reading is not None:
                     self._on_reading(r2)
@@ -201,7 +243,7 @@ class Pipeline:
             self.reject(source=source, reason=str(exc), device=origin, item=obj, category=exc.field)
         except Exception as exc:
             self._internal_error(exc, source=source, device=origin, item=obj)
-        return self._ticket
+        return self._issue()
 
     def reject(
         self,

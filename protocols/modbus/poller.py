@@ -74,7 +74,8 @@ __all__ = ["DeviceStats", "OnError", "OnReading", "Poller", "WaitReady"]
 
 log = logging.getLogger(__name__)
 
-OnReading = Callable[[dict[str, object], str], None]
+# reading, device label -> None, or an awaitable that completes when it is durable
+OnReading = Callable[[dict[str, object], str], Awaitable[None] | None]
 OnError = Callable[[str, str, bytes | None], None]
 WaitReady = Callable[[], Awaitable[None]]
 
@@ -319,7 +320,11 @@ class Poller:
         stats.readings += 1
         stats.last_success = ts
         try:
-            self._on_reading(reading, cfg.label)
+            done = self._on_reading(reading, cfg.label)
+            if done is not None:
+                # The poll counts as done once its reading is durable (a spool that is
+                # full or a disk that is full holds the device's next poll back).
+                await done
         except Exception:
             log.exception("modbus %s: on_reading failed", cfg.meter_id)
         return reading

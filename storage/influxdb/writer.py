@@ -10,8 +10,8 @@ every decision (Telegraf's split between an output and its running_output):
 - 400/422: the batch is bisected until the offending lines are found; those go to
   the dead-letter store, the rest is written.
 
-Backpressure: above `max_buffered_lines` the writer reports `paused`; sources stop
-acknowledging and polling until it drains below half of that.
+Backpressure: above `max_buffered_lines` the writer reports `paused`. Behind the
+spool, the spool feeds it only while it has room, and pauses sources itself.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from meter_gateway.storage.influxdb.errors import (
     BadPointsError,
@@ -74,6 +74,7 @@ class BatchWriter:
         # Counters for metrics and tests.
         self.lines_written = 0
         self.lines_rejected = 0
+        self.lines_done = 0  # lines finished (written or refused), in the order taken
         self.batches_written = 0
         self.retries = 0
         self.last_error: str | None = None
@@ -94,6 +95,12 @@ class BatchWriter:
                 self._low,
             )
 
+    def extend(self, lines: list[str]) -> None:
+        """Take many lines at once (a spool record)."""
+        self._buf.extend(lines)
+        if len(self._buf) >= self._batch_size:
+            self._wakeup.set()
+
     @property
     def pending(self) -> int:
         return len(self._buf) + self._inflight
@@ -101,6 +108,21 @@ class BatchWriter:
     @property
     def paused(self) -> bool:
         return not self._resumed.is_set()
+
+    def stats(self) -> dict[str, Any]:
+        """State and counters for metrics and the status page (a snapshot)."""
+        return {
+            "target": self._client.target,
+            "healthy": self.healthy,
+            "lines_written": self.lines_written,
+            "lines_refused": self.lines_rejected,
+            "batches_written": self.batches_written,
+            "pending_lines": self.pending,
+            "paused_sources": self.paused,
+            "retries": self.retries,
+            "last_error": self.last_error,
+            "last_write_s": self.last_write_s,
+        }
 
     async def wait_resumed(self) -> None:
         await self._resumed.wait()
@@ -122,6 +144,9 @@ class BatchWriter:
             self._inflight = len(batch)
             try:
                 await self._write_with_retry(batch)
+                # Counted per batch, in order: a spool releases a record only when every
+                # line of it is written or refused for good (a retried half counts once).
+                self.lines_done += len(batch)
             finally:
                 self._inflight = 0
             if not self._resumed.is_set() and self.pending <= self._low:

@@ -80,19 +80,26 @@ async def test_storage_backpressure_holds_acks_and_loses_nothing(
         tmp_path,
         mosquitto,
         mqtt={"receive_maximum": 20},
-        storage={"url": victoria.url, "batch_size": 10, "max_buffered_lines": 20},
+        storage={
+            "url": victoria.url,
+            "batch_size": 10,
+            "max_buffered_lines": 20,
+            "spool_max_bytes": 4096,
+        },
     )
     gw = await run_gateway(cfg)
     victoria.stop()
     now = int(time.time())
     publisher.publish_many(readings("bp", 200, now))
-    await wait_until(lambda: gw.writer.paused, what="the writer to pause the source")
-    # Acks are held while paused (a crash now would have the broker redeliver them),
-    # and what the gateway holds in memory stays bounded: the buffer bound plus the
-    # receive window, even though mosquitto overruns that window under a burst.
-    await wait_until(lambda: len(gw.mqtt._held) >= 20, what="acks being held")
+    await wait_until(lambda: gw.spool.paused, what="the full spool to pause the source")
+    # Acks are held while paused, and what the gateway holds in memory stays bounded:
+    # the writer's buffer bound (plus a record) and the receive window, even though
+    # mosquitto overruns that window under a burst.
+    await wait_until(lambda: gw.mqtt.held >= 20, what="acks being held")
     assert gw.writer.pending <= 20 + 20
     assert gw.pipeline.messages < 200
+    assert not gw.ready()[0]
+    assert "the spool is full" in "; ".join(gw.ready()[1])
     victoria.start()
     await wait_until(lambda: gw.writer.lines_written >= 200, within=60, what="all 200 stored")
     assert victoria.count("meter_reading_power_w") == 200
