@@ -30,6 +30,7 @@ from yaml.error import Mark, MarkedYAMLError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from meter_gateway.config.schema import Config, GatewayConfig, MqttConfig, TopologyConfig, shown
+from meter_gateway.config.topology import TopologyError, load_topology
 
 __all__ = [
     "ENV_PREFIX",
@@ -598,11 +599,6 @@ def _data_dir_problem(path: Path) -> str | None:
 
 
 def _topology_problem(path: Path) -> str | None:
-    from meter_gateway.gateway.topology import (  # the gateway's own reader
-        TopologyError,
-        load_topology,
-    )
-
     try:
         st = os.stat(path)
     except (OSError, ValueError) as exc:

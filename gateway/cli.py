@@ -1,15 +1,27 @@
-"""`meter-gateway`: run, check-config, simulate, demo."""
+"""`meter-gateway`: run, check-config, and the commands that plug in.
+
+The gateway never imports what sits above it. The simulators (`simulate mqtt`,
+`simulate modbus`) and the demo are plug-ins, found through entry points:
+
+- group `meter_gateway.simulators`: `register(simulate_subparsers)` adds `simulate <name>`;
+- group `meter_gateway.commands`: `register(subparsers)` adds a top-level command.
+
+A plug-in that cannot be loaded is an error, not a missing command: its name stays
+listed as unavailable, with the reason, and running it says why and exits 1. `run`
+and `check-config` do not depend on any plug-in.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
+import importlib.metadata
 import logging
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from meter_gateway.config.loader import ConfigError, load_config
 
@@ -18,6 +30,13 @@ __all__ = ["main"]
 log = logging.getLogger("meter_gateway")
 
 EXIT_CONFIG = 2
+EXIT_PLUGIN = 1
+
+# The entry-point groups pyproject.toml declares: names under the distribution's
+# name, not modules this one imports.
+_GROUPS_UNDER = "meter_gateway"
+SIMULATORS_GROUP = f"{_GROUPS_UNDER}.simulators"
+COMMANDS_GROUP = f"{_GROUPS_UNDER}.commands"
 
 _DESCRIPTION = """\
 Smart-meter ingestion gateway: takes readings that meters and data concentrators
@@ -102,17 +121,62 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim_sub = simulate.add_subparsers(dest="simulator", metavar="KIND")
     sim_sub.required = True
-    for module in ("meter_gateway.simulators.mqtt_cli", "meter_gateway.simulators.modbus.cli"):
-        try:
-            importlib.import_module(module).register(sim_sub)
-        except (ImportError, AttributeError):
-            log.debug("simulator %s not available", module)
-
-    try:
-        importlib.import_module("meter_gateway.simulators.demo").register(sub)
-    except (ImportError, AttributeError):
-        log.debug("demo not available")
+    _add_plugins(SIMULATORS_GROUP, sim_sub)
+    _add_plugins(COMMANDS_GROUP, sub)
     return parser
+
+
+# -- plug-ins --------------------------------------------------------------------------------
+
+
+def _add_plugins(group: str, sub: Any) -> None:
+    """Let every entry point of `group` register its sub-command into `sub`."""
+    try:
+        found = importlib.metadata.entry_points(group=group)
+    except Exception as exc:  # broken metadata must not take `run` down with it
+        log.warning("cannot list the %s plug-ins: %s: %s", group, type(exc).__name__, exc)
+        return
+    for ep in sorted(found, key=lambda e: e.name):
+        # What a failed registration added is taken back, so the placeholder does not
+        # meet a half-built command of the same name.
+        before = dict(sub.choices)
+        listed = len(sub._choices_actions)
+        try:
+            ep.load()(sub)
+        except Exception as exc:
+            sub.choices.clear()
+            sub.choices.update(before)
+            del sub._choices_actions[listed:]
+            _add_unavailable(sub, ep.name, ep.value, exc)
+
+
+def _add_unavailable(sub: Any, name: str, origin: str, exc: Exception) -> None:
+    """A placeholder for a plug-in that failed: listed, and an error when run."""
+    reason = f"{type(exc).__name__}: {exc}"
+    if name in sub.choices:  # never shadow a command that works (`run`, a good plug-in)
+        log.warning(
+            "the plug-in %r (from %s) cannot be loaded: %s; its name is another command's",
+            name,
+            origin,
+            reason,
+        )
+        return
+    p = sub.add_parser(
+        name,
+        help="unavailable: " + reason.replace("%", "%%"),  # argparse %-formats a help text
+        description=f"The {name} command is unavailable: it cannot be loaded from "
+        f"{origin}: {reason}",
+    )
+    message = f"meter-gateway: the {name} command cannot be loaded: {reason} (from {origin})"
+    p.set_defaults(func=lambda _args: _unavailable(message), accepts_any_arguments=True)
+
+
+def _unavailable(message: str) -> int:
+    print(message, file=sys.stderr)
+    return EXIT_PLUGIN
+
+
+# -- commands --------------------------------------------------------------------------------
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -145,7 +209,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for err in exc.errors:
             log.error("  %s", err)
         return EXIT_CONFIG
-    from meter_gateway.gateway.topology import TopologyError
+    from meter_gateway.config.topology import TopologyError
 
     try:
         return _run_loop(_serve(cfg, args.shutdown_timeout))
@@ -186,7 +250,11 @@ def _run_loop(coro) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    # As parse_args, except that an unavailable plug-in takes any arguments: it is run
+    # only to say why it cannot be.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return int(args.func(args) or 0)
 
 

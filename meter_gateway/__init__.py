@@ -8,7 +8,10 @@ One import package; its subpackages are the project's top-level folders:
 - `meter_gateway.gateway`: the pipeline, validation, the running gateway, the CLI
 - `meter_gateway.simulators`: meter models, an MQTT fleet, Modbus servers, pytest fixtures
 
-Each layer imports only those before it in this list (simulators may use all).
+Layers import downward only: `protocols` and `storage` at the bottom (neither
+imports the other), `config` above them, `gateway` above `config`, `simulators` on
+top. Modules of this root package (`configbase`) sit below all of them.
+tests/test_layers.py keeps it so.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -79,7 +79,8 @@ async def run_demo(
     from meter_gateway.gateway.app import Gateway
     from meter_gateway.simulators.fleet import Fleet
     from meter_gateway.simulators.modbus.server import MeterFleet
-    from meter_gateway.simulators.mqtt_cli import BrokerOptions, MqttPublisher, RunStats, run_fleet
+    from meter_gateway.simulators.mqtt.publisher import BrokerOptions, MqttPublisher
+    from meter_gateway.simulators.mqtt.runner import RunStats, run_fleet
     from meter_gateway.simulators.scenario import load_scenario
     from meter_gateway.simulators.services import Mosquitto, VictoriaMetrics
 

@@ -5,7 +5,7 @@ default topics and formats
 (readings, concentrator batches, last gasp / power_restored events, status) and the
 ground-truth records of the faults that started. It does no I/O and never looks at the wall
 clock after construction, so the same settings and seed give the same bytes; the MQTT side
-(``simulators.mqtt_cli``) paces and publishes them.
+(``simulators.mqtt``) paces and publishes them.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ installs meter-gateway can use them:
         stats = run.wait()
         ...
 
-See simulators/README.md.
+Every pytest run of such a project loads this plugin, whether or not it uses the fixtures;
+so at import time it needs only pytest and the standard library, and each fixture imports the
+simulator (and with it paho-mqtt) when a test asks for it. See simulators/README.md.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pytest
 
 if TYPE_CHECKING:  # imported lazily: every pytest run loads this plugin
     from meter_gateway.simulators.fleet import Fleet
-    from meter_gateway.simulators.mqtt_cli import RunStats
+    from meter_gateway.simulators.mqtt.runner import RunStats
     from meter_gateway.simulators.scenario import Scenario
     from meter_gateway.simulators.services import Mosquitto
     from meter_gateway.simulators.topology import Topology
@@ -49,7 +51,7 @@ class FleetRun:
         topology_out: Path,
         connections: int = 1,
     ) -> None:
-        from meter_gateway.simulators.mqtt_cli import BrokerOptions, MqttPublisher
+        from meter_gateway.simulators.mqtt.publisher import BrokerOptions, MqttPublisher
         from meter_gateway.simulators.topology import write_csv
 
         self.fleet = fleet
@@ -73,7 +75,7 @@ class FleetRun:
         self._thread.start()
 
     def _run(self, speed: float) -> None:
-        from meter_gateway.simulators.mqtt_cli import run_fleet
+        from meter_gateway.simulators.mqtt.runner import run_fleet
 
         try:
             self._stats = run_fleet(

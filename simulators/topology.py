@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from meter_gateway.gateway.topology import COLUMNS
+from meter_gateway.config.topology import COLUMNS
 from meter_gateway.simulators.profiles import Profile, stable_seed
 
 __all__ = ["CSV_HEADER", "MeterSite", "Topology", "build_topology", "write_csv"]

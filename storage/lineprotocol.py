@@ -8,17 +8,42 @@ straight to text with their tag prefix cached per meter (bench/bench_lineprotoco
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
 import orjson
 
-from meter_gateway.gateway.reading import Reading
-
-__all__ = ["PRECISION_DIVISOR", "ReadingEncoder", "encode_point", "escape_key", "escape_tag"]
+__all__ = [
+    "PRECISION_DIVISOR",
+    "ReadingEncoder",
+    "ReadingLike",
+    "encode_point",
+    "escape_key",
+    "escape_tag",
+]
 
 PRECISION_DIVISOR = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 
 _KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
+
+
+class ReadingLike(Protocol):
+    """What the encoder reads of a reading.
+
+    Storage sits below the gateway and must not import its `Reading`; any object
+    with these attributes (the gateway's `Reading` is one) encodes.
+    """
+
+    @property
+    def meter_id(self) -> str: ...
+    @property
+    def ts_ns(self) -> int: ...  # UTC epoch nanoseconds
+    @property
+    def source(self) -> str: ...
+    @property
+    def values(self) -> Mapping[str, float]: ...  # storage field names -> numbers
+    @property
+    def quality(self) -> str: ...
 
 
 def escape_tag(value: str) -> str:
@@ -93,7 +118,7 @@ class ReadingEncoder:
             self._prefix[key] = p
         return p
 
-    def encode(self, r: Reading) -> str:
+    def encode(self, r: ReadingLike) -> str:
         prefix = self._prefix.get((r.meter_id, r.source)) or self.prefix(r.meter_id, r.source)
         values = r.values
         keys = tuple(values)

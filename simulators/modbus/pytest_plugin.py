@@ -16,6 +16,11 @@
 Servers listen on free loopback ports and stop when the test ends. Values come from
 the meter model (live) unless `live=False` or `values={...}` is given (fixed values,
 for exact comparisons).
+
+Every pytest run of a project that installed meter-gateway loads this plugin, whether or
+not it uses the fixtures; so at import time it needs only pytest, pytest-asyncio and the
+standard library, and each fixture imports the simulator (and with it pymodbus) when a test
+asks for it.
 """
 
 from __future__ import annotations
@@ -24,13 +29,19 @@ import asyncio
 import re
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from meter_gateway.simulators.modbus.server import MeterFleet, MeterServer, make_meter
+if TYPE_CHECKING:
+    from meter_gateway.simulators.modbus.server import MeterFleet, MeterServer
+
+    MetersFactory = Callable[..., Awaitable[MeterServer]]
+    FleetFactory = Callable[..., Awaitable[MeterFleet]]
 
 try:  # the fixtures are async; pytest-asyncio runs them
+    # pytest-asyncio is a pytest plugin itself: where it is installed, pytest has imported
+    # it already, so this costs nothing.
     import pytest_asyncio
 
     _async_fixture: Any = pytest_asyncio.fixture
@@ -39,14 +50,13 @@ except ImportError:  # pragma: no cover
 
 __all__ = ["modbus_fleet", "modbus_meters", "serial_pty_pair"]
 
-MetersFactory = Callable[..., Awaitable[MeterServer]]
-FleetFactory = Callable[..., Awaitable[MeterFleet]]
-
 
 @_async_fixture
 async def modbus_meters() -> AsyncIterator[MetersFactory]:
     """Factory: `await modbus_meters(n, model=..., framer="socket"|"rtu", serial_port=...,
     live=True, values=None, seed=0)` -> a started `MeterServer` with units 1..n."""
+    from meter_gateway.simulators.modbus.server import MeterServer, make_meter
+
     servers: list[MeterServer] = []
 
     async def factory(
@@ -77,6 +87,8 @@ async def modbus_meters() -> AsyncIterator[MetersFactory]:
 async def modbus_fleet() -> AsyncIterator[FleetFactory]:
     """Factory: `await modbus_fleet(n, model=..., transport=..., units_per_port=...)` ->
     a started `MeterFleet` on free ports."""
+    from meter_gateway.simulators.modbus.server import MeterFleet
+
     fleets: list[MeterFleet] = []
 
     async def factory(n: int, **kwargs: Any) -> MeterFleet:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from meter_gateway.config.schema import StorageConfig
+from meter_gateway.storage.influxdb.config import StorageConfig
 from meter_gateway.storage.influxdb.errors import RetryableWriteError, error_for_status
 
 __all__ = ["V1Client"]

@@ -8,7 +8,7 @@ from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
-from meter_gateway.config.schema import StorageConfig
+from meter_gateway.storage.influxdb.config import StorageConfig
 from meter_gateway.storage.influxdb.errors import RetryableWriteError, WriteError, error_for_status
 
 __all__ = ["V2Client"]

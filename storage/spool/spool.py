@@ -87,7 +87,7 @@ class Spool:
         self._max = max_bytes
         # Several segments fit in the bound, so released ones can be deleted while the
         # rest waits (a segment goes only when all of it is in the database).
-        self._segment_max = max(min(segment_bytes, max_bytes // 8), 1024)
+        self._segment_max = max(min(segment_bytes, max_bytes // 8), 64)
         self._feed_lines = feed_lines  # lines handed to the writer at most at once
         self._on_note = on_note or (lambda note: None)
         self._on_pause = on_pause or (lambda paused, why: None)
@@ -183,6 +183,7 @@ class Spool:
     async def open(self) -> None:
         await asyncio.to_thread(self._recover)
         if self._records:
+            self._emptied.clear()
             log.info(
                 "spool: %d readings in %d records not yet in the database (from %s); "
                 "writing them first",
@@ -208,6 +209,8 @@ class Spool:
             if res.records:
                 last_seq = max(last_seq, res.records[-1].seq)
                 expect = res.records[-1].seq + 1
+            if res.problem is not None:
+                expect = None  # records were skipped: the next segment starts where it does
             if not keep and res.records and not is_last:
                 with contextlib.suppress(OSError):
                     path.unlink()  # wholly in the database already

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from meter_gateway.simulators.fleet import Fleet
-from meter_gateway.simulators.mqtt_cli import main
+from meter_gateway.simulators.mqtt.cli import main
 from meter_gateway.simulators.scenario import load_scenario
 from meter_gateway.simulators.truth import read_truth
 from tests.simulators.conftest import Recorder

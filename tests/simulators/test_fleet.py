@@ -111,7 +111,7 @@ def test_default_start_keeps_a_fast_run_inside_the_gateway_window() -> None:
 
 
 def test_topology_csv_is_what_the_gateway_loads(tmp_path: Path) -> None:
-    from meter_gateway.gateway.topology import load_topology
+    from meter_gateway.config.topology import load_topology
 
     topo = build_topology(60, seed=3, meters_per_transformer=20, transformers_per_feeder=2,
                           prosumer_share=0.5)  # fmt: skip

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from meter_gateway.config.topology import MeterPlace
 from meter_gateway.gateway.reading import Reading
-from meter_gateway.gateway.topology import MeterPlace
 from meter_gateway.storage.lineprotocol import ReadingEncoder, encode_point, escape_tag
 
 

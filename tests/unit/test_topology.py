@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from meter_gateway.gateway.topology import TopologyError, load_topology
+from meter_gateway.config.topology import TopologyError, load_topology
 
 
 def test_a_good_file(tmp_path):

@@ -2,6 +2,10 @@
 
 CSV with a header: meter_id,transformer_id,feeder_id,customer_id,phases,
 nominal_voltage_v,prosumer. Only meter_id is required per row.
+
+The file is configuration data (`topology.file` names it), so its reader lives in
+the configuration layer: the loader checks it at start, where `check-config` can
+report it, and the gateway and the simulators read it from here.
 """
 
 from __future__ import annotations

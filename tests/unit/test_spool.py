@@ -1,0 +1,179 @@
+"""The spool on its own: group commit, replay after a crash, damaged files, the bound,
+a full disk. The database side is a fake writer that finishes what it is given."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from meter_gateway.storage.spool import Spool, SpoolNote
+
+
+class Writer:
+    """Takes lines like the batch writer; `finish()` plays the database accepting them."""
+
+    def __init__(self) -> None:
+        self.taken: list[str] = []
+        self.lines_done = 0
+        self.auto = True
+
+    @property
+    def pending(self) -> int:
+        return len(self.taken) - self.lines_done
+
+    def extend(self, lines: list[str]) -> None:
+        self.taken.extend(lines)
+        if self.auto:
+            self.lines_done = len(self.taken)
+
+    def finish(self) -> None:
+        self.lines_done = len(self.taken)
+
+
+async def started(directory: Path, **kw) -> tuple[Spool, list[asyncio.Task[None]], list]:
+    notes: list[SpoolNote] = []
+    spool = Spool(directory, on_note=notes.append, **kw)
+    await spool.open()
+    return spool, [asyncio.create_task(spool.run())], notes
+
+
+async def stop(tasks: list[asyncio.Task[None]]) -> None:
+    for t in tasks:
+        t.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await t
+
+
+def line(i: int) -> str:
+    return f'meter_reading,meter_id=m-{i % 7},source=mqtt power_w={i}.5,quality="actual" {i}'
+
+
+async def test_group_commit_one_fsync_for_many_lines(tmp_path):
+    spool, tasks, _ = await started(tmp_path)
+    positions = [spool.add(line(i)) for i in range(1000)]
+    assert len(set(positions)) == 1  # all in the record being built
+    await spool.wait_durable(positions[-1])
+    assert spool.fsyncs == 1
+    assert spool.records == 1
+    assert spool.lines == 1000
+    await stop(tasks)
+
+
+async def test_a_crash_replays_what_the_database_did_not_take(tmp_path):
+    spool, tasks, _ = await started(tmp_path)
+    for i in range(10):
+        await spool.wait_durable(spool.add(line(i)))
+    writer = Writer()
+    writer.auto = False
+    feeder = asyncio.create_task(spool.feed(writer))
+    await asyncio.sleep(0.2)
+    assert len(writer.taken) == 10
+    writer.lines_done = 4  # the database took the first 4 records (one line each)
+    await asyncio.sleep(0.2)
+    await stop([*tasks, feeder])  # a crash: no close()
+
+    again, tasks, notes = await started(tmp_path)
+    assert again.records_replayed == 6
+    assert again.lines_replayed == 6
+    assert notes == []
+    writer = Writer()
+    feeder = asyncio.create_task(again.feed(writer))
+    await asyncio.wait_for(again.wait_empty(), 5)
+    assert writer.taken == [line(i) for i in range(4, 10)]
+    # A new record continues the sequence; drained segments are gone.
+    await again.wait_durable(again.add(line(10)))
+    await asyncio.wait_for(again.wait_empty(), 5)
+    await stop([*tasks, feeder])
+    await again.close()
+    third, tasks, _ = await started(tmp_path)
+    assert third.records_replayed == 0
+    await stop(tasks)
+
+
+async def test_a_torn_tail_is_cut_off_and_reported(tmp_path, caplog):
+    spool, tasks, _ = await started(tmp_path)
+    for i in range(3):
+        await spool.wait_durable(spool.add(line(i)))
+    await stop(tasks)
+    segment = sorted(tmp_path.glob("*.seg"))[-1]
+    good = segment.stat().st_size
+    with segment.open("ab") as f:
+        f.write(b"\x40\x00\x00\x00garbage")  # half a record: the crash case
+    again, tasks, notes = await started(tmp_path)
+    assert again.records_replayed == 3
+    assert segment.stat().st_size == good
+    assert len(notes) == 1
+    assert "never acknowledged" in notes[0].reason
+    assert "cut short" in caplog.text
+    writer = Writer()
+    feeder = asyncio.create_task(again.feed(writer))
+    await asyncio.wait_for(again.wait_empty(), 5)
+    assert writer.taken == [line(i) for i in range(3)]
+    await stop([*tasks, feeder])
+
+
+async def test_a_damaged_record_inside_is_reported_and_the_rest_kept(tmp_path, caplog):
+    # Small segments: each record in its own file, so damage in one leaves the others.
+    spool, tasks, _ = await started(tmp_path, max_bytes=8192, segment_bytes=64)
+    for i in range(3):
+        await spool.wait_durable(spool.add(line(i)))
+    await stop(tasks)
+    segments = sorted(tmp_path.glob("*.seg"))
+    assert len(segments) == 3
+    data = bytearray(segments[1].read_bytes())
+    data[-5] ^= 0xFF  # a flipped bit in the middle record's payload
+    segments[1].write_bytes(bytes(data))
+    caplog.set_level(logging.WARNING)
+    again, tasks, notes = await started(tmp_path, max_bytes=8192, segment_bytes=64)
+    assert len(notes) == 1
+    assert "checksum" in notes[0].reason
+    writer = Writer()
+    feeder = asyncio.create_task(again.feed(writer))
+    await asyncio.wait_for(again.wait_empty(), 5)
+    assert writer.taken == [line(0), line(2)]
+    await stop([*tasks, feeder])
+
+
+async def test_the_bound_pauses_and_half_of_it_resumes(tmp_path):
+    paused: list[bool] = []
+    spool = Spool(tmp_path, max_bytes=4096, on_pause=lambda p, why: paused.append(p))
+    await spool.open()
+    task = asyncio.create_task(spool.run())
+    while not spool.paused:
+        await spool.wait_durable(spool.add(line(1) * 5))
+    assert paused == [True]
+    assert spool.stats()["paused"] is True
+    writer = Writer()
+    feeder = asyncio.create_task(spool.feed(writer))
+    await asyncio.wait_for(spool.wait_resumed(), 5)
+    assert paused == [True, False]
+    assert spool.bytes < 2048
+    await stop([task, feeder])
+
+
+async def test_a_full_disk_keeps_the_lines_and_pauses(tmp_path, caplog):
+    # The first segment's name is known: make it the kernel's always-full device.
+    target = tmp_path / f"{1:020d}.seg"
+    os.symlink("/dev/full", target)
+    spool, tasks, _ = await started(tmp_path)
+    seq = spool.add(line(1))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(spool.wait_durable(seq)), 0.5)
+    assert spool.disk_full
+    assert spool.paused
+    assert spool.durable == 0
+    assert "No space left on device" in caplog.text
+    target.unlink()  # room again
+    await asyncio.wait_for(spool.wait_durable(seq), 5)
+    assert not spool.disk_full
+    await asyncio.wait_for(spool.wait_resumed(), 5)
+    writer = Writer()
+    feeder = asyncio.create_task(spool.feed(writer))
+    await asyncio.wait_for(spool.wait_empty(), 5)
+    assert writer.taken == [line(1)]
+    await stop([*tasks, feeder])
