@@ -47,6 +47,7 @@ def status_snapshot(gw: Gateway) -> dict[str, Any]:
             "rate_per_s": round(gw.rate.per_second, 1),
         },
         "storage": gw.writer.stats(),
+        "spool": gw.spool.stats(),
         "dead_letter": gw.dead_letter.stats(),
         "internal_errors": p["internal_errors"] + gw.mqtt.handler_errors,
         "signals": p["signals"],
@@ -168,6 +169,25 @@ class _Collector(Collector):
             None,
             total(dl["fsyncs"]),
         )
+        sp = gw.spool.stats()
+        yield counter(
+            "spool_fsyncs", "Group commits of the spool (fsyncs).", None, total(sp["fsyncs"])
+        )
+        yield counter(
+            "spool_write_errors",
+            "Spool writes that failed (a full disk); the readings waited in memory.",
+            None,
+            total(sp["write_errors"]),
+        )
+        yield counter(
+            "spool_replayed_readings",
+            "Readings found in the spool at start and written again.",
+            None,
+            total(sp["lines_replayed"]),
+        )
+        yield counter(
+            "spool_damaged", "Damaged spool records found and skipped.", None, total(sp["damaged"])
+        )
         gauges = {
             "mqtt_connected": ("1 while connected to the broker.", float(m["connected"])),
             "mqtt_unacknowledged": (
@@ -189,6 +209,23 @@ class _Collector(Collector):
                 float(dl["pending"]),
             ),
             "meters_seen": ("Meters that sent a valid reading.", float(p["meters_seen"])),
+            "spool_bytes": ("Bytes of the spool on disk.", float(sp["bytes"])),
+            "spool_max_bytes": (
+                "The spool's bound (storage.spool_max_bytes).",
+                float(sp["max_bytes"]),
+            ),
+            "spool_records": (
+                "Spool records (group commits) the database does not have yet.",
+                float(sp["records"]),
+            ),
+            "spool_oldest_age_seconds": (
+                "Age of the oldest reading waiting in the spool.",
+                float(sp["oldest_age_s"]),
+            ),
+            "spool_paused": (
+                "1 while the spool is full (or the disk is) and sources are paused.",
+                float(sp["paused"]),
+            ),
         }
         for name, (doc, value) in gauges.items():
             g = GaugeMetricFamily(f"meter_gateway_{name}", doc)
@@ -297,7 +334,7 @@ def _modbus_row(d: dict[str, Any]) -> str:
 
 
 def render_page(s: dict[str, Any]) -> str:
-    r, st, m = s["readings"], s["storage"], s["mqtt"]
+    r, st, m, sp = s["readings"], s["storage"], s["mqtt"], s["spool"]
     tables = [
         _table(
             "Meters",
@@ -323,10 +360,20 @@ def render_page(s: dict[str, Any]) -> str:
             {
                 "database": st["target"],
                 "state": "accepting writes" if st["healthy"] else f"FAILING: {st['last_error']}",
-                "waiting to be written (spool depth)": st["pending_lines"],
-                "sources paused": "yes" if st["paused_sources"] else "no",
                 "written": st["lines_written"],
                 "refused by the database": st["lines_refused"],
+                "retries": st["retries"],
+            },
+        ),
+        _table(
+            "Spool (readings on disk, not yet in the database)",
+            {
+                "depth": f"{sp['records']} records, {sp['bytes']:,} of {sp['max_bytes']:,} bytes",
+                "oldest waiting": f"{sp['oldest_age_s']:.0f} s",
+                "sources": "PAUSED (spool full)" if sp["paused"] else "taking input",
+                "disk": "FULL" if sp["disk_full"] else "ok",
+                "replayed at start": f"{sp['lines_replayed']} readings",
+                "damaged records skipped": sp["damaged"],
             },
         ),
         _table(

@@ -45,14 +45,20 @@ async def test_metrics_status_and_page(tmp_path, mosquitto, victoria, publisher,
     assert "meter_gateway_mqtt_sessions_lost_total 0.0" in body
     assert "meter_gateway_internal_errors_total 0.0" in body
     assert "meter_gateway_mqtt_unacknowledged 0.0" in body
+    assert "meter_gateway_spool_fsyncs_total" in body
+    assert "meter_gateway_spool_paused 0.0" in body
+    assert "meter_gateway_spool_oldest_age_seconds" in body
     status, body = await get(port, "/status")
     s = orjson.loads(body)
     assert s["meters"] == {"seen": 1, "online": 1, "offline": 0}
     assert s["readings"]["rejected"] == {"voltage_v": 1}
     assert s["storage"]["healthy"] is True
+    assert s["spool"]["fsyncs"] >= 1
+    assert s["spool"]["paused"] is False
     status, page = await get(port, "/")
     assert status == 200
     assert "<h2>Meters</h2>" in page
+    assert "Spool (readings on disk" in page
     assert "Ready" in page
 
 
