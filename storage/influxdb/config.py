@@ -82,8 +82,8 @@ class StorageConfig(Section):
     max_retry_delay_s: float = Field(60.0, gt=0, le=3600)
     timeout_s: float = Field(10.0, gt=0, le=3600)
     spool_max_bytes: int = Field(1_073_741_824, gt=0)
-    # Readings held in memory while the database is slow or down; above it the
-    # sources stop acknowledging (MQTT) and polling waits (Modbus).
+    # Readings the spool hands to the writer at once: the memory the database path
+    # uses however long the database is away (the rest waits on disk).
     max_buffered_lines: int = Field(200_000, gt=0)
 
     _token = model_validator(mode="before")(lambda data: read_secret(data, "token"))
