@@ -73,7 +73,8 @@ def scan_segment(path: Path, expect_seq: int | None) -> ScanResult:
     size = os.path.getsize(path)
     hs = RECORD_HEADER.size
     with path.open("rb") as f:
-        data = f.read()
+        data = f.read(size)  # what it held when sized: a device file never ends
+    size = len(data)
     pos = 0
     while pos < size:
         if size - pos < hs:

@@ -11,8 +11,8 @@
   message rate.
 - A record leaves the spool only after the database accepted all its lines (or
   refused them for good: those are in the dead-letter store). The `ledger` file
-  holds the first record not yet released; after a crash, everything from there is
-  written again. Writes are idempotent (the same reading is the same point), so a
+  holds the last record released; after a crash, everything after it is written
+  again. Writes are idempotent (the same reading is the same point), so a
   replay stores nothing twice.
 - Bounded by `max_bytes`: at the bound, or when the disk is full, the spool says
   `paused` (sources stop acknowledging, polling waits) until it is below half.
@@ -272,17 +272,21 @@ class Spool:
             if not self._pending and not self._closing:
                 await self._wakeup.wait()
             self._wakeup.clear()
-            await self.commit()
+            if not await self.commit():
+                # The disk refused it. Wait without the lock held, so that the drain
+                # can delete segments the database has (which is what makes room).
+                await asyncio.sleep(1.0)
             if self._closing and not self._pending:
                 return
 
-    async def commit(self) -> None:
+    async def commit(self) -> bool:
+        """Write what is pending; False when the disk refused it (it stays pending)."""
         async with self._lock:
-            await self._commit()
+            return await self._commit()
 
-    async def _commit(self) -> None:
+    async def _commit(self) -> bool:
         if not self._pending:
-            return
+            return True
         lines, self._pending = self._pending, []
         seq = self._next_seq
         self._next_seq += 1
@@ -299,9 +303,7 @@ class Spool:
             self._pending[:0] = lines
             self._next_seq = seq
             self._disk_problem(exc)
-            await asyncio.sleep(1.0)
-            self._wakeup.set()
-            return
+            return False
         self.fsyncs += 1
         self._segment, self._segment_size = path, offset + len(data)
         self._segments[path] = self._segment_size
@@ -323,6 +325,7 @@ class Spool:
             self.disk_full = False
         self._trim_cache()
         self._check_bound()
+        return True
 
     def _disk_problem(self, exc: OSError) -> None:
         self.write_errors += 1
@@ -414,6 +417,9 @@ class Spool:
         """Records whose every line the writer has finished leave the spool."""
         ends = self._fed_lines_end
         released = self._released
+        if not ends and not self._records and self._segments and not self._lock.locked():
+            self._drop_segments()  # all written: free the disk (a full one needs it)
+            self._check_bound()
         while ends and ends[0][1] <= done:
             seq, _ = ends.popleft()
             self._records.popleft()
@@ -495,6 +501,9 @@ def _append(path: Path, offset: int, data: bytes) -> None:
         except OSError:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, offset)  # leave no torn record behind
+            if offset == 0:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # nor an empty segment
             raise
     finally:
         os.close(fd)

@@ -156,10 +156,21 @@ async def test_the_bound_pauses_and_half_of_it_resumes(tmp_path):
     await stop([task, feeder])
 
 
-async def test_a_full_disk_keeps_the_lines_and_pauses(tmp_path, caplog):
-    # The first segment's name is known: make it the kernel's always-full device.
-    target = tmp_path / f"{1:020d}.seg"
-    os.symlink("/dev/full", target)
+async def test_a_full_disk_keeps_the_lines_and_pauses(tmp_path, caplog, monkeypatch):
+    # The kernel's answer, on demand (a real full filesystem is in the fault tests).
+    import errno
+
+    from meter_gateway.storage.spool import spool as spool_module
+
+    real_append = spool_module._append
+    full = True
+
+    def append(path: Path, offset: int, data: bytes) -> None:
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_append(path, offset, data)
+
+    monkeypatch.setattr(spool_module, "_append", append)
     spool, tasks, _ = await started(tmp_path)
     seq = spool.add(line(1))
     with pytest.raises(TimeoutError):
@@ -168,7 +179,7 @@ async def test_a_full_disk_keeps_the_lines_and_pauses(tmp_path, caplog):
     assert spool.paused
     assert spool.durable == 0
     assert "No space left on device" in caplog.text
-    target.unlink()  # room again
+    full = False  # room again
     await asyncio.wait_for(spool.wait_durable(seq), 5)
     assert not spool.disk_full
     await asyncio.wait_for(spool.wait_resumed(), 5)
