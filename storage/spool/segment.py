@@ -18,7 +18,15 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["RECORD_HEADER", "Record", "ScanResult", "encode_record", "read_record", "scan_segment"]
+__all__ = [
+    "RECORD_HEADER",
+    "Record",
+    "ScanResult",
+    "encode_record",
+    "read_record",
+    "read_records",
+    "scan_segment",
+]
 
 RECORD_HEADER = struct.Struct("<IIQQ")
 _CHECKED = struct.Struct("<QQ")  # the header fields the checksum covers
@@ -57,14 +65,25 @@ def _check(seq: int, committed_ns: int, crc: int, payload: bytes) -> bool:
 
 def read_record(rec: Record) -> list[str]:
     """The lines of a record, read back from its segment (checksum verified)."""
-    with rec.path.open("rb") as f:
-        f.seek(rec.offset)
-        data = f.read(rec.size)
-    length, crc, seq, ts = RECORD_HEADER.unpack_from(data)
-    payload = data[RECORD_HEADER.size :]
-    if seq != rec.seq or len(payload) != length or not _check(seq, ts, crc, payload):
-        raise OSError(f"{rec.path}: record {rec.seq} at offset {rec.offset} changed on disk")
-    return payload.decode().split("\n")
+    return read_records([rec])[0]
+
+
+def read_records(recs: list[Record]) -> list[list[str]]:
+    """The lines of consecutive records of one segment, in one read."""
+    first = recs[0]
+    end = recs[-1].offset + recs[-1].size
+    with first.path.open("rb") as f:
+        f.seek(first.offset)
+        data = f.read(end - first.offset)
+    out = []
+    for rec in recs:
+        at = rec.offset - first.offset
+        length, crc, seq, ts = RECORD_HEADER.unpack_from(data, at)
+        payload = data[at + RECORD_HEADER.size : at + rec.size]
+        if seq != rec.seq or len(payload) != length or not _check(seq, ts, crc, payload):
+            raise OSError(f"{rec.path}: record {rec.seq} at offset {rec.offset} changed on disk")
+        out.append(payload.decode().split("\n"))
+    return out
 
 
 def scan_segment(path: Path, expect_seq: int | None) -> ScanResult:

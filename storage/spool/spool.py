@@ -39,6 +39,7 @@ from meter_gateway.storage.spool.segment import (
     Record,
     encode_record,
     read_record,
+    read_records,
     scan_segment,
 )
 
@@ -384,11 +385,22 @@ class Spool:
                 rec = self._records[self._fed]
                 lines = rec.lines
                 if lines is None:
+                    # Back from disk (after a restart, or past the memory bound): the
+                    # following records of the same segment come along in one read.
+                    batch = self._readable_run(self._feed_lines - writer.pending)
                     try:
-                        lines = await asyncio.to_thread(read_record, rec)
-                    except (OSError, UnicodeDecodeError, ValueError) as exc:
-                        self._unreadable(rec, exc)
-                        continue
+                        read = await asyncio.to_thread(read_records, batch)
+                    except (OSError, UnicodeDecodeError, ValueError):
+                        try:  # one by one, to skip only what is damaged
+                            lines = await asyncio.to_thread(read_record, rec)
+                        except (OSError, UnicodeDecodeError, ValueError) as exc:
+                            self._unreadable(rec, exc)
+                            continue
+                    else:
+                        for r, r_lines in zip(batch[1:], read[1:], strict=True):
+                            r.lines = r_lines
+                            self._cached += r.n_lines
+                        lines = read[0]
                 else:
                     self._cached -= rec.n_lines
                     rec.lines = None
@@ -402,6 +414,19 @@ class Spool:
             self._committed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._committed.wait(), 0.05)
+
+    def _readable_run(self, room: int) -> list[Record]:
+        """The next unfed records from one segment with no lines in memory, up to `room`."""
+        first = self._records[self._fed]
+        run = [first]
+        lines = first.n_lines
+        for i in range(self._fed + 1, len(self._records)):
+            rec = self._records[i]
+            if rec.path != first.path or rec.lines is not None or lines + rec.n_lines > room:
+                break
+            run.append(rec)
+            lines += rec.n_lines
+        return run
 
     def _unreadable(self, rec: Record, exc: Exception) -> None:
         self.damaged += 1
