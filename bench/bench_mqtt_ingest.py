@@ -627,7 +627,14 @@ def main(argv: list[str] | None = None) -> int:
             print("  " + line)
         print()
         with (
-            Mosquitto(work / "mosquitto", persistence=False, max_queued_messages=0) as broker,
+            # As deployed (see the README): a window of at least mqtt.receive_maximum, since
+            # the gateway acks once readings are on disk, not when they arrive.
+            Mosquitto(
+                work / "mosquitto",
+                persistence=False,
+                max_queued_messages=0,
+                max_inflight_messages=1000,
+            ) as broker,
             VictoriaMetrics(work / "victoria-spool") as vm_spool,
             VictoriaMetrics(work / "victoria-memory") as vm_memory,
         ):
