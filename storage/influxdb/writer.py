@@ -70,6 +70,7 @@ class BatchWriter:
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._closing = False
+        self._eager = False
         self.healthy = True
         # Counters for metrics and tests.
         self.lines_written = 0
@@ -132,8 +133,11 @@ class BatchWriter:
         """Write batches until `close()`; then write what is left, then return."""
         while True:
             if len(self._buf) < self._batch_size and not self._closing:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self._flush_interval)
+                # Draining (shutdown): write what there is at once, but keep taking more.
+                wait = 0.05 if self._eager and not self._buf else self._flush_interval
+                if not (self._eager and self._buf):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), wait)
             self._wakeup.clear()
             if not self._buf:
                 if self._closing:
@@ -152,6 +156,11 @@ class BatchWriter:
             if not self._resumed.is_set() and self.pending <= self._low:
                 log.info("storage: backlog down to %d lines; resuming sources", self.pending)
                 self._resumed.set()
+
+    def flush_eagerly(self) -> None:
+        """Write partial batches at once from now on (a shutdown drains the spool)."""
+        self._eager = True
+        self._wakeup.set()
 
     def close(self) -> None:
         """Ask `run()` to flush everything and return."""
