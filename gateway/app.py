@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from meter_gateway.config.schema import Config
 from meter_gateway.config.topology import MeterPlace, load_topology
+from meter_gateway.gateway.events import Condition, Event, event_line
 from meter_gateway.gateway.http import StatusServer
 from meter_gateway.gateway.pipeline import Pipeline, Sink
 from meter_gateway.gateway.reading import canonical_from_fields
@@ -21,7 +22,7 @@ from meter_gateway.storage.deadletter import DeadLetterStore, dead_letter_record
 from meter_gateway.storage.influxdb.v1 import V1Client
 from meter_gateway.storage.influxdb.v2 import V2Client
 from meter_gateway.storage.influxdb.writer import BatchWriter, LineClient
-from meter_gateway.storage.lineprotocol import ReadingEncoder
+from meter_gateway.storage.lineprotocol import PRECISION_DIVISOR, ReadingEncoder
 from meter_gateway.storage.spool import Spool, SpoolNote
 
 __all__ = ["Gateway"]
@@ -125,6 +126,13 @@ class Gateway:
             on_pause=self._backpressure,
         )
         self.backpressure = ""  # why sources are paused, while they are
+        self._precision = PRECISION_DIVISOR[st.precision]
+        self._backpressure_event = Condition(
+            config.gateway.data_dir / "events",
+            "storage_backpressure",
+            {"gateway_id": config.gateway.id},
+            "major",
+        )
         sink: Sink = self.spool if spool else _MemorySink(self.writer)
         self._sink = sink
         self.pipeline = Pipeline(
@@ -178,9 +186,25 @@ class Gateway:
         self.dead_letter.add(record)
 
     def _backpressure(self, paused: bool, why: str) -> None:
-        # The storage_backpressure event is raised here once the event engine exists;
-        # until then the log line (from the spool), /readyz and the metrics say it.
         self.backpressure = why if paused else ""
+        cond = self._backpressure_event
+        if paused:
+            ev = cond.raise_(
+                f"the spool is full ({why}): sources are paused, nothing is acknowledged",
+                {"cause": why, "spool_bytes": self.spool.bytes},
+            )
+        else:
+            ev = cond.clear("the spool is below half of its bound: sources resume")
+        if ev is not None:
+            self._emit(ev)
+
+    def _emit(self, ev: Event) -> None:
+        """An event to its subscribers (MQTT) and to the database (via the spool)."""
+        subject = next(iter(ev.subject.values()))
+        topic = f"{self.config.events.topic_prefix}/{ev.type}/{subject}"
+        log.warning("event %s %s: %s (%s)", ev.type, ev.state, ev.message, ev.event_id)
+        self.mqtt.publish_nowait(topic, ev.to_json(self.config.gateway.id), qos=1)
+        self._sink.add(event_line(ev, self._precision))
 
     def _modbus_error(self, device: str, reason: str, raw: bytes | None) -> None:
         self.pipeline.reject(
@@ -278,6 +302,8 @@ class Gateway:
         if self._sink is self.spool:
             # What an earlier run left (a crash, a slow database) goes first.
             await self.spool.open()
+            if not self.spool.paused:
+                self._backpressure(False, "")  # a condition left raised by a crash ends
             self._spool_task = asyncio.create_task(self.spool.run(), name="spool")
             self._feed_task = asyncio.create_task(self.spool.feed(self.writer), name="spool-feed")
             self._sink_tasks += [self._spool_task, self._feed_task]
@@ -289,6 +315,9 @@ class Gateway:
 
     async def stop(self) -> None:
         """Stop taking input, flush what was taken, close."""
+        # MQTT first, while storage and the dead-letter store still run: stop reading,
+        # ack what was taken once it is durable, disconnect cleanly.
+        await self.mqtt.drain(self.shutdown_timeout_s)
         for task in self._source_tasks:
             task.cancel()
         for task in self._source_tasks:
@@ -297,6 +326,7 @@ class Gateway:
         deadline = time.monotonic() + self.shutdown_timeout_s
         if self._sink is self.spool:
             await self.spool.close()  # everything taken is on disk now
+            self.writer.flush_eagerly()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self.spool.wait_empty(), max(0.1, deadline - time.monotonic())

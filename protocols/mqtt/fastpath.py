@@ -1,19 +1,71 @@
-"""A lean handler for incoming QoS 0/1 PUBLISH packets, installed into paho's client.
+"""A lean handler for incoming QoS 0/1 PUBLISH packets, put into paho's client.
 
 The gateway's hot path: on a single-reading message paho's own handling cost more
-than the gateway's work (bench/bench_mqtt_ingest.py). A unit test proves it equal to
-paho's handler on crafted packets (QoS 0/1/2, properties, malformed).
+than the gateway's work (bench/bench_mqtt_ingest.py). This is the one module that
+touches paho's internals, and only to install the handler:
+
+- `Client._handle_publish` is replaced, on one client instance, by `fast_publish`;
+- the handler reads `_in_packet` (the packet paho has just read), builds the
+  `MQTTMessage` itself (its topic bytes go in `_topic`, as paho's constructor puts
+  them), and, when acks are not manual (`_manual_ack`), calls `_send_puback`; QoS 2
+  and whatever does not parse go to paho's own handler;
+- it calls `on_message` itself, unless per-topic callbacks are registered
+  (`message_callback_add`, seen in `_on_message_filtered`): then paho's dispatch,
+  `_handle_on_message`, picks the callback.
+
+Private names change between releases without notice, so the handler is installed
+only on the paho versions in `TESTED_PAHO_VERSIONS`: those on which
+tests/unit/test_mqtt_fast_publish.py proves it gives what paho's handler gives, packet
+for packet, and tests/integration/test_mqtt_connection.py does so end to end against
+mosquitto. Any other version keeps paho's own handler: slower, never wrong. To allow
+a new version, run those tests on it, then add it here.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
+import paho.mqtt as paho_package
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-__all__ = ["fast_publish"]
+__all__ = ["TESTED_PAHO_VERSIONS", "fast_publish", "install"]
+
+log = logging.getLogger("meter_gateway.mqtt")
+
+#: `paho.mqtt.__version__` values the lean handler was proven equal to paho's on.
+TESTED_PAHO_VERSIONS = frozenset({"2.2.0"})
+
+_reported: bool | None = None  # what was logged: which handler this process uses
+
+
+def install(client: paho.Client) -> bool:
+    """Put the lean handler into `client` when this paho is a tested version.
+
+    Returns whether it did; says which handler is used, once per process, at INFO.
+    """
+    global _reported
+    version = paho_package.__version__
+    fast = version in TESTED_PAHO_VERSIONS
+    if fast:
+        client._handle_publish = fast_publish(client)  # type: ignore[method-assign]
+    if _reported is not fast:
+        if fast:
+            log.info(
+                "mqtt: incoming messages are decoded by the gateway's lean handler (paho-mqtt %s)",
+                version,
+            )
+        else:
+            log.info(
+                "mqtt: incoming messages are decoded by paho-mqtt %s's own handler: the "
+                "lean one is enabled only on the versions it was tested on (%s)",
+                version,
+                ", ".join(sorted(TESTED_PAHO_VERSIONS)),
+            )
+        _reported = fast
+    return fast
 
 
 def fast_publish(client: paho.Client) -> Callable[[], paho.MQTTErrorCode]:
@@ -26,8 +78,18 @@ def fast_publish(client: paho.Client) -> Callable[[], paho.MQTTErrorCode]:
     Here properties are parsed only when the packet has some, and the message is built
     without the info object (it serves outgoing messages only). QoS 2 and anything
     that does not parse go to paho's own handler, which also reports malformed packets.
+
+    paho's dispatch to `on_message` (`_handle_on_message`, about 2 us) decodes the topic
+    twice, looks it up among the per-topic callbacks and takes two locks; with no
+    per-topic callback (the gateway registers none) `on_message` is called directly,
+    on the thread that reads, as paho does. An exception from it goes up as paho's
+    would (it logs and re-raises, unless `suppress_exceptions` is set: then it is
+    handed to paho's dispatch, which keeps that behaviour).
     """
     original = client._handle_publish
+    dispatch = client._handle_on_message
+    # The per-topic callbacks' tree: its root's children stay the same dict object.
+    per_topic = client._on_message_filtered._root._children
     new_message = paho.MQTTMessage.__new__
     clock = paho.time_func
     ok = paho.MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -64,7 +126,11 @@ def fast_publish(client: paho.Client) -> Callable[[], paho.MQTTErrorCode]:
         msg.retain = bool(header & 0x01)
         msg.info = None  # type: ignore[assignment]
         msg.properties = properties
-        client._handle_on_message(msg)
+        on_message = client.on_message
+        if per_topic or on_message is None or client.suppress_exceptions:
+            dispatch(msg)
+        else:
+            on_message(client, client.user_data_get(), msg)
         if qos and not client._manual_ack:
             return client._send_puback(mid)
         return ok

@@ -1,7 +1,7 @@
 """The MQTT source: subscribe, route each message to its payload format, acknowledge.
 
-aiomqtt (over paho-mqtt 2) owns the connection, through `client.BurstClient`, which
-hands each message to this source straight from paho's callback (see client.py).
+`client.Connection` drives paho-mqtt 2 on the event loop and hands each message to
+this source straight from paho's callback (see client.py and README.md).
 
 - Acknowledgements are manual (paho's `manual_ack`). A QoS 1 message is acked once
   the pipeline has taken it and whatever of it went to the dead-letter store is on
@@ -15,29 +15,30 @@ hands each message to this source straight from paho's callback (see client.py).
 
 The session is persistent (stable client id, clean start off, MQTT 5 session
 expiry), so what is published while the gateway is away waits for it.
+
+A graceful stop (`drain`) stops reading, acks every message taken once it is
+durable, and disconnects cleanly; the broker keeps what was not taken.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import random
-import ssl
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-import aiomqtt
 import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from meter_gateway.config.schema import MqttConfig
 from meter_gateway.protocols.formats import FORMATS, PayloadFormat
 from meter_gateway.protocols.logs import LogLimiter
-from meter_gateway.protocols.mqtt.client import BurstClient
+from meter_gateway.protocols.mqtt.client import Connection, MqttError, tls_context
+from meter_gateway.protocols.mqtt.config import MqttConfig
 
 __all__ = ["Durability", "FlowControl", "MqttSource", "match_topic"]
 
@@ -113,7 +114,9 @@ class MqttSource:
         self._on_state = on_state or (lambda connected: None)
         self._filters = [(sub.topic.split("/"), FORMATS[sub.format]) for sub in cfg.subscriptions]
         self._routes: dict[str, tuple[PayloadFormat, str | None] | None] = {}
-        self._client: BurstClient | None = None
+        # One connection object, one paho client, for the life of the source: what is
+        # published while the broker is away waits in it (see publish_nowait).
+        self._conn = self._make_connection()
         self._held: list[tuple[int, int, int]] = []  # (mid, qos, ticket), in arrival order
         self._held_since = 0.0  # monotonic time acks last moved while some were held
         self._release_task: asyncio.Task[None] | None = None
@@ -127,6 +130,10 @@ class MqttSource:
         self.sessions_lost = 0  # reconnects that found no session at the broker
         self._losses: deque[float] = deque(maxlen=LOOP_LOSSES)  # monotonic times
         self._log_errors = LogLimiter(log)
+        self._stopping = False  # drain() called: no more connections
+        self._wake = asyncio.Event()  # ends a backoff sleep early
+        self._running = False
+        self._finished = asyncio.Event()  # set when run() returns
 
     async def wait_connected(self) -> None:
         """Until the source is connected and subscribed."""
@@ -146,8 +153,8 @@ class MqttSource:
         return route
 
     def _on_message(self, client: paho.Client, msg: paho.MQTTMessage) -> None:
-        # `client` is the connection this message came on: messages can arrive right
-        # after CONNACK, before run() has finished setting up, and must be acked there.
+        # Messages can arrive right after CONNACK, before run() has finished setting
+        # up: everything used here exists from the start.
         ticket = 0
         try:
             topic = msg.topic
@@ -176,8 +183,8 @@ class MqttSource:
                 if not self._held:
                     self._held_since = time.monotonic()
                 self._held.append((msg.mid, msg.qos, ticket))
-                if len(self._held) >= self._cfg.receive_maximum and self._client is not None:
-                    self._client.pause_reading()
+                if len(self._held) >= self._cfg.receive_maximum:
+                    self._conn.pause_reading()
                 if self._release_task is None or self._release_task.done():
                     self._release_task = asyncio.get_running_loop().create_task(self._release())
             else:
@@ -197,16 +204,19 @@ class MqttSource:
             if n == 0:
                 await durability.wait_durable(self._held[0][2])
                 continue
-            client = self._client
-            if client is None:
+            conn = self._conn
+            if not conn.connected:
+                # Message ids belong to their connection: the broker sends these
+                # again on the next one (run() clears the list when it ends).
                 return
             ready = self._held[:n]
             del self._held[:n]
             self._held_since = time.monotonic()
+            ack = conn.client.ack
             for mid, qos, _ in ready:
-                client.paho.ack(mid, qos)
+                ack(mid, qos)
             if len(self._held) < self._cfg.receive_maximum:
-                client.resume_reading()
+                conn.resume_reading()  # ignored once drain() has stopped reading
 
     # -- health -------------------------------------------------------------------------------
     def stalled_s(self) -> float:
@@ -218,13 +228,30 @@ class MqttSource:
         """Messages received but not yet acknowledged."""
         return len(self._held)
 
+    def stats(self) -> dict[str, Any]:
+        """State and counters for metrics and the status page (a snapshot)."""
+        return {
+            "broker": f"{self._cfg.host}:{self._cfg.port}",
+            "client_id": self._client_id,
+            "connected": self.connected,
+            "connects": self.connects,
+            "attempts": self.attempts,
+            "unacknowledged": len(self._held),
+            "stalled_s": round(self.stalled_s(), 1),
+            "reconnect_loop": self.reconnect_loop(),
+            "sessions_lost": self.sessions_lost,
+            "unrouted": self.unrouted,
+            "handler_errors": self.handler_errors,
+            "publish_dropped": self.publish_dropped,
+        }
+
     def reconnect_loop(self) -> int:
         """Connection losses in the last LOOP_WINDOW_S when they make a loop, else 0."""
         now = time.monotonic()
         recent = [t for t in self._losses if now - t < LOOP_WINDOW_S]
         return len(recent) if len(recent) >= LOOP_LOSSES else 0
 
-    def _session_check(self, client: BurstClient, where: str) -> None:
+    def _session_check(self, conn: Connection, where: str) -> None:
         """Warn when the broker has lost our persistent session (and what it held)."""
         if self._cfg.clean_start:
             return
@@ -236,7 +263,7 @@ class MqttSource:
                 had = marker.read_text() == expected
             except OSError:
                 had = False
-        if client.session_present:
+        if conn.session_present:
             pass
         elif had:
             self.sessions_lost += 1
@@ -256,46 +283,36 @@ class MqttSource:
             except OSError as exc:
                 log.warning("mqtt: cannot remember the session in %s: %s", marker, exc)
 
-    # -- publishing (events, rejections): best effort, never blocks ingestion -----------------
+    # -- publishing (events, rejections): never blocks ingestion ------------------------------
     def publish_nowait(self, topic: str, payload: bytes, qos: int = 1) -> bool:
-        client = self._client
-        if client is None or not self.connected:
-            self.publish_dropped += 1
-            return False
-        info = client.paho.publish(topic, payload, qos=qos)
-        if info.rc != paho.MQTT_ERR_SUCCESS:
-            self.publish_dropped += 1
-            return False
-        return True
+        """Publish, or keep the message to publish once connected (QoS 1/2, up to
+        client.PUBLISH_QUEUE_MAX); False, and counted in `publish_dropped`, if lost."""
+        if self._conn.publish(topic, payload, qos):
+            return True
+        self.publish_dropped += 1
+        return False
 
     # -- connection ---------------------------------------------------------------------------
-    def _make_client(self) -> BurstClient:
+    def _make_connection(self) -> Connection:
         cfg = self._cfg
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = cfg.session_expiry_s
-        props.ReceiveMaximum = cfg.receive_maximum
-        tls_params = None
+        tls = None
         if cfg.tls.enabled:
-            tls_params = aiomqtt.TLSParameters(
-                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-                cert_reqs=ssl.CERT_NONE if cfg.tls.insecure else ssl.CERT_REQUIRED,
+            tls = functools.partial(
+                tls_context, cfg.tls.ca_file, cfg.tls.cert_file, cfg.tls.key_file, cfg.tls.insecure
             )
-        return BurstClient(
+        return Connection(
+            self._client_id,
             cfg.host,
             cfg.port,
+            on_message=self._on_message,
+            keepalive=cfg.keepalive_s,
+            clean_start=cfg.clean_start,
+            session_expiry_s=cfg.session_expiry_s,
+            receive_maximum=cfg.receive_maximum,
             username=cfg.username,
             password=cfg.password,
-            identifier=self._client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=cfg.clean_start,
-            properties=props,
-            keepalive=cfg.keepalive_s,
-            tls_params=tls_params,
-            tls_insecure=cfg.tls.insecure if cfg.tls.enabled else None,
+            tls=tls,
             logger=logging.getLogger("meter_gateway.mqtt.paho"),
-            on_message=self._on_message,
         )
 
     def _subscriptions(self) -> list[tuple[str, int]]:
@@ -307,25 +324,45 @@ class MqttSource:
         ]
 
     async def run(self) -> None:
-        """Connect, subscribe, consume; reconnect forever with capped backoff. Cancel to stop."""
+        """Connect, subscribe, consume; reconnect forever with capped backoff.
+
+        Ends after `drain()`, or when cancelled.
+        """
+        self._running = True
+        self._finished.clear()
+        try:
+            await self._run()
+        finally:
+            self._running = False
+            self._finished.set()
+
+    async def _run(self) -> None:
         cfg = self._cfg
+        conn = self._conn
         delay = cfg.reconnect_min_s
         where = f"{cfg.host}:{cfg.port}"
         failing = False
-        while True:
-            client = self._make_client()
+        while not self._stopping:
             self.attempts += 1
-            # Set before connecting: a resumed session's backlog arrives with the CONNACK.
-            self._client = client
             try:
-                async with client:
+                async with conn:
+                    if self._stopping:
+                        break  # drain() came while connecting: leave cleanly
                     self.connected = True
                     self.connects += 1
                     delay = cfg.reconnect_min_s
                     failing = False
-                    self._session_check(client, where)
+                    self._session_check(conn, where)
                     subs = self._subscriptions()
-                    await client.subscribe(subs)
+                    codes = await conn.subscribe(subs)
+                    for (topic, _), code in zip(subs, codes, strict=False):
+                        if code.is_failure:
+                            log.error(
+                                "mqtt: the broker %s refused the subscription to %s: %s",
+                                where,
+                                topic,
+                                code,
+                            )
                     log.info(
                         "mqtt: connected to %s as %s; subscribed to %s",
                         where,
@@ -334,13 +371,14 @@ class MqttSource:
                     )
                     self._connected_event.set()
                     self._on_state(True)
-                    # Our messages never reach aiomqtt's queue, so this only ends
-                    # (with MqttError) when the connection does.
-                    async for _ in client.messages:
-                        pass
-            except aiomqtt.MqttError as exc:
+                    # Messages go to _on_message from paho's callback; this only waits
+                    # for the end: drain()'s clean disconnect, or a loss (MqttError).
+                    await conn.wait_closed()
+            except MqttError as exc:
                 # One line per state change: the first failure at ERROR, repeats at DEBUG.
-                if self.connected:
+                if self._stopping:
+                    log.debug("mqtt: %s while stopping: %s", where, exc)
+                elif self.connected:
                     log.error("mqtt: connection to %s lost: %s; reconnecting", where, exc)
                 elif not failing:
                     log.error(
@@ -361,10 +399,58 @@ class MqttSource:
                 was = self.connected
                 self.connected = False
                 self._connected_event.clear()
-                self._client = None
                 self._held.clear()  # message ids die with the connection; the broker resends
                 if was:
-                    self._losses.append(time.monotonic())
+                    if not self._stopping:  # a stop is not a loss
+                        self._losses.append(time.monotonic())
                     self._on_state(False)
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            if self._stopping:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, cfg.reconnect_max_s)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Graceful stop: take no more messages, ack those taken, disconnect; run() ends.
+
+        Reading stops at once (what the broker has sent meanwhile stays unacked, and it
+        delivers it again to the next session). Held acks go out as their messages
+        become durable, the release path's usual way, for up to `timeout_s`; then the
+        connection is closed with a DISCONNECT, after the acks. Subscriptions are kept:
+        the session must go on collecting while the gateway is away. Returns whether
+        every message taken was acknowledged.
+        """
+        self._stopping = True
+        self._wake.set()
+        conn = self._conn
+        conn.stop_reading()
+        acked = True
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self._held:
+                    task = self._release_task
+                    if task is None or task.done():
+                        break  # the connection ended: run() drops the rest, the broker resends
+                    await asyncio.wait({task})
+        except TimeoutError:
+            pass
+        if self._held:
+            acked = False
+            log.warning(
+                "shutdown: %d MQTT messages taken but not acknowledged within %.0f s "
+                "(storage or the dead-letter store is behind); the broker keeps them and "
+                "delivers them again at the next start",
+                len(self._held),
+                timeout_s,
+            )
+        conn.disconnect()  # after the acks queued above: paho sends in order
+        if self._running:
+            try:
+                await asyncio.wait_for(self._finished.wait(), timeout_s + 5.0)
+            except TimeoutError:
+                log.warning(
+                    "mqtt: the connection to %s:%d did not close in time",
+                    self._cfg.host,
+                    self._cfg.port,
+                )
+        return acked

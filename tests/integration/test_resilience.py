@@ -12,6 +12,7 @@ import time
 import urllib.request
 
 import orjson
+import paho.mqtt.client as paho
 import yaml
 
 from tests.conftest import Publisher, make_config, wait_until
@@ -87,6 +88,12 @@ async def test_storage_backpressure_holds_acks_and_loses_nothing(
             "spool_max_bytes": 4096,
         },
     )
+    events: list[dict] = []
+    watcher = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    watcher.on_message = lambda c, u, m: events.append(orjson.loads(m.payload))
+    watcher.connect(mosquitto.host, mosquitto.port)
+    watcher.subscribe("events/storage_backpressure/#", qos=1)
+    watcher.loop_start()
     gw = await run_gateway(cfg)
     victoria.stop()
     now = int(time.time())
@@ -101,8 +108,25 @@ async def test_storage_backpressure_holds_acks_and_loses_nothing(
     assert not gw.ready()[0]
     assert "the spool is full" in "; ".join(gw.ready()[1])
     victoria.start()
-    await wait_until(lambda: gw.writer.lines_written >= 200, within=60, what="all 200 stored")
-    assert victoria.count("meter_reading_power_w") == 200
+    await wait_until(
+        lambda: victoria.count("meter_reading_power_w") == 200, within=60, what="all 200 stored"
+    )
+    # One condition, one event: each time the spool filled, raised once and cleared
+    # once with the same id (a 4 KiB spool fills again while the backlog drains).
+    await wait_until(lambda: not gw.spool.paused, what="the spool below half")
+    await wait_until(
+        lambda: len(events) >= 2 and events[-1]["state"] == "cleared",
+        what="the backpressure event raised and cleared",
+    )
+    watcher.loop_stop()
+    watcher.disconnect()
+    states = [e["state"] for e in events]
+    assert states == ["raised", "cleared"] * (len(events) // 2)
+    for raised, cleared in zip(events[::2], events[1::2], strict=True):
+        assert raised["event_id"] == cleared["event_id"]
+        assert cleared["duration_s"] > 0
+    assert len({e["event_id"] for e in events}) == len(events) // 2
+    assert events[0]["gateway_id"] == "gw-test"
 
 
 async def test_v1_field_type_conflict_isolates_the_bad_line(
