@@ -453,7 +453,7 @@ DPKG_VERSION = ["dpkg-query", "-W", "-f", "${Version}"]
 
 
 def environment(spool_dir: Path) -> list[str]:
-    pkgs = ["paho-mqtt", "aiomqtt", "uvloop", "orjson", "influxdb-client", "aiohttp"]
+    pkgs = ["paho-mqtt", "uvloop", "orjson", "influxdb-client", "aiohttp"]
     versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in pkgs)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())

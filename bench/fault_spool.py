@@ -83,7 +83,7 @@ def _version(cmd: list[str]) -> str:
 
 
 def environment(tmp: Path) -> list[str]:
-    pkgs = ["paho-mqtt", "aiomqtt", "uvloop", "orjson", "aiohttp"]
+    pkgs = ["paho-mqtt", "uvloop", "orjson", "aiohttp"]
     versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in pkgs)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return [
