@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from meter_gateway.storage.spool import Spool, SpoolNote
 
@@ -188,3 +190,50 @@ async def test_a_full_disk_keeps_the_lines_and_pauses(tmp_path, caplog, monkeypa
     await asyncio.wait_for(spool.wait_empty(), 5)
     assert writer.taken == [line(1)]
     await stop([*tasks, feeder])
+
+
+# -- whatever is on disk, opening the spool never fails ------------------------------------
+
+_FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@_FUZZ
+@given(
+    good=st.integers(min_value=0, max_value=3),
+    garbage=st.binary(max_size=200),
+    flip=st.integers(min_value=0, max_value=400),
+    ledger=st.binary(max_size=24),
+)
+def test_any_segment_and_ledger_bytes_open_with_notes_not_exceptions(
+    tmp_path_factory, good, garbage, flip, ledger
+):
+    from meter_gateway.storage.spool.segment import encode_record
+
+    directory = tmp_path_factory.mktemp("spool")
+    data = bytearray(
+        b"".join(encode_record(i + 1, i, line(i).encode()) for i in range(good)) + garbage
+    )
+    if data and flip < len(data):
+        data[flip] ^= 0x55
+    (directory / f"{1:020d}.seg").write_bytes(bytes(data))
+    (directory / "ledger").write_bytes(ledger)
+
+    async def open_and_drain() -> tuple[Spool, list[SpoolNote], list[str]]:
+        notes: list[SpoolNote] = []
+        spool = Spool(directory, on_note=notes.append)
+        await spool.open()
+        writer = Writer()
+        feeder = asyncio.create_task(spool.feed(writer))
+        await asyncio.wait_for(spool.wait_empty(), 5)
+        await stop([feeder])
+        return spool, notes, writer.taken
+
+    spool, notes, taken = asyncio.run(open_and_drain())
+    assert spool.damaged == len(notes)
+    for note in notes:
+        assert note.reason.startswith("spool: ")
+        assert "Error(" not in note.reason
+    # What comes out are whole lines that were written, in order.
+    written = [line(i) for i in range(good)]
+    assert all(t in written for t in taken)
+    assert taken == sorted(taken, key=written.index)
