@@ -77,6 +77,8 @@ from paho.mqtt.properties import Properties
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from report import print_table  # bench/report.py: run as `python bench/<name>.py`
+
 from meter_gateway.config.schema import Config
 from meter_gateway.gateway.app import Gateway
 from meter_gateway.simulators.services import Mosquitto, VictoriaMetrics
@@ -468,20 +470,6 @@ def environment(spool_dir: Path) -> list[str]:
         f"database    victoria-metrics {_version([*DPKG_VERSION, 'victoria-metrics'])}",
         f"data        {spool_dir} (spools, databases): {fstype}, {dev} mounted on {mnt}",
     ]
-
-
-def _row(cells: list[str], widths: list[int]) -> str:
-    return "  ".join(
-        c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-    )
-
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print(_row(header, widths))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print(_row(r, widths))
 
 
 def _median_range(values: list[float], fmt: str) -> tuple[str, str]:

@@ -49,6 +49,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from report import print_table  # bench/report.py: run as `python bench/<name>.py`
+
 from meter_gateway.storage.spool import Spool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -305,18 +307,6 @@ def environment(folder: Path) -> list[str]:
 
 
 # -- report ------------------------------------------------------------------------------------
-def _row(cells: list[str], widths: list[int]) -> str:
-    return "  ".join(
-        c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-    )
-
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print(_row(header, widths))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print(_row(r, widths))
 
 
 def main(argv: list[str] | None = None) -> int:
