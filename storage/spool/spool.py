@@ -114,6 +114,8 @@ class Spool:
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._lock = asyncio.Lock()
+        self._fd: int | None = None
+        self._fd_path: Path | None = None
         self._closing = False
         self.disk_full = False
         self._failing_since: float | None = None
@@ -297,8 +299,13 @@ class Spool:
         if path is None or offset + len(data) > self._segment_max:
             path, offset = self.directory / f"{seq:020d}{SEGMENT_SUFFIX}", 0
         try:
-            await asyncio.to_thread(_append, path, offset, data)
+            fd = self._open(path)
+            await asyncio.to_thread(_append, fd, offset, data)
         except OSError as exc:
+            if offset == 0:
+                self._close_fd()
+                with contextlib.suppress(OSError):
+                    path.unlink()  # leave no empty segment behind
             # Keep the lines (they are nobody's but ours) and try again; sources stay
             # unacknowledged meanwhile, and are paused so memory stays bounded.
             self._pending[:0] = lines
@@ -480,6 +487,7 @@ class Spool:
                 if first_unreleased is not None or self._lock.locked():
                     break
                 self._segment, self._segment_size = None, 0
+                self._close_fd()
             with contextlib.suppress(OSError):
                 path.unlink()
             self.bytes -= self._segments.pop(path)
@@ -512,23 +520,34 @@ class Spool:
             )
         if self._released != self._ledger_written:
             self._write_ledger(self._released)
+        self._close_fd()
 
+    def _open(self, path: Path) -> int:
+        """The descriptor of the segment being appended to, kept open between commits
+        (an open and a close per commit were two more trips for the GIL)."""
+        if self._fd is None or self._fd_path != path:
+            self._close_fd()
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            self._fd_path = path
+        return self._fd
 
-def _append(path: Path, offset: int, data: bytes) -> None:
-    """Append a record and fsync it; on failure leave the file as it was."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except OSError:
+    def _close_fd(self) -> None:
+        if self._fd is not None:
             with contextlib.suppress(OSError):
-                os.ftruncate(fd, offset)  # leave no torn record behind
-            if offset == 0:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)  # nor an empty segment
-            raise
-    finally:
-        os.close(fd)
+                os.close(self._fd)
+            self._fd = self._fd_path = None
+
+
+def _append(fd: int, offset: int, data: bytes) -> None:
+    """Append a record and make it durable; on failure leave the file as it was."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        # The data and the file's new size (fdatasync flushes what reading it back
+        # needs), without the timestamps fsync would also write.
+        os.fdatasync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, offset)  # leave no torn record behind
+        raise
