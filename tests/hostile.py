@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from meter_gateway.gateway.validate import MEASUREMENT_KEYS
+
 __all__ = ["HostileMessage", "hostile_messages"]
 
 
@@ -76,15 +78,7 @@ def _ts_bad(rng: random.Random, now: int) -> list[tuple[str, object]]:
     ]
 
 
-_NUMBER_FIELDS = (
-    "energy_import_kwh",
-    "energy_export_kwh",
-    "power_w",
-    "voltage_v",
-    "current_a",
-    "power_factor",
-    "frequency_hz",
-)
+_NUMBER_FIELDS = MEASUREMENT_KEYS  # every measurement the validator knows
 
 
 def _dumps(obj: object) -> bytes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meter_gateway.config.topology import TopologyError, load_topology
 
@@ -39,3 +41,36 @@ def test_bad_files_name_the_line(tmp_path, content, message):
         load_topology(path)
     assert str(info.value).startswith(str(path))
     assert message in str(info.value)
+
+
+FULL_HEADER = b"meter_id,transformer_id,feeder_id,phases,nominal_voltage_v,prosumer\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    header=st.sampled_from(
+        [
+            b"meter_id,transformer_id,feeder_id,phases,nominal_voltage_v,prosumer\n",
+            b"meter_id\n",
+            b"",
+        ]
+    ),
+    body=st.binary(max_size=300)
+    | st.lists(
+        st.lists(st.text(max_size=12), max_size=7).map(lambda cells: ",".join(cells)),
+        max_size=6,
+    ).map(lambda rows: "\n".join(rows).encode("utf-8", "surrogatepass")),
+)
+def test_any_file_is_places_or_an_error_naming_the_file(tmp_path_factory, header, body):
+    path = tmp_path_factory.mktemp("topo") / "t.csv"
+    path.write_bytes(header + body)
+    problem = ""
+    try:
+        places = load_topology(path)
+    except TopologyError as exc:
+        problem = str(exc)
+        places = {}
+    if problem:
+        assert problem.startswith(str(path))
+        assert "Error(" not in problem
+    assert all(isinstance(k, str) and k for k in places)
