@@ -65,13 +65,33 @@ class TopologyConfig(Section):
 
 
 class EventsConfig(Section):
+    """Where events go and the detectors' thresholds (each one a key, validated here)."""
+
+    enabled: bool = Field(True, description="run the detectors; off: readings are only stored")
     topic_prefix: str = "events"
     webhook_url: str | None = None
+    webhook_timeout_s: float = Field(10, gt=0, le=300)
+    webhook_max_attempts: int = Field(8, ge=1, le=1000)
     offline_after_s: float = Field(90, gt=0, le=30 * _DAY)
+    offline_missed_intervals: float = Field(3, ge=1, le=1000)
     momentary_max_s: float = Field(300, gt=0, le=_DAY)
     transformer_outage_ratio: float = Field(0.6, gt=0, le=1)
+    transformer_outage_window_s: float = Field(120, gt=0, le=_DAY)
     nominal_voltage_v: float = Field(230, gt=0, le=1_000_000)
     voltage_tolerance: float = Field(0.10, gt=0, lt=1)
+    voltage_min_duration_s: float = Field(60, ge=0, le=_DAY)
+    voltage_unbalance_max: float = Field(0.02, gt=0, lt=1)
+    overcurrent_a: float | None = Field(None, gt=0, le=1_000_000)
+    frequency_nominal_hz: float = Field(50, gt=0, le=1000)
+    frequency_tolerance_hz: float = Field(0.5, gt=0, le=100)
+    spike_factor: float = Field(6, gt=1, le=1000)
+    baseline_warmup_days: float = Field(7, ge=1, le=366)
+    sustained_high_factor: float = Field(3, gt=1, le=1000)
+    sustained_high_hours: float = Field(3, gt=0, le=24 * 366)
+    sustained_low_factor: float = Field(0.4, gt=0, lt=1)
+    sustained_low_hours: float = Field(24, gt=0, le=24 * 366)
+    zero_consumption_hours: float = Field(6, gt=0, le=24 * 366)
+    clock_drift_max_s: float = Field(120, gt=0, le=30 * _DAY)
 
     @field_validator("topic_prefix")
     @classmethod
