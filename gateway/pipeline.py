@@ -54,7 +54,10 @@ class Pipeline:
         on_signal: Callable[[Signal, str], None] | None = None,
         on_flag: Callable[[Flag], None] | None = None,
         on_reading: Callable[[Reading], None] | None = None,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
+        """`clock` gives "now" in epoch ns: the wall clock live; in replay, the readings'
+        own watermark, so validation's age and future bounds judge recorded time."""
         self._validator = validator
         self._rules = rules
         self._encode = encoder.encode
@@ -64,6 +67,7 @@ class Pipeline:
         self._on_signal = on_signal
         self._on_flag = on_flag
         self._on_reading = on_reading
+        self._clock = clock
         self.received: Counter[str] = Counter()  # readings seen, by source
         self.stored: Counter[str] = Counter()  # readings handed to storage, by source
         self.rejected: Counter[str] = Counter()  # by the field at fault (a metric label)
@@ -177,7 +181,7 @@ class Pipeline:
                     self._on_signal(sig, topic)
 
     def _readings(self, decoded: Decoded, topic: str, payload: bytes) -> None:
-        now_ns = time.time_ns()
+        now_ns = self._clock()
         check = self._validator.check
         judge = self._rules.judge
         add = self._sink.add
@@ -226,7 +230,7 @@ class Pipeline:
         """
         self.received[source] += 1
         self._ticket = self._pos = 0
-        now_ns = time.time_ns()
+        now_ns = self._clock()
         try:
             r = self._validator.check(obj, source, now_ns)
             self.last_seen[r.meter_id] = now_ns
