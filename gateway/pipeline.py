@@ -41,6 +41,14 @@ class Sink(Protocol):
     async def wait_durable(self, seq: int) -> None: ...
 
 
+class Durable(Protocol):
+    """A store that says how far it is on disk."""
+
+    durable: int
+
+    async def wait_durable(self, seq: int) -> None: ...
+
+
 class Pipeline:
     def __init__(
         self,
@@ -55,9 +63,12 @@ class Pipeline:
         on_flag: Callable[[Flag], None] | None = None,
         on_reading: Callable[[Reading], None] | None = None,
         clock: Callable[[], int] = time.time_ns,
+        events: Durable | None = None,
     ) -> None:
         """`clock` gives "now" in epoch ns: the wall clock live; in replay, the readings'
-        own watermark, so validation's age and future bounds judge recorded time."""
+        own watermark, so validation's age and future bounds judge recorded time.
+        `events` is the event outbox: an input that raised an event (see `hold_for_event`)
+        is acknowledged only once that event is durable too."""
         self._validator = validator
         self._rules = rules
         self._encode = encoder.encode
@@ -68,6 +79,8 @@ class Pipeline:
         self._on_flag = on_flag
         self._on_reading = on_reading
         self._clock = clock
+        self._events = events
+        self._event_seq = 0  # outbox sequence of the last event the input being handled raised
         self.received: Counter[str] = Counter()  # readings seen, by source
         self.stored: Counter[str] = Counter()  # readings handed to storage, by source
         self.rejected: Counter[str] = Counter()  # by the field at fault (a metric label)
@@ -78,8 +91,8 @@ class Pipeline:
         self._ticket = 0  # dead-letter sequence number of the input being handled
         self._pos = 0  # spool position of the input being handled
         self._issued = 0  # tickets handed out
-        # (ticket, spool position, dead-letter seq) of inputs not yet known durable
-        self._waiting: deque[tuple[int, int, int]] = deque()
+        # (ticket, spool position, dead-letter seq, outbox seq) of inputs not yet durable
+        self._waiting: deque[tuple[int, int, int, int]] = deque()
         self._log = LogLimiter(log)
         self.last_seen: dict[str, int] = {}  # meter id -> when its last valid reading came (ns)
 
@@ -94,9 +107,14 @@ class Pipeline:
     # -- durability: when may a source acknowledge? ------------------------------------------
     def _issue(self) -> int:
         self._issued += 1
-        if self._pos or self._ticket:
-            self._waiting.append((self._issued, self._pos, self._ticket))
+        if self._pos or self._ticket or self._event_seq:
+            self._waiting.append((self._issued, self._pos, self._ticket, self._event_seq))
+            self._event_seq = 0
         return self._issued
+
+    def hold_for_event(self, seq: int) -> None:
+        """The input being handled raised an event kept at outbox position `seq`."""
+        self._event_seq = seq
 
     @property
     def durable(self) -> int:
@@ -105,9 +123,10 @@ class Pipeline:
         if not waiting:
             return self._issued
         sink_at, dl_at = self._sink.durable, self._dead_letter.durable
+        ev_at = self._events.durable if self._events is not None else 1 << 62
         while waiting:
-            _, pos, seq = waiting[0]
-            if pos > sink_at or seq > dl_at:
+            _, pos, seq, ev = waiting[0]
+            if pos > sink_at or seq > dl_at or ev > ev_at:
                 return waiting[0][0] - 1
             waiting.popleft()
         return self._issued
@@ -115,11 +134,13 @@ class Pipeline:
     async def wait_durable(self, ticket: int) -> None:
         """Until `durable` reaches `ticket`."""
         while self.durable < ticket:
-            _, pos, seq = self._waiting[0]
+            _, pos, seq, ev = self._waiting[0]
             if pos > self._sink.durable:
                 await self._sink.wait_durable(pos)
             if seq > self._dead_letter.durable:
                 await self._dead_letter.wait_durable(seq)
+            if self._events is not None and ev > self._events.durable:
+                await self._events.wait_durable(ev)
 
     def stats(self) -> dict[str, Any]:
         """Counters for metrics and the status page (a snapshot; safe to keep)."""
