@@ -292,6 +292,11 @@ class MqttSource:
         self.publish_dropped += 1
         return False
 
+    async def publish_acked(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Publish and wait for the broker's acknowledgement (across reconnects): for the
+        event outbox, which moves its cursor only past what the broker has."""
+        await self._conn.publish_acked(topic, payload, qos)
+
     # -- connection ---------------------------------------------------------------------------
     def _make_connection(self) -> Connection:
         cfg = self._cfg

@@ -16,7 +16,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from meter_gateway.protocols.mqtt import fastpath
-from meter_gateway.protocols.mqtt.client import Connection, tls_context
+from meter_gateway.protocols.mqtt.client import Connection, MqttError, tls_context
 from meter_gateway.protocols.mqtt.config import MqttConfig
 from meter_gateway.protocols.mqtt.source import MqttSource
 from meter_gateway.simulators.services import Mosquitto, free_port
@@ -321,6 +321,33 @@ async def test_what_is_published_while_the_broker_is_away_arrives_after_it_retur
     present, got = await asyncio.to_thread(resume_session, broker, "listener", len(sent) + 1)
     assert present
     assert set(got) >= {b"before", *sent}
+    await source.drain(5)
+    await asyncio.wait_for(task, 5)
+
+
+async def test_publish_acked_returns_once_the_broker_has_it_even_across_its_restart(
+    persistent_broker,
+):
+    broker = persistent_broker
+    topic = "events/power_outage/m-1"
+    await asyncio.to_thread(make_session, broker, "event-listener", topic)
+    source = source_for(broker.host, broker.port, "gw-acked", handler=lambda *a: 0)
+    task = asyncio.create_task(source.run())
+    await asyncio.wait_for(source.wait_connected(), 10)
+    await asyncio.wait_for(source.publish_acked(topic, b"while-up"), 10)
+
+    broker.stop()
+    await wait_until(lambda: not source.connected, what="the loss noticed")
+    pending = asyncio.create_task(source.publish_acked(topic, b"while-away"))
+    await asyncio.sleep(0)
+    assert not pending.done()  # no broker, no acknowledgement
+    broker.start()
+    await asyncio.wait_for(pending, 20)  # resent after the reconnect, then acknowledged
+    present, got = await asyncio.to_thread(resume_session, broker, "event-listener", 2)
+    assert present
+    assert set(got) >= {b"while-up", b"while-away"}
+    with pytest.raises(MqttError):
+        await source.publish_acked("bad/+/topic", b"x")
     await source.drain(5)
     await asyncio.wait_for(task, 5)
 
