@@ -35,6 +35,8 @@ class Event:
     details: dict[str, Any] = field(default_factory=dict)
     cleared_ns: int | None = None
     message: str = ""
+    # The measured quantity where one applies (a voltage, a clock drift in s).
+    value: float | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -59,6 +61,8 @@ class Event:
             out["duration_s"] = self.duration_s
         if self.message:
             out["message"] = self.message
+        if self.value is not None:
+            out["value"] = self.value
         return orjson.dumps(out)
 
 
@@ -67,6 +71,8 @@ def event_line(ev: Event, precision_divisor: int) -> str:
     fields: dict[str, Any] = {"state": ev.state, "event_id": ev.event_id, "message": ev.message}
     if ev.duration_s is not None:
         fields["duration_s"] = float(ev.duration_s)
+    if ev.value is not None:
+        fields["value"] = float(ev.value)
     at = ev.cleared_ns if ev.cleared_ns is not None else ev.start_ns
     tags = {"type": ev.type, "severity": ev.severity, **ev.subject}
     return encode_point("meter_event", tags, fields, at // precision_divisor)

@@ -185,7 +185,6 @@ class Connection:
         self._connack: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
         self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
-        self._pubacks: dict[int, asyncio.Future[None]] = {}
         self._misc_task: asyncio.Task[None] | None = None
         self._fd: int | None = None  # the socket, once registered with the loop
         self._reader_on = False
@@ -354,28 +353,6 @@ class Connection:
         except ValueError:  # an invalid topic, a payload over MQTT's limit
             return False
         return info.rc == _OK or (info.rc == paho.MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0)
-
-    async def publish_acked(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        """Publish with QoS 1/2 and return once the broker has acknowledged it.
-
-        While the broker is away the message waits in paho's queue (and is sent, and
-        acknowledged, after a reconnect): this waits as long. Raises MqttError if
-        paho refuses the message (an invalid topic, its queue full).
-        """
-        try:
-            info = self.client.publish(topic, payload, qos=qos)
-        except ValueError as exc:
-            raise MqttError(f"cannot publish on {topic!r}: {exc}") from None
-        if info.rc not in (_OK, paho.MQTTErrorCode.MQTT_ERR_NO_CONN):
-            raise MqttError(f"cannot publish on {topic!r}: {paho.error_string(info.rc)}")
-        if info.rc == _OK and info.is_published():
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pubacks[info.mid] = fut
-        try:
-            await fut
-        finally:
-            self._pubacks.pop(info.mid, None)
 
     def disconnect(self) -> None:
         """Close cleanly: the acks queued so far go out, then a DISCONNECT.
@@ -603,9 +580,6 @@ class Connection:
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, *args: Any) -> None:
         self._progress = True
-        fut = self._pubacks.pop(mid, None)
-        if fut is not None:
-            _settle(fut)
 
     def _on_connect(
         self,

@@ -292,10 +292,11 @@ class MqttSource:
         self.publish_dropped += 1
         return False
 
-    async def publish_acked(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        """Publish and wait for the broker's acknowledgement (across reconnects): for the
-        event outbox, which moves its cursor only past what the broker has."""
-        await self._conn.publish_acked(topic, payload, qos)
+    @property
+    def paho_client(self) -> paho.Client:
+        """The paho client behind every connection of this source (it outlives them):
+        for publishers that wait for the broker's acknowledgement (the event outbox)."""
+        return self._conn.client
 
     # -- connection ---------------------------------------------------------------------------
     def _make_connection(self) -> Connection:

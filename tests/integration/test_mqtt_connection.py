@@ -15,8 +15,9 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from meter_gateway.gateway.events.delivery import AckedPublisher, DeliveryError
 from meter_gateway.protocols.mqtt import fastpath
-from meter_gateway.protocols.mqtt.client import Connection, MqttError, tls_context
+from meter_gateway.protocols.mqtt.client import Connection, tls_context
 from meter_gateway.protocols.mqtt.config import MqttConfig
 from meter_gateway.protocols.mqtt.source import MqttSource
 from meter_gateway.simulators.services import Mosquitto, free_port
@@ -325,7 +326,7 @@ async def test_what_is_published_while_the_broker_is_away_arrives_after_it_retur
     await asyncio.wait_for(task, 5)
 
 
-async def test_publish_acked_returns_once_the_broker_has_it_even_across_its_restart(
+async def test_an_acked_publish_on_the_gateways_client_waits_across_a_broker_restart(
     persistent_broker,
 ):
     broker = persistent_broker
@@ -334,11 +335,12 @@ async def test_publish_acked_returns_once_the_broker_has_it_even_across_its_rest
     source = source_for(broker.host, broker.port, "gw-acked", handler=lambda *a: 0)
     task = asyncio.create_task(source.run())
     await asyncio.wait_for(source.wait_connected(), 10)
-    await asyncio.wait_for(source.publish_acked(topic, b"while-up"), 10)
+    publish_acked = AckedPublisher(source.paho_client)
+    await asyncio.wait_for(publish_acked(topic, b"while-up"), 10)
 
     broker.stop()
     await wait_until(lambda: not source.connected, what="the loss noticed")
-    pending = asyncio.create_task(source.publish_acked(topic, b"while-away"))
+    pending = asyncio.create_task(publish_acked(topic, b"while-away"))
     await asyncio.sleep(0)
     assert not pending.done()  # no broker, no acknowledgement
     broker.start()
@@ -346,8 +348,8 @@ async def test_publish_acked_returns_once_the_broker_has_it_even_across_its_rest
     present, got = await asyncio.to_thread(resume_session, broker, "event-listener", 2)
     assert present
     assert set(got) >= {b"while-up", b"while-away"}
-    with pytest.raises(MqttError):
-        await source.publish_acked("bad/+/topic", b"x")
+    with pytest.raises(DeliveryError):
+        await publish_acked("bad/+/topic", b"x")
     await source.drain(5)
     await asyncio.wait_for(task, 5)
 
