@@ -1,0 +1,384 @@
+"""The event engine: readings, meter signals and validation flags in; events out.
+
+One `MeterState` per meter that ever reported; the detectors (outage, power quality,
+meter alarms) read and update it. Silence is found without scanning the fleet: each
+meter has at most one live entry in a heap of due times; `tick` pops only what is due
+and the check decides (or queues the meter again at its next due time). Readings do
+not touch the heap (the check recomputes from when the meter was last heard).
+
+Times: a reading's own `ts_ns` is when things happened (event starts, voltage
+durations, spacing); `now_ns` is the gateway's clock (arrivals, silence, detection).
+In replay the caller passes the readings' watermark as the clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from meter_gateway.config.schema import EventsConfig
+from meter_gateway.config.topology import MeterPlace
+from meter_gateway.gateway.events.detectors import POINT_TYPES, SEVERITY, Book, signal_ts_ns
+from meter_gateway.gateway.events.detectors.meter_alarms import MeterAlarms
+from meter_gateway.gateway.events.detectors.outage import Outage
+from meter_gateway.gateway.events.detectors.power_quality import PowerQuality
+from meter_gateway.gateway.events.event import Event
+from meter_gateway.gateway.events.state import (
+    COMMS,
+    CONDITION_BITS,
+    POWER,
+    Limits,
+    MeterState,
+    TransformerState,
+)
+from meter_gateway.gateway.reading import Reading
+from meter_gateway.gateway.validate import Flag
+from meter_gateway.protocols.formats import Signal
+
+__all__ = ["Engine"]
+
+_NS = 1_000_000_000
+_SNAPSHOT_VERSION = 1
+# EMA weight of a new spacing sample, and how far one sample may move the estimate
+# (x2 or /2): one long gap (an outage) barely moves it, a changed interval wins in a
+# few readings.
+_ALPHA = 0.2
+_OUT = POWER | COMMS
+
+
+class Engine:
+    def __init__(
+        self,
+        config: EventsConfig,
+        topology: Mapping[str, MeterPlace],
+        *,
+        emit: Callable[[Event], None],
+        now_ns: int,
+    ) -> None:
+        self._config = config
+        self._topology = topology
+        self._meters: dict[str, MeterState] = {}
+        self._transformers = _transformers(topology)
+        self._limits: dict[float, Limits] = {}
+        self._book = Book(emit)
+        self._outage = Outage(config, self._book, self._meters)
+        self._pq = PowerQuality(config, self._book)
+        self._alarms = MeterAlarms(config, self._book)
+        self._heap: list[tuple[int, str]] = []
+        self._off_ns = self._outage.off_ns
+        self._started_ns = now_ns
+        self._now_ns = now_ns
+
+    # -- input -------------------------------------------------------------------------------
+
+    def reading(self, r: Reading, now_ns: int) -> None:
+        """A validated, stored reading (in any order; back-filled ones too)."""
+        st = self._meters.get(r.meter_id)
+        if st is None:
+            st = self._track(r.meter_id)
+        # Arrival: the meter talks. Learn how its arrivals are spaced (a concentrator
+        # delivering hourly batches is not silent between batches); a batch arrives
+        # within a second and counts as one arrival.
+        gap_ns = now_ns - st.last_arrival
+        if gap_ns >= _NS:
+            st.burst = 1
+            if st.last_arrival:
+                gap_s = gap_ns / _NS
+                sp = st.arrival_spacing_s
+                st.arrival_spacing_s = (
+                    gap_s if not sp else sp + _ALPHA * (max(0.5 * sp, min(gap_s, 2 * sp)) - sp)
+                )
+        else:
+            st.burst += 1
+        st.last_arrival = now_ns
+        if now_ns > st.last_heard:
+            st.last_heard = now_ns
+        if st.open & _OUT or st.suspect or st.lwt_offline_ns:
+            self._outage.arrived(st, now_ns)
+        if not st.due:
+            self._schedule(st, now_ns + self._off_ns)
+        ts = r.ts_ns
+        prev_ts = st.last_ts
+        if ts <= prev_ts:
+            return  # back-filled or redelivered: a sign of life, judged no further
+        st.last_ts = ts
+        if prev_ts:
+            gap_s = (ts - prev_ts) / _NS
+            sp = st.ts_spacing_s
+            st.ts_spacing_s = (
+                gap_s if not sp else sp + _ALPHA * (max(0.5 * sp, min(gap_s, 2 * sp)) - sp)
+            )
+        values = r.values
+        v1 = values.get("voltage_l1_v")
+        v2 = values.get("voltage_l2_v")
+        v3 = values.get("voltage_l3_v")
+        if not self._outage.reading(st, ts, v1, v2, v3, now_ns):
+            self._pq.reading(st, ts, values, v1, v2, v3, now_ns)
+        self._alarms.reading(st, ts, prev_ts, gap_ns, values, now_ns)
+
+    def signal(self, sig: Signal, now_ns: int) -> None:
+        """A meter event (last gasp, power restored, tamper...) or its LWT status."""
+        st = self._meters.get(sig.meter_id)
+        if st is None:
+            st = self._track(sig.meter_id)
+        if sig.kind == "status":
+            online = sig.value == "online"
+            if online and now_ns > st.last_heard:
+                st.last_heard = now_ns
+            due = self._outage.status(st, online, now_ns)
+            if due:
+                self._schedule(st, due)
+            return
+        if now_ns > st.last_heard:
+            st.last_heard = now_ns  # it sent something: its link works
+        ts = signal_ts_ns(sig.ts, now_ns)
+        value = sig.value
+        if value in ("last_gasp", "power_restored"):
+            self._outage.meter_event(st, value, ts, now_ns)
+        elif value in ("tamper", "cover_open"):
+            self._alarms.tamper(st, value, ts, now_ns)
+        if not st.due:
+            self._schedule(st, now_ns + self._off_ns)
+
+    def flag(self, f: Flag, now_ns: int) -> None:
+        """A validation rule's finding; only a register decrease is an event."""
+        if f.kind != "register_decrease":
+            return
+        st = self._meters.get(f.meter_id)
+        if st is None:
+            st = self._track(f.meter_id)
+        self._alarms.register_decrease(st, f.ts_ns, now_ns, f"{f.meter_id}: {f.message}")
+
+    def tick(self, now_ns: int) -> None:
+        """Decide on the meters whose silence check is due (only those)."""
+        self._now_ns = now_ns
+        heap = self._heap
+        meters = self._meters
+        check = self._outage.check
+        while heap and heap[0][0] <= now_ns:
+            due, meter_id = heapq.heappop(heap)
+            st = meters.get(meter_id)
+            if st is None or st.due != due:
+                continue  # superseded by an earlier entry
+            st.due = 0
+            nxt = check(st, now_ns)
+            if nxt:
+                self._schedule(st, nxt)
+
+    # -- restart -----------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """All detector state, for a file under data_dir."""
+        return orjson.dumps(
+            {
+                "version": _SNAPSHOT_VERSION,
+                "now_ns": self._now_ns,
+                "meters": {m: st.dump() for m, st in self._meters.items()},
+                "open": [_event_dict(ev) for ev in self._book.open.values()],
+                "transformers": {
+                    t: tx.dump() for t, tx in self._transformers.items() if tx.out or tx.cluster
+                },
+            }
+        )
+
+    def restore(self, blob: bytes, now_ns: int, *, downtime_grace: bool = True) -> None:
+        """Take up a snapshot after a restart: open conditions stay open under their id.
+
+        With downtime_grace no meter is called silent before offline_after_s from now:
+        the gateway was away, not the meters.
+        """
+        data = orjson.loads(blob)
+        if data.get("version") != _SNAPSHOT_VERSION:
+            raise ValueError(f"event state version {data.get('version')!r} is not supported")
+        self._meters.clear()
+        self._heap.clear()
+        self._book.open.clear()
+        for meter_id, values in data["meters"].items():
+            st = self._track(meter_id)
+            st.load(values)
+            st.due = 0
+        for raw in data["open"]:
+            ev = _event_from(raw)
+            self._book.open[(ev.type, _sid(ev))] = ev
+        for tid, raw in data.get("transformers", {}).items():
+            tx = self._transformers.get(tid)
+            if tx is not None:
+                tx.load(raw)
+        if downtime_grace:
+            self._outage.grace_until = now_ns + self._off_ns
+        self._now_ns = now_ns
+        # Every meter is checked again from now (one heap entry each).
+        first = now_ns
+        for st in self._meters.values():
+            st.due = first
+        self._heap = [(first, m) for m in self._meters]
+        heapq.heapify(self._heap)
+
+    def reconcile(self, events: Iterable[Event]) -> None:
+        """Events emitted after the snapshot (from the durable outbox): take them as done.
+
+        A raise not in the snapshot becomes open; a clear closes its condition; a point
+        event starts its episode. Applying the same events again changes nothing.
+        """
+        events = list(events)
+        cleared = {ev.event_id for ev in events if ev.state == "cleared"}
+        for ev in events:
+            sid = _sid(ev)
+            key = (ev.type, sid)
+            meter_id = ev.subject.get("meter_id")
+            st = None
+            if meter_id is not None:
+                st = self._meters.get(meter_id) or self._track(meter_id)
+            if ev.state == "cleared":
+                open_ev = self._book.open.get(key)
+                if open_ev is not None and open_ev.event_id == ev.event_id:
+                    del self._book.open[key]
+                    if st is not None:
+                        self._closed(st, ev.type)
+                    elif ev.type == "transformer_outage":
+                        tx = self._transformers.get(sid)
+                        if tx is not None:
+                            tx.cluster.clear()
+                continue
+            if ev.type in POINT_TYPES:
+                if st is not None:
+                    _point_episode(st, ev)
+                continue
+            if ev.event_id in cleared:
+                continue  # raised and cleared since the snapshot: nothing stays open
+            open_ev = self._book.open.get(key)
+            if open_ev is not None and open_ev.start_ns >= ev.start_ns:
+                continue  # already open (the same one, or a later one)
+            self._book.open[key] = Event(
+                ev.type,
+                "raised",
+                ev.severity,
+                dict(ev.subject),
+                ev.start_ns,
+                ev.detected_ns,
+                ev.event_id,
+                dict(ev.details),
+                message=ev.message,
+                value=ev.value,
+            )
+            if st is not None:
+                st.open |= CONDITION_BITS.get(ev.type, 0)
+                if ev.type in ("power_outage", "comms_loss") and st.tx is not None:
+                    st.suspect = False
+                    st.tx.out[st.meter_id] = (ev.start_ns, ev.start_ns)
+                    if self._book.start_of("transformer_outage", st.tx.transformer_id):
+                        st.tx.cluster.add(st.meter_id)
+                if not st.due:
+                    self._schedule(st, self._now_ns + self._off_ns)
+            elif ev.type == "transformer_outage":
+                tx = self._transformers.get(sid)
+                if tx is not None:
+                    tx.cluster = set(ev.details.get("meter_ids") or [])
+
+    def _closed(self, st: MeterState, type_: str) -> None:
+        st.open &= ~CONDITION_BITS.get(type_, 0)
+        tx = st.tx
+        if type_ in ("power_outage", "comms_loss") and tx is not None and not st.open & _OUT:
+            tx.out.pop(st.meter_id, None)
+            tx.cluster.discard(st.meter_id)
+
+    # -- status ------------------------------------------------------------------------------
+
+    def active(self) -> list[Event]:
+        """The open conditions, as their raise events, oldest first."""
+        return sorted(self._book.open.values(), key=lambda ev: (ev.start_ns, ev.event_id))
+
+    def stats(self) -> dict[str, Any]:
+        active = Counter(ev.type for ev in self._book.open.values())
+        return {
+            "meters_tracked": len(self._meters),
+            "transformers": len(self._transformers),
+            "raised": dict(self._book.raised),
+            "cleared": dict(self._book.cleared),
+            "active": dict(active),
+            "active_total": sum(active.values()),
+            "queued_checks": len(self._heap),
+        }
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _track(self, meter_id: str) -> MeterState:
+        place = self._topology.get(meter_id)
+        tx = None
+        nominal = self._config.nominal_voltage_v
+        if place is not None:
+            if place.transformer_id:
+                tx = self._transformers.get(place.transformer_id)
+            if place.nominal_voltage_v:
+                nominal = place.nominal_voltage_v
+        limits = self._limits.get(nominal)
+        if limits is None:
+            limits = self._limits[nominal] = Limits(nominal, self._config.voltage_tolerance)
+        st = self._meters[meter_id] = MeterState(meter_id, place, tx, limits)
+        return st
+
+    def _schedule(self, st: MeterState, at: int) -> None:
+        """Queue the meter's check for `at`, unless one is queued earlier already."""
+        if st.due and st.due <= at:
+            return
+        st.due = at
+        heapq.heappush(self._heap, (at, st.meter_id))
+
+
+def _transformers(topology: Mapping[str, MeterPlace]) -> dict[str, TransformerState]:
+    counts: Counter[str] = Counter()
+    feeders: dict[str, str | None] = {}
+    for place in topology.values():
+        if place.transformer_id:
+            counts[place.transformer_id] += 1
+            feeders.setdefault(place.transformer_id, place.feeder_id)
+    return {t: TransformerState(t, feeders[t], n) for t, n in counts.items()}
+
+
+def _sid(ev: Event) -> str:
+    return ev.subject.get("meter_id") or ev.subject.get("transformer_id") or ""
+
+
+def _point_episode(st: MeterState, ev: Event) -> None:
+    """A point event already sent: its episode is under way (no second one)."""
+    if ev.type == "register_decrease":
+        st.decrease_episode = True
+    elif ev.type == "reverse_energy":
+        st.reverse_ts = max(st.reverse_ts, ev.start_ns)
+        st.reverse_clean = 0
+    elif ev.type == "tamper":
+        st.tamper_ts = max(st.tamper_ts, ev.start_ns)
+
+
+def _event_dict(ev: Event) -> dict[str, Any]:
+    return {
+        "type": ev.type,
+        "severity": ev.severity,
+        "subject": ev.subject,
+        "start_ns": ev.start_ns,
+        "detected_ns": ev.detected_ns,
+        "event_id": ev.event_id,
+        "details": ev.details,
+        "message": ev.message,
+        "value": ev.value,
+    }
+
+
+def _event_from(raw: dict[str, Any]) -> Event:
+    type_ = str(raw["type"])
+    return Event(
+        type_,
+        "raised",
+        str(raw.get("severity") or SEVERITY.get(type_, "minor")),
+        {str(k): str(v) for k, v in raw["subject"].items()},
+        int(raw["start_ns"]),
+        int(raw["detected_ns"]),
+        str(raw["event_id"]),
+        dict(raw.get("details") or {}),
+        message=str(raw.get("message") or ""),
+        value=raw.get("value"),
+    )

@@ -1,0 +1,218 @@
+"""What the detectors remember: one small object per meter, one per transformer.
+
+Per meter only numbers (no history lists, no dicts): 100,000 meters must fit in a
+few hundred MB at most, and the whole state is written to one file for a restart.
+Times are epoch ns (0 = none); spacings are seconds (0.0 = not learned yet); register
+values and the last clock drift are NaN when unknown.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from meter_gateway.config.topology import MeterPlace
+
+__all__ = [
+    "CLOCK",
+    "COMMS",
+    "CONDITION_BITS",
+    "FREQUENCY",
+    "IMBALANCE",
+    "OVERCURRENT",
+    "PHASE_LOSS",
+    "POWER",
+    "SAG",
+    "SWELL",
+    "Limits",
+    "MeterState",
+    "TransformerState",
+]
+
+# One bit per condition a meter can have open: the hot path tests a bit, not a dict.
+POWER = 1 << 0
+COMMS = 1 << 1
+PHASE_LOSS = 1 << 2
+SAG = 1 << 3
+SWELL = 1 << 4
+IMBALANCE = 1 << 5
+OVERCURRENT = 1 << 6
+FREQUENCY = 1 << 7
+CLOCK = 1 << 8
+
+CONDITION_BITS: dict[str, int] = {
+    "power_outage": POWER,
+    "comms_loss": COMMS,
+    "phase_loss": PHASE_LOSS,
+    "voltage_sag": SAG,
+    "voltage_swell": SWELL,
+    "phase_imbalance": IMBALANCE,
+    "overcurrent": OVERCURRENT,
+    "frequency_deviation": FREQUENCY,
+    "clock_drift": CLOCK,
+}
+
+_NAN = math.nan
+
+
+class Limits:
+    """Voltage thresholds for one nominal voltage, shared by every meter that has it."""
+
+    __slots__ = ("high_v", "low_v", "nominal_v", "zero_v")
+
+    def __init__(self, nominal_v: float, tolerance: float) -> None:
+        self.nominal_v = nominal_v
+        self.zero_v = 0.1 * nominal_v  # below 10 % of nominal a phase is dead, not sagging
+        self.low_v = nominal_v * (1 - tolerance)
+        self.high_v = nominal_v * (1 + tolerance)
+
+
+class TransformerState:
+    """A transformer's meters that are out now, for the roll-up.
+
+    `out` holds only meters that are out (few, usually none): meter id -> the
+    interval [lo, hi] (ns) in which its outage began. A last gasp knows the moment
+    (lo == hi); a silent meter only that it was after its last reading and before its
+    next one was due.
+    """
+
+    __slots__ = ("cluster", "feeder_id", "n_meters", "out", "transformer_id")
+
+    def __init__(self, transformer_id: str, feeder_id: str | None, n_meters: int) -> None:
+        self.transformer_id = transformer_id
+        self.feeder_id = feeder_id
+        self.n_meters = n_meters
+        self.out: dict[str, tuple[int, int]] = {}
+        # The meters the open transformer_outage covers (empty while none is open).
+        self.cluster: set[str] = set()
+
+    def subject(self) -> dict[str, str]:
+        subject = {"transformer_id": self.transformer_id}
+        if self.feeder_id:
+            subject["feeder_id"] = self.feeder_id
+        return subject
+
+    def dump(self) -> dict[str, Any]:
+        return {"out": {k: list(v) for k, v in self.out.items()}, "cluster": sorted(self.cluster)}
+
+    def load(self, data: dict[str, Any]) -> None:
+        self.out = {str(k): (int(v[0]), int(v[1])) for k, v in data.get("out", {}).items()}
+        self.cluster = {str(m) for m in data.get("cluster", [])}
+
+
+# The fields written to a snapshot, in order: everything but the references to the
+# topology (re-resolved from the topology given at the restart).
+_SAVED = (
+    "open",
+    "last_ts",
+    "last_arrival",
+    "last_heard",
+    "ts_spacing_s",
+    "arrival_spacing_s",
+    "burst",
+    "lwt_offline_ns",
+    "suspect",
+    "sag_since",
+    "swell_since",
+    "imbalance_since",
+    "drift_prev_s",
+    "last_import",
+    "last_export",
+    "decrease_episode",
+    "reverse_ts",
+    "reverse_clean",
+    "tamper_ts",
+)
+
+
+class MeterState:
+    """One meter's detector state (about 0.5 KiB with its numbers)."""
+
+    __slots__ = (
+        "arrival_spacing_s",
+        "burst",
+        "decrease_episode",
+        "drift_prev_s",
+        "due",
+        "imbalance_since",
+        "last_arrival",
+        "last_export",
+        "last_heard",
+        "last_import",
+        "last_ts",
+        "limits",
+        "lwt_offline_ns",
+        "meter_id",
+        "open",
+        "place",
+        "prosumer",
+        "reverse_clean",
+        "reverse_ts",
+        "sag_since",
+        "suspect",
+        "swell_since",
+        "tamper_ts",
+        "three_phase",
+        "ts_spacing_s",
+        "tx",
+    )
+
+    def __init__(
+        self,
+        meter_id: str,
+        place: MeterPlace | None,
+        tx: TransformerState | None,
+        limits: Limits,
+    ) -> None:
+        self.meter_id = meter_id
+        self.place = place
+        self.tx = tx
+        self.limits = limits
+        # None: not in the topology; judged from the reading (L2 and L3 present).
+        self.three_phase: bool | None = (
+            None if place is None or place.phases is None else (place.phases == 3)
+        )
+        self.prosumer = place is not None and place.prosumer
+        self.open = 0  # bits of the conditions open now
+        self.last_ts = 0  # the newest reading's own ts
+        self.last_arrival = 0  # the clock when the last reading arrived
+        self.last_heard = 0  # ... or the last sign of life (a reading, a meter event)
+        self.ts_spacing_s = 0.0  # learned spacing of the readings' ts
+        self.arrival_spacing_s = 0.0  # learned spacing of their arrivals (batches)
+        self.burst = 0  # readings in the latest batch (arrivals less than 1 s apart)
+        self.due = 0  # when the silence check is queued for (0: not queued)
+        self.lwt_offline_ns = 0  # an LWT offline waiting for silence to confirm it
+        self.suspect = False  # silent past its due time, counted in the transformer roll-up
+        self.sag_since = 0
+        self.swell_since = 0
+        self.imbalance_since = 0
+        self.drift_prev_s = _NAN
+        self.last_import = _NAN
+        self.last_export = _NAN
+        self.decrease_episode = False
+        self.reverse_ts = 0  # last reverse-flow reading of the current episode
+        self.reverse_clean = 0  # readings without reverse flow since
+        self.tamper_ts = 0
+
+    def subject(self) -> dict[str, str]:
+        """The event subject: meter first, then the ids the topology knows."""
+        subject = {"meter_id": self.meter_id}
+        place = self.place
+        if place is not None:
+            if place.transformer_id:
+                subject["transformer_id"] = place.transformer_id
+            if place.feeder_id:
+                subject["feeder_id"] = place.feeder_id
+        return subject
+
+    def dump(self) -> list[Any]:
+        # NaN is not JSON: None stands for it.
+        return [None if v != v else v for v in (getattr(self, k) for k in _SAVED)]
+
+    def load(self, values: list[Any]) -> None:
+        for key, v in zip(_SAVED, values, strict=False):
+            if v is None:
+                v = _NAN
+            elif key in ("suspect", "decrease_episode"):
+                v = bool(v)
+            setattr(self, key, v)
