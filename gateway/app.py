@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable
 
 from meter_gateway.config.schema import Config
 from meter_gateway.config.topology import MeterPlace, load_topology
-from meter_gateway.gateway.events import Condition, Event, event_line
+from meter_gateway.gateway.events import Condition, Event
+from meter_gateway.gateway.events.service import EventService
 from meter_gateway.gateway.http import StatusServer
 from meter_gateway.gateway.pipeline import Pipeline, Sink
 from meter_gateway.gateway.reading import canonical_from_fields
@@ -135,6 +136,19 @@ class Gateway:
         )
         sink: Sink = self.spool if spool else _MemorySink(self.writer)
         self._sink = sink
+        # Events: detectors -> engine -> outbox -> MQTT / database (through the spool) /
+        # webhook. An input that raised an event is acked once the event is on disk.
+        self.events = EventService(
+            config,
+            topology,
+            dead_letter=self.dead_letter,
+            add_line=sink.add,
+            wait_line_durable=sink.wait_durable,
+            precision_divisor=self._precision,
+            mqtt_client=lambda: self.mqtt.paho_client,
+            hold_for_event=lambda seq: self.pipeline.hold_for_event(seq),
+        )
+        detect = config.events.enabled
         self.pipeline = Pipeline(
             validator=Validator(config.validation),
             rules=MeterRules(config.validation.duplicate_window),
@@ -144,6 +158,8 @@ class Gateway:
             max_payload_bytes=config.mqtt.max_payload_bytes,
             on_signal=self._signal,
             on_flag=self._flag,
+            on_reading=self.events.reading if detect else None,
+            events=self.events.outbox,
         )
         self.mqtt = MqttSource(
             config.mqtt,
@@ -170,12 +186,13 @@ class Gateway:
         self._source_tasks: list[asyncio.Task[None]] = []
         self._sink_tasks: list[asyncio.Task[None]] = []
 
-    # -- hooks for the detectors (events come with the detector work) -------------------------
+    # -- hooks for the detectors ---------------------------------------------------------------
     def _signal(self, sig: Signal, topic: str) -> None:
         log.info("meter %s reports %s %s (on %s)", sig.meter_id, sig.kind, sig.value, topic)
+        self.events.signal(sig, topic)
 
     def _flag(self, flag: Flag) -> None:
-        pass  # logged by the pipeline; the register_decrease event hangs here
+        self.events.flag(flag)  # logged by the pipeline
 
     def _modbus_reading(self, reading: dict[str, object], device: str) -> Awaitable[None]:
         ticket = self.pipeline.handle_reading(canonical_from_fields(reading), "modbus", device)
@@ -199,12 +216,8 @@ class Gateway:
             self._emit(ev)
 
     def _emit(self, ev: Event) -> None:
-        """An event to its subscribers (MQTT) and to the database (via the spool)."""
-        subject = next(iter(ev.subject.values()))
-        topic = f"{self.config.events.topic_prefix}/{ev.type}/{subject}"
-        log.warning("event %s %s: %s (%s)", ev.type, ev.state, ev.message, ev.event_id)
-        self.mqtt.publish_nowait(topic, ev.to_json(self.config.gateway.id), qos=1)
-        self._sink.add(event_line(ev, self._precision))
+        """The gateway's own event, through the same outbox as the meters' events."""
+        self.events.emit(ev)
 
     def _modbus_error(self, device: str, reason: str, raw: bytes | None) -> None:
         self.pipeline.reject(
@@ -299,6 +312,7 @@ class Gateway:
         self._writer_task = asyncio.create_task(self.writer.run(), name="storage-writer")
         self._dl_task = asyncio.create_task(self.dead_letter.run(), name="dead-letter")
         self._sink_tasks = [self._writer_task, self._dl_task]
+        await self.events.open()
         if self._sink is self.spool:
             # What an earlier run left (a crash, a slow database) goes first.
             await self.spool.open()
@@ -307,6 +321,8 @@ class Gateway:
             self._spool_task = asyncio.create_task(self.spool.run(), name="spool")
             self._feed_task = asyncio.create_task(self.spool.feed(self.writer), name="spool-feed")
             self._sink_tasks += [self._spool_task, self._feed_task]
+        self.events.start()
+        self._sink_tasks += self.events.tasks
         self._rate_task = asyncio.create_task(self.rate.run(self._report), name="rate")
         self._watch_task = asyncio.create_task(self._watch(), name="watch")
         self._source_tasks = [asyncio.create_task(self.mqtt.run(), name="mqtt-source")]
@@ -324,6 +340,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         deadline = time.monotonic() + self.shutdown_timeout_s
+        await self.events.stop()  # before the spool closes: its database drainer adds to it
         if self._sink is self.spool:
             await self.spool.close()  # everything taken is on disk now
             self.writer.flush_eagerly()

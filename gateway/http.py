@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from meter_gateway.gateway.validate import format_ts
+
 if TYPE_CHECKING:
     from meter_gateway.gateway.app import Gateway
 
@@ -51,6 +53,20 @@ def status_snapshot(gw: Gateway) -> dict[str, Any]:
         "dead_letter": gw.dead_letter.stats(),
         "internal_errors": p["internal_errors"] + gw.mqtt.handler_errors,
         "signals": p["signals"],
+        "events": {
+            **gw.events.stats(),
+            "active": [
+                {
+                    "type": ev.type,
+                    "severity": ev.severity,
+                    **ev.subject,
+                    "since": format_ts(ev.start_ns),
+                    "event_id": ev.event_id,
+                    "message": ev.message,
+                }
+                for ev in sorted(gw.events.active(), key=lambda e: e.start_ns)
+            ],
+        },
     }
     if gw.modbus is not None:
         out["modbus"] = {
@@ -231,8 +247,38 @@ class _Collector(Collector):
             g = GaugeMetricFamily(f"meter_gateway_{name}", doc)
             g.add_metric([], value)
             yield g
+        yield from _event_metrics(gw)
         if gw.modbus is not None:
             yield from _modbus_metrics(gw)
+
+
+def _event_metrics(gw: Gateway) -> Iterator[Any]:
+    """Events raised and cleared, open conditions by type, what each destination owes."""
+    made = CounterMetricFamily(
+        "meter_gateway_events",
+        "Events emitted since start, by type and state (raised / cleared).",
+        labels=["type", "state"],
+    )
+    for (type_, state), n in sorted(gw.events.counts.items()):
+        made.add_metric([type_, state], n)
+    yield made
+    active = GaugeMetricFamily(
+        "meter_gateway_events_active", "Open conditions, by type.", labels=["type"]
+    )
+    by_type: dict[str, int] = {}
+    for ev in gw.events.active():
+        by_type[ev.type] = by_type.get(ev.type, 0) + 1
+    for type_, n in sorted(by_type.items()):
+        active.add_metric([type_], n)
+    yield active
+    backlog = GaugeMetricFamily(
+        "meter_gateway_event_backlog",
+        "Events in the outbox not yet delivered, by destination (mqtt, database, webhook).",
+        labels=["destination"],
+    )
+    for name in gw.events.destinations:
+        backlog.add_metric([name], gw.events.outbox.backlog(name))
+    yield backlog
 
 
 def _modbus_metrics(gw: Gateway) -> Iterator[Any]:
@@ -333,6 +379,19 @@ def _modbus_row(d: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _events_table(active: list[dict[str, Any]]) -> str:
+    """Open conditions, oldest first (at most 200 rows: the count says if there are more)."""
+    title = f"Active events ({len(active)})"
+    if not active:
+        return _table(title, {"none": ""})
+    rows = {}
+    for ev in active[:200]:
+        subject = ev.get("meter_id") or ev.get("transformer_id") or ev.get("gateway_id") or "?"
+        key = f"{ev['type']} {subject}"
+        rows[key] = f"{ev['severity']}, since {ev['since']}: {ev['message']}"
+    return _table(title, rows)
+
+
 def render_page(s: dict[str, Any]) -> str:
     r, st, m, sp = s["readings"], s["storage"], s["mqtt"], s["spool"]
     tables = [
@@ -390,6 +449,7 @@ def render_page(s: dict[str, Any]) -> str:
             {"records": s["dead_letter"]["records"], "files in": s["dead_letter"]["directory"]},
         ),
         _table("Meter reports", s["signals"] or {"none": ""}),
+        _events_table(s["events"]["active"]),
     ]
     if "modbus" in s:
         tables.append(

@@ -185,12 +185,25 @@ async def run_demo(
         )
         _say(f"  rejected: {sum(p.rejected.values()):,} {dict(p.rejected.most_common(6)) or ''}")
         _say(f"  meter signals: {dict(p.signals) or 'none'}")
+        _say(f"  events: {_events_summary(gw.events.counts)}")
         _say(f"  dead-letter files: {cfg.gateway.data_dir / 'dead-letter'}")
         _say(
             f"  database files: {workdir / 'victoria'} (start VictoriaMetrics on them to look "
             "again: victoria-metrics -storageDataPath=...; its UI is at /vmui)"
         )
         return 0 if stored_db == handed else 1
+
+
+def _events_summary(counts: Any) -> str:
+    """`power_outage 3 raised / 3 cleared, ...` by type, from (type, state) counts."""
+    types = sorted({t for t, _ in counts})
+    if not types:
+        return "none raised"
+    parts = []
+    for t in types:
+        raised, cleared = counts.get((t, "raised"), 0), counts.get((t, "cleared"), 0)
+        parts.append(f"{t} {raised} raised" + (f" / {cleared} cleared" if cleared else ""))
+    return ", ".join(parts)
 
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

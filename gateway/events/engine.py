@@ -104,7 +104,10 @@ class Engine:
         ts = r.ts_ns
         prev_ts = st.last_ts
         if ts <= prev_ts:
-            return  # back-filled or redelivered: a sign of life, judged no further
+            # Back-filled or redelivered: a sign of life, judged no further; except that
+            # a reading on time ends a clock_drift (a corrected clock steps back).
+            self._alarms.clock_on_time(st, ts, now_ns)
+            return
         st.last_ts = ts
         if prev_ts:
             gap_s = (ts - prev_ts) / _NS
@@ -330,13 +333,13 @@ class Engine:
 
 
 def _transformers(topology: Mapping[str, MeterPlace]) -> dict[str, TransformerState]:
-    counts: Counter[str] = Counter()
+    members: dict[str, list[str]] = {}
     feeders: dict[str, str | None] = {}
     for place in topology.values():
         if place.transformer_id:
-            counts[place.transformer_id] += 1
+            members.setdefault(place.transformer_id, []).append(place.meter_id)
             feeders.setdefault(place.transformer_id, place.feeder_id)
-    return {t: TransformerState(t, feeders[t], n) for t, n in counts.items()}
+    return {t: TransformerState(t, feeders[t], tuple(ms)) for t, ms in members.items()}
 
 
 def _sid(ev: Event) -> str:

@@ -73,6 +73,10 @@ def event_line(ev: Event, precision_divisor: int) -> str:
         fields["duration_s"] = float(ev.duration_s)
     if ev.value is not None:
         fields["value"] = float(ev.value)
-    at = ev.cleared_ns if ev.cleared_ns is not None else ev.start_ns
+    at = ev.start_ns // precision_divisor
+    if ev.cleared_ns is not None:
+        # Its own point, never an overwrite of the raise: a clear within the same
+        # second (at precision s) as its raise is written one unit later.
+        at = max(ev.cleared_ns // precision_divisor, at + 1)
     tags = {"type": ev.type, "severity": ev.severity, **ev.subject}
-    return encode_point("meter_event", tags, fields, at // precision_divisor)
+    return encode_point("meter_event", tags, fields, at)

@@ -76,12 +76,15 @@ class TransformerState:
     next one was due.
     """
 
-    __slots__ = ("cluster", "feeder_id", "n_meters", "out", "transformer_id")
+    __slots__ = ("cluster", "feeder_id", "meter_ids", "n_meters", "out", "transformer_id")
 
-    def __init__(self, transformer_id: str, feeder_id: str | None, n_meters: int) -> None:
+    def __init__(
+        self, transformer_id: str, feeder_id: str | None, meter_ids: tuple[str, ...]
+    ) -> None:
         self.transformer_id = transformer_id
         self.feeder_id = feeder_id
-        self.n_meters = n_meters
+        self.meter_ids = meter_ids  # from the topology: every meter it feeds
+        self.n_meters = len(meter_ids)
         self.out: dict[str, tuple[int, int]] = {}
         # The meters the open transformer_outage covers (empty while none is open).
         self.cluster: set[str] = set()

@@ -52,6 +52,17 @@ def test_a_drifting_clock_is_raised_on_two_steady_readings_and_cleared():
     assert h.types() == [("clock_drift", "raised"), ("clock_drift", "cleared")]
 
 
+def test_a_clock_set_back_right_clears_on_its_first_reading_on_time():
+    h = Harness(clock_drift_max_s=60)
+    for i in range(4):
+        h.read("m-1", i * 10 + 120, now=i * 10)  # 2 minutes ahead
+    assert h.types() == [("clock_drift", "raised")]
+    h.read("m-1", 40, now=40.2)  # set right: older than its newest, but on time
+    assert h.types() == [("clock_drift", "raised"), ("clock_drift", "cleared")]
+    h.read("m-1", 50, now=50.2)
+    assert len(h.events) == 2
+
+
 def test_a_back_filled_batch_in_order_is_no_clock_drift():
     h = Harness(clock_drift_max_s=120)
     # A concentrator's first delivery: 3 h of 15-minute readings at once, then hourly.

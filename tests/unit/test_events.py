@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from meter_gateway.gateway.events import Condition, event_line
+from meter_gateway.gateway.events import Condition, Event, event_line
 
 
 def test_a_condition_keeps_its_id_across_a_restart_and_clears_once(tmp_path):
@@ -39,3 +39,23 @@ def test_an_unreadable_state_file_is_ignored(tmp_path):
     cond = Condition(tmp_path, "storage_backpressure", {"gateway_id": "gw-1"}, "major")
     assert cond.active is None
     assert cond.raise_("full", {}) is not None
+
+
+def test_a_clear_in_the_same_second_as_its_raise_is_still_its_own_point():
+    raised = Event(
+        "power_outage", "raised", "critical", {"meter_id": "m-1"}, 10_400_000_000, 0, "id-1"
+    )
+    cleared = Event(
+        "power_outage",
+        "cleared",
+        "critical",
+        {"meter_id": "m-1"},
+        10_400_000_000,
+        0,
+        "id-1",
+        cleared_ns=10_480_000_000,
+    )
+    at_raise = event_line(raised, 1_000_000_000).rsplit(" ", 1)[1]
+    at_clear = event_line(cleared, 1_000_000_000).rsplit(" ", 1)[1]
+    assert (at_raise, at_clear) == ("10", "11")
+    assert event_line(cleared, 1).rsplit(" ", 1)[1] == "10480000000"  # ns: no shift needed

@@ -155,6 +155,13 @@ class MeterAlarms:
             value=round(drift, 3),
         )
 
+    def clock_on_time(self, st: MeterState, ts: int, now_ns: int) -> None:
+        """An older reading stamped within the limit of now clears an open clock_drift:
+        the clock was set right and stepped back behind its newest reading."""
+        if st.open & CLOCK and abs(ts - now_ns) <= self._drift_max_s * _NS:
+            self._book.clear_meter(st, "clock_drift", ts, now_ns, f"{st.meter_id}: clock set right")
+            st.drift_prev_s = (ts - now_ns) / _NS
+
     # -- tamper ------------------------------------------------------------------------------
 
     def tamper(self, st: MeterState, kind: str, ts: int, now_ns: int) -> None:

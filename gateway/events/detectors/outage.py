@@ -185,12 +185,33 @@ class Outage:
             self._out(st, lo, lo + sp_ns, now_ns)
             if st.open & POWER:  # the roll-up found the transformer out
                 return nxt
-        due = max(heard + limit_ns + self._window_ns, self.grace_until)
+        # Wait for the roll-up only when enough of its neighbours went quiet around the
+        # same time for a transformer outage to be possible; a lone silent meter gets its
+        # comms_loss on time.
+        wait_ns = self._window_ns if self._could_roll_up(tx, now_ns) else 0
+        due = max(heard + limit_ns + wait_ns, self.grace_until)
         if now_ns < due:
             return _earliest(nxt, due)
         st.suspect = False
         self._raise_comms(st, now_ns, sp_s)
         return nxt
+
+    def _could_roll_up(self, tx: TransformerState, now_ns: int) -> bool:
+        """Whether enough of the transformer's meters are quiet now (out, or not heard for
+        more than one and a half of their intervals) to make a transformer outage."""
+        need = max(self._ratio * tx.n_meters, _MIN_METERS_OUT)
+        quiet = 0
+        for mid in tx.meter_ids:
+            other = self._meters.get(mid)
+            if (
+                other is None
+                or mid in tx.out
+                or now_ns - other.last_heard > 1.5 * self.spacing_s(other) * _NS + _NS
+            ):
+                quiet += 1
+                if quiet >= need:
+                    return True
+        return False
 
     def _silent_s(self, st: MeterState, now_ns: int) -> float:
         return round((now_ns - st.last_heard) / _NS, 3)
