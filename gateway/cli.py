@@ -114,6 +114,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=_cmd_check)
 
+    # `replay`: recorded traffic through validation, storage and detectors (gateway/replay.py).
+    from meter_gateway.gateway import replay as replay_cmd
+
+    replay = sub.add_parser(
+        "replay",
+        help="replay recorded traffic (JSON Lines) through validation, storage and detectors",
+        description=replay_cmd.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    replay_cmd.add_arguments(replay)
+    _add_logging(replay)
+    replay.set_defaults(func=replay_cmd.run_cli)
+
     simulate = sub.add_parser(
         "simulate",
         help="simulated meters: an MQTT fleet or Modbus servers",

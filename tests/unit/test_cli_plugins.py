@@ -163,6 +163,7 @@ def test_the_installed_entry_points_name_the_plugged_in_commands() -> None:
     assert sims == {
         "mqtt": "meter_gateway.simulators.mqtt.cli:register",
         "modbus": "meter_gateway.simulators.modbus.cli:register",
+        "replay-file": "meter_gateway.simulators.replay_cli:register",
     }
     assert cmds == {"demo": "meter_gateway.simulators.demo:register"}
     parser = cli._parser()

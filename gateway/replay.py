@@ -1,0 +1,645 @@
+"""`meter-gateway replay`: recorded traffic through the same validation, storage and detectors.
+
+Input: JSON Lines files (`.gz` accepted), read in arrival order, one record a line:
+
+- a reading in the `json` format, naming its meter: `{"meter_id", "ts", "energy_import_kwh",
+  "voltage_v": [...] or a number, ...}`;
+- a meter event: `{"meter_id", "ts", "type": "last_gasp"}` (or power_restored, tamper,
+  cover_open), checked by the `meter-event` format;
+- a status line: `{"meter_id", "ts", "status": "offline"}` (or "online"), what a meter's
+  MQTT last will would have said.
+
+Readings go through the live pipeline (`Pipeline`: the format's checks, the `Validator`, the
+meter rules) and are stored like live ones; bad lines go to the dead-letter store with the
+reason, the file name and the line number as their topic (`replay:FILE:LINE`). Events from the
+detectors go to `--events-out` (the JSON of the MQTT events, one a line) and to the
+`meter_event` measurement. Nothing is published: no MQTT, no webhook (replayed history must
+not page anyone). `--no-store` writes nothing to the database.
+
+The clock is the recording's own, so history from any date replays:
+
+- a line may carry `"_at"` (epoch seconds, a number), the time the gateway would have
+  received it (the simulator writes it). When present it is the clock;
+- otherwise the clock is the watermark: the latest `ts` of a reading or event seen so far,
+  this line's included. A `ts` more than `validation.max_age_s` ahead of the watermark does
+  not move it (it is rejected as in the future): one meter with a wild clock cannot make
+  the rest of the file "too old".
+
+Validation's age and future bounds are judged against that clock, and the detectors run on
+it: `tick` each time it advances by a second or more, never past the last line's time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import gzip
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from meter_gateway.config.schema import Config
+from meter_gateway.config.topology import MeterPlace, load_topology
+from meter_gateway.gateway.events.event import Event, event_line
+from meter_gateway.gateway.pipeline import Pipeline
+from meter_gateway.gateway.reading import Reading
+from meter_gateway.gateway.validate import Flag, MeterRules, Validator, format_ts
+from meter_gateway.protocols.formats import (
+    Decoded,
+    Rejection,
+    Signal,
+    json_reading,
+    last_will,
+    meter_event,
+    short_repr,
+)
+from meter_gateway.storage.deadletter import DeadLetterStore, dead_letter_record
+from meter_gateway.storage.lineprotocol import PRECISION_DIVISOR, ReadingEncoder
+
+__all__ = ["EngineLike", "Replay", "ReplaySummary", "open_lines", "run_cli"]
+
+log = logging.getLogger("meter_gateway.replay")
+
+NS = 1_000_000_000
+CHUNK_BYTES = 4 << 20  # read and decompress in big chunks: per-read overhead stays small
+_EPOCH_S_MAX = 253_402_300_799  # end of year 9999
+
+
+class EngineLike(Protocol):
+    """What replay needs of the detectors (`gateway.events.engine.Engine`)."""
+
+    def reading(self, r: Reading, now_ns: int) -> None: ...
+    def signal(self, sig: Signal, now_ns: int) -> None: ...
+    def flag(self, f: Flag, now_ns: int) -> None: ...
+    def tick(self, now_ns: int) -> None: ...
+    def active(self) -> list[Event]: ...
+
+
+# Engine(config, topology, *, emit, now_ns): the Engine class itself fits.
+EngineFactory = Callable[..., EngineLike]
+
+
+def _default_engine() -> tuple[EngineFactory | None, str]:
+    try:
+        from meter_gateway.gateway.events.engine import Engine
+    except ImportError as exc:
+        return None, f"the detectors cannot be loaded ({exc}); replaying readings only"
+    return Engine, ""
+
+
+# -- sinks: where readings go --------------------------------------------------------------
+
+
+class _NullEncoder:
+    """`--no-store`: readings are validated and judged, but never turned into lines."""
+
+    @staticmethod
+    def encode(r: Reading) -> str:
+        return ""
+
+
+class _NullSink:
+    durable = 1 << 62
+    paused = False
+
+    @staticmethod
+    def add(line: str) -> int:
+        return 0
+
+    async def wait_durable(self, seq: int) -> None:
+        return None
+
+
+class _WriterSink:
+    """Straight into the database writer, no spool: a replay can simply be run again, so
+    the spool's fsyncs would buy nothing. Backpressure: the replay waits while it is full."""
+
+    durable = 1 << 62
+
+    def __init__(self, writer: Any) -> None:
+        self._writer = writer
+
+    def add(self, line: str) -> int:
+        self._writer.add(line)
+        return 0
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._writer.paused)
+
+    async def wait_durable(self, seq: int) -> None:
+        return None
+
+
+class _DeadLetter(DeadLetterStore):
+    """The live dead-letter store, never published, keeping a few reasons for the summary."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir, publish=None)
+        self.examples: list[str] = []
+
+    def add(self, record: dict[str, Any]) -> int:
+        if len(self.examples) < 5:
+            self.examples.append(f"{record.get('topic', '?')}: {record['reason']}")
+        return super().add(record)
+
+
+# -- the summary ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ReplaySummary:
+    """What a replay did; `text()` is what the command prints at the end."""
+
+    files: list[str] = field(default_factory=list)
+    lines: int = 0
+    readings: int = 0  # reading records seen
+    accepted: int = 0  # readings that passed validation (stored unless --no-store)
+    stored: bool = True
+    rejected: Counter[str] = field(default_factory=Counter)  # by the field at fault
+    reasons: list[str] = field(default_factory=list)  # the first few, with file:line
+    duplicates: int = 0
+    flagged: Counter[str] = field(default_factory=Counter)
+    signals: Counter[str] = field(default_factory=Counter)
+    events: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, state)
+    still_raised: int = 0
+    detectors: str = "on"
+    first_ns: int = 0
+    watermark_ns: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.readings / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def text(self) -> str:
+        out = [
+            f"replay: {self.lines:,} lines from {len(self.files)} file(s) in "
+            f"{self.elapsed_s:.1f} s ({self.rate:,.0f} readings/s)",
+            f"  time: {format_ts(self.first_ns)} .. {format_ts(self.watermark_ns)}"
+            if self.first_ns
+            else "  time: no usable timestamp",
+            f"  readings: {self.readings:,}, "
+            + (
+                f"stored {self.accepted:,}"
+                if self.stored
+                else f"accepted {self.accepted:,} (not stored: --no-store)"
+            )
+            + f", duplicates dropped {self.duplicates:,}",
+        ]
+        total = sum(self.rejected.values())
+        top = ", ".join(f"{k} {n:,}" for k, n in self.rejected.most_common(6))
+        out.append(f"  rejected: {total:,}" + (f" (by field: {top})" if total else ""))
+        out += [f"    e.g. {r}" for r in self.reasons[:3]]
+        if self.flagged:
+            out.append("  suspect: " + ", ".join(f"{k} {n:,}" for k, n in self.flagged.items()))
+        if self.signals:
+            out.append(
+                "  meter signals: "
+                + ", ".join(f"{k} {n:,}" for k, n in sorted(self.signals.items()))
+            )
+        if self.detectors != "on":
+            out.append(f"  detectors: {self.detectors}")
+        else:
+            by_type: dict[str, Counter[str]] = {}
+            for (type_, state), n in self.events.items():
+                by_type.setdefault(type_, Counter())[state] += n
+            out.append(f"  events: {sum(self.events.values()):,}")
+            for type_ in sorted(by_type):
+                states = ", ".join(f"{s} {n:,}" for s, n in sorted(by_type[type_].items()))
+                out.append(f"    {type_}: {states}")
+            out.append(f"  still raised at the end: {self.still_raised:,}")
+        return "\n".join(out)
+
+
+# -- reading the files ---------------------------------------------------------------------
+
+
+def open_lines(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[list[bytes]]:
+    """The file's lines, a big chunk at a time (`.gz` decompressed); no trailing newline."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        rest = b""
+        while True:
+            chunk = f.read(chunk_bytes)
+            if not chunk:
+                break
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            yield lines
+        if rest:
+            yield [rest]
+
+
+def _seconds_ns(value: Any) -> int | None:
+    """`_at` (epoch seconds) in ns; None when it is not a usable time."""
+    t = type(value)
+    if (t is float or t is int) and 0 <= value <= _EPOCH_S_MAX:
+        return int(value * NS)
+    return None
+
+
+# -- the replay ----------------------------------------------------------------------------
+
+
+class Replay:
+    """Feed recorded lines through a live-like pipeline on the recording's clock.
+
+    `await run(files)` once; `summary` holds the counts. `engine_factory` builds the
+    detectors as `factory(config.events, topology, emit=..., now_ns=...)` (default: the
+    gateway's `Engine`); `events_out` receives each event's JSON line.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: bool = True,
+        events_out: IO[bytes] | None = None,
+        engine_factory: EngineFactory | None = None,
+        topology: Mapping[str, MeterPlace] | None = None,
+        progress: Callable[[str], None] | None = None,
+        progress_every_s: float = 5.0,
+        client: Any = None,
+    ) -> None:
+        """`client` replaces the database client built from `config.storage` (tests)."""
+        self.config = config
+        self.store = store
+        self._events_out = events_out
+        self._progress = progress
+        self._progress_every = progress_every_s
+        if topology is None:
+            topology = load_topology(config.topology.file) if config.topology.file else {}
+        self.topology = topology
+        self.summary = ReplaySummary(stored=store)
+        self._gateway_id = config.gateway.id
+        self._precision = PRECISION_DIVISOR[config.storage.precision]
+        self._max_jump_ns = int(config.validation.max_age_s * NS)
+        if not config.events.enabled:
+            self._factory, self.summary.detectors = None, "off (events.enabled is false)"
+        elif engine_factory is not None:
+            self._factory = engine_factory
+        else:
+            self._factory, why = _default_engine()
+            if why:
+                self.summary.detectors = why
+        self.engine: EngineLike | None = None
+        self.dead_letter = _DeadLetter(config.gateway.data_dir)
+        self.writer: Any = None
+        self.client: Any = None
+        if store:
+            from meter_gateway.gateway.app import make_client
+            from meter_gateway.storage.influxdb.writer import BatchWriter
+
+            st = config.storage
+            self.client = client if client is not None else make_client(config)
+            self.writer = BatchWriter(
+                self.client,
+                batch_size=st.batch_size,
+                flush_interval_s=st.flush_interval_s,
+                max_retry_delay_s=st.max_retry_delay_s,
+                max_buffered_lines=st.max_buffered_lines,
+                on_bad_line=self._bad_line,
+            )
+            self.sink: Any = _WriterSink(self.writer)
+            encoder: Any = ReadingEncoder(st.precision, topology)
+        else:
+            self.sink, encoder = _NullSink(), _NullEncoder()
+        self.pipeline = Pipeline(
+            validator=Validator(config.validation),
+            rules=MeterRules(config.validation.duplicate_window),
+            encoder=encoder,
+            sink=self.sink,
+            dead_letter=self.dead_letter,
+            max_payload_bytes=config.mqtt.max_payload_bytes,
+            on_signal=self._on_signal,
+            on_flag=self._on_flag,
+            on_reading=self._on_reading,
+            clock=self._clock,
+        )
+        self.now = 0  # the clock (epoch ns): `_at`, else the watermark
+        self.watermark = 0  # the latest accepted-as-time ts seen (epoch ns)
+        self._has_at = False  # once a file carries arrival times, lines without one wait
+        self._next_tick = 0
+        self._decoded = Decoded()
+        self._ts_cache: dict[str, int | None] = {}
+
+    # -- the pipeline's hooks ----------------------------------------------------------------
+    def _clock(self) -> int:
+        return self.now
+
+    def _take(self, payload: bytes, topic_id: str | None) -> Decoded:
+        # The "format" the pipeline calls: the line was decoded already, to read its time.
+        return self._decoded
+
+    def _on_reading(self, r: Reading) -> None:
+        if self.engine is not None:
+            self.engine.reading(r, self.now)
+
+    def _on_signal(self, sig: Signal, topic: str) -> None:
+        if self.engine is not None:
+            self.engine.signal(sig, self.now)
+
+    def _on_flag(self, f: Flag) -> None:
+        if self.engine is not None:
+            self.engine.flag(f, self.now)
+
+    def _emit(self, ev: Event) -> None:
+        self.summary.events[(ev.type, ev.state)] += 1
+        if self._events_out is not None:
+            self._events_out.write(ev.to_json(self._gateway_id) + b"\n")
+        if self.store:
+            self.sink.add(event_line(ev, self._precision))
+
+    def _bad_line(self, line: str, reason: str) -> None:
+        # A line the database refused for good (as live: kept, with the database's reason).
+        self.dead_letter.add(
+            dead_letter_record(
+                reason=reason,
+                source="storage",
+                payload=line,
+                device=getattr(self.client, "target", None),
+            )
+        )
+
+    # -- decoding a line -------------------------------------------------------------------
+    def _decode(self, line: bytes) -> Decoded:
+        """The line as the live formats see it; moves the clock by its `_at` or `ts`."""
+        decoded = json_reading(line, None)  # parses once; refuses what is not an object
+        if not decoded.readings:
+            return decoded
+        obj = decoded.readings[0]
+        at = obj.pop("_at", None)
+        if "status" in obj:
+            decoded = _status(obj)
+        elif "type" in obj:
+            decoded = meter_event(line, None)  # rare: parse again, with the live checks
+            for sig in decoded.signals:
+                if sig.body is not None:
+                    sig.body.pop("_at", None)
+        self._advance(obj.get("ts"), at)
+        return decoded
+
+    def _ts_ns(self, ts: Any) -> int | None:
+        """A record's ts for the watermark; None when the validator will refuse it anyway."""
+        if type(ts) is str:
+            cache = self._ts_cache
+            if ts in cache:
+                return cache[ts]
+            ns: int | None
+            try:
+                dt = datetime.fromisoformat(ts)
+                ns = int(dt.timestamp()) * NS + dt.microsecond * 1000 if dt.tzinfo else None
+            except (ValueError, OverflowError, OSError):
+                ns = None
+            if len(cache) >= 8192:
+                cache.clear()
+            cache[ts] = ns
+            return ns
+        return _seconds_ns(ts)
+
+    def _advance(self, ts: Any, at: Any) -> None:
+        ts_ns = self._ts_ns(ts)
+        wm = self.watermark
+        if ts_ns is not None and ts_ns > wm and (not wm or ts_ns - wm <= self._max_jump_ns):
+            self.watermark = ts_ns
+            if not self.summary.first_ns:
+                self.summary.first_ns = ts_ns
+        at_ns = _seconds_ns(at) if at is not None else None
+        if at_ns is not None:
+            self._has_at = True
+            if at_ns > self.now:
+                self.now = at_ns
+        elif not self._has_at and self.watermark > self.now:
+            self.now = self.watermark
+
+    # -- the loop --------------------------------------------------------------------------
+    def _lines(self, lines: list[bytes], name: str, first: int) -> None:
+        """One chunk of lines; never raises for what a line holds."""
+        handle = self.pipeline.handle_message
+        decode = self._decode
+        n = first
+        for line in lines:
+            n += 1
+            if not line or line.isspace():
+                continue
+            self._decoded = decode(line)
+            now = self.now
+            if now >= self._next_tick:
+                self._tick(now)
+            handle(f"replay:{name}:{n}", line, self._take, None)
+        self.summary.lines += n - first
+
+    def _tick(self, now: int) -> None:
+        """The detectors' clock moves on (at most once per second of recorded time)."""
+        self._next_tick = now + NS
+        if self.engine is None:
+            if self._factory is None or now <= 0:
+                return
+            self.engine = self._factory(
+                self.config.events, self.topology, emit=self._emit, now_ns=now
+            )
+        self.engine.tick(now)
+
+    async def run(self, files: Sequence[Path]) -> ReplaySummary:
+        """Replay the files in order (one clock across them); return the summary."""
+        wall0 = time.monotonic()
+        tasks = [asyncio.create_task(self.dead_letter.run(), name="dead-letter")]
+        if self.writer is not None:
+            tasks.append(asyncio.create_task(self.writer.run(), name="storage-writer"))
+        next_progress = wall0 + self._progress_every
+        try:
+            for path in files:
+                self.summary.files.append(str(path))
+                n = 0
+                for lines in open_lines(Path(path)):
+                    self._lines(lines, Path(path).name, n)
+                    n += len(lines)
+                    await self._breathe()
+                    if self._progress is not None and time.monotonic() >= next_progress:
+                        self._progress(self._progress_line(wall0))
+                        next_progress = time.monotonic() + self._progress_every
+            await self._finish(tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+        self._fill_summary(time.monotonic() - wall0)
+        return self.summary
+
+    async def _breathe(self) -> None:
+        """Between chunks: let storage and the dead-letter store work; wait while full."""
+        _ = self.pipeline.durable  # drops what is done from the pipeline's ack queue
+        await asyncio.sleep(0)
+        if self.writer is not None and self.writer.paused:
+            await self.writer.wait_resumed()  # the database is behind: wait, lose nothing
+
+    async def _finish(self, tasks: list[asyncio.Task[None]]) -> None:
+        self.pipeline.flush_logs(final=True)
+        if self.writer is not None:
+            self.writer.close()
+            writer_task = tasks[-1]
+            while not writer_task.done():
+                done, _ = await asyncio.wait([writer_task], timeout=self._progress_every)
+                if not done and self._progress is not None:
+                    w = self.writer
+                    self._progress(
+                        f"replay: waiting for storage: {w.pending:,} lines to write"
+                        + (f" (last error: {w.last_error})" if w.last_error else "")
+                    )
+            writer_task.result()
+            await self.client.close()
+        await self.dead_letter.close()
+
+    def _fill_summary(self, elapsed: float) -> None:
+        s, p = self.summary, self.pipeline
+        s.elapsed_s = elapsed
+        s.readings = sum(p.received.values())
+        s.accepted = sum(p.stored.values())
+        s.rejected = Counter(p.rejected)
+        s.reasons = list(self.dead_letter.examples)
+        s.duplicates = p.duplicates
+        s.flagged = Counter(p.flagged)
+        s.signals = Counter(p.signals)
+        s.watermark_ns = self.watermark
+        if self.engine is not None:
+            s.still_raised = len(self.engine.active())
+
+    def _progress_line(self, wall0: float) -> str:
+        elapsed = max(time.monotonic() - wall0, 1e-9)
+        readings = sum(self.pipeline.received.values())
+        return (
+            f"replay: {self.summary.lines:,} lines, {readings / elapsed:,.0f} readings/s, "
+            f"{sum(self.summary.events.values()):,} events, "
+            f"{sum(self.pipeline.rejected.values()):,} rejected, "
+            f"watermark {format_ts(self.watermark) if self.watermark else '-'}"
+        )
+
+
+def _status(obj: dict[str, Any]) -> Decoded:
+    """A status line, checked as the `lwt` format checks a last will, with its ts kept."""
+    meter_id, status = obj.get("meter_id"), obj.get("status")
+    if type(meter_id) is not str:
+        return Decoded(rejections=[Rejection("meter_id: missing", "meter_id")])
+    if type(status) is not str:
+        return Decoded(
+            rejections=[
+                Rejection(
+                    f"status: expected 'online' or 'offline', got {short_repr(status)}", "lwt"
+                )
+            ]
+        )
+    decoded = last_will(status.encode(), meter_id)
+    decoded.signals = [dataclasses.replace(s, ts=obj.get("ts"), body=obj) for s in decoded.signals]
+    return decoded
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def add_arguments(p: Any) -> None:
+    """The `replay` command's arguments (the gateway's command line calls this)."""
+    p.add_argument("-c", "--config", required=True, type=Path, help="the YAML configuration file")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="JSON Lines (.gz too)")
+    p.add_argument(
+        "--events-out",
+        type=Path,
+        metavar="FILE",
+        help="write every event (raised and cleared) here, one JSON object a line",
+    )
+    p.add_argument(
+        "--no-store",
+        action="store_true",
+        help="write nothing to the database (validation and detectors still run)",
+    )
+    p.add_argument(
+        "--progress-every",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between progress lines on stderr (default 5)",
+    )
+
+
+DESCRIPTION = """\
+Replay recorded traffic through the gateway's validation, storage and detectors, as if it
+arrived live, on the recording's own clock: history from any date replays.
+
+FILE is JSON Lines (.gz accepted), in arrival order: readings in the `json` format with a
+meter_id, meter events {"meter_id", "ts", "type": "last_gasp"} (power_restored, tamper,
+cover_open) and status lines {"meter_id", "ts", "status": "offline"} (or "online").
+`meter-gateway simulate replay-file` writes such files.
+
+The clock: a line's "_at" (epoch seconds: when the gateway would have received it) when
+present, else the watermark, the latest ts seen so far. Validation's age and future bounds
+and the detectors' timers are judged against it. A ts more than validation.max_age_s ahead of
+the watermark does not move it (the line is rejected as in the future).
+
+Readings are stored (unless --no-store) with the configuration's storage settings; events go
+to --events-out and to the meter_event measurement. Nothing is published to MQTT or to the
+webhook: replayed history pages no one. Bad lines go to the dead-letter store under
+<data_dir>/dead-letter/, with the reason and `replay:FILE:LINE`.
+
+Progress goes to stderr every few seconds, a summary at the end. Exit 0 when the files were
+read (rejected lines included), 1 when a file cannot be read, 2 for a bad configuration.
+"""
+
+
+def run_cli(args: Any) -> int:
+    """`meter-gateway replay ...`: the exit code."""
+    from meter_gateway.config.loader import ConfigError, load_config
+    from meter_gateway.config.topology import TopologyError
+    from meter_gateway.gateway.logs import setup_logging
+
+    setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(
+            f"{args.config}: configuration is not valid ({len(exc.errors)} error(s)):",
+            file=sys.stderr,
+        )
+        for err in exc.errors:
+            print(f"  {err}", file=sys.stderr)
+        return 2
+    missing = [str(f) for f in args.files if not Path(f).is_file()]
+    if missing:
+        print(f"replay: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    out: IO[bytes] | None = None
+    try:
+        if args.events_out is not None:
+            args.events_out.parent.mkdir(parents=True, exist_ok=True)
+            out = args.events_out.open("wb", buffering=1 << 20)
+        replay = Replay(
+            cfg,
+            store=not args.no_store,
+            events_out=out,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+            progress_every_s=args.progress_every,
+        )
+        if replay.summary.detectors != "on":
+            print(f"replay: detectors {replay.summary.detectors}", file=sys.stderr)
+        summary = asyncio.run(replay.run(args.files))
+    except TopologyError as exc:
+        print(f"replay: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        print(f"replay: cannot read the input: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if out is not None:
+            out.close()
+    print(summary.text(), file=sys.stderr)
+    if args.events_out is not None:
+        print(f"  events written to {args.events_out}", file=sys.stderr)
+    return 0

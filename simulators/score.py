@@ -1,0 +1,266 @@
+"""Score the gateway's events against the ground-truth log of injected faults.
+
+Each truth record becomes the events a perfect detector would emit (``expected``): an
+outage -> ``power_outage`` per meter (a transformer-scope outage also ``transformer_outage``
+for its transformer), comms_dropout -> ``comms_loss``, voltage_sag -> ``voltage_sag``,
+voltage_swell -> ``voltage_swell``, phase_loss -> ``phase_loss``, clock_drift ->
+``clock_drift``, register_reset -> ``register_decrease``, reverse_flow -> ``reverse_energy``.
+Other fault types (spikes, theft, wire faults) expect no event and are not scored, nor
+does reverse flow on a prosumer's meter (indistinguishable from its PV export).
+
+An emitted event matches an expectation of its type when their subjects agree (the event's
+``meter_id``, else ``transformer_id``) and their times overlap, each widened by
+``tolerance_s``: the expectation spans the fault (to the end of the run when it has no end),
+the event spans its raise to its clear (or to the end of the run while still raised).
+
+Per type: recall = expectations matched by some event / expectations; precision = events
+matching some expectation / events. False events (those matching nothing) are also given
+per 1,000 meter-days, the rate an operator would see.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "EXPECTED_EVENTS",
+    "Expected",
+    "Observed",
+    "Score",
+    "TypeScore",
+    "expected_events",
+    "observed_events",
+    "read_events",
+    "score",
+]
+
+# Truth fault type -> the event type a detector should raise for each affected meter.
+EXPECTED_EVENTS: dict[str, str] = {
+    "outage": "power_outage",
+    "comms_dropout": "comms_loss",
+    "voltage_sag": "voltage_sag",
+    "voltage_swell": "voltage_swell",
+    "phase_loss": "phase_loss",
+    "clock_drift": "clock_drift",
+    "register_reset": "register_decrease",
+    "reverse_flow": "reverse_energy",
+}
+TRANSFORMER_OUTAGE = "transformer_outage"
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """An event a perfect detector would emit for one fault."""
+
+    type: str
+    subject: str
+    start_s: float
+    end_s: float  # math.inf: to the end of the run
+    fault_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """One emitted event (its raise and clear lines joined by ``event_id``)."""
+
+    type: str
+    subject: str
+    start_s: float
+    end_s: float  # math.inf while still raised
+    event_id: str
+
+
+@dataclass(slots=True)
+class TypeScore:
+    type: str
+    expected: int = 0
+    found: int = 0  # expectations matched by at least one event
+    events: int = 0
+    true_events: int = 0  # events matching at least one expectation
+
+    @property
+    def recall(self) -> float | None:
+        return self.found / self.expected if self.expected else None
+
+    @property
+    def precision(self) -> float | None:
+        return self.true_events / self.events if self.events else None
+
+    @property
+    def false_events(self) -> int:
+        return self.events - self.true_events
+
+
+@dataclass(slots=True)
+class Score:
+    types: dict[str, TypeScore] = field(default_factory=dict)
+    meter_days: float = 0.0
+    unscored: dict[str, int] = field(default_factory=dict)  # event types no fault maps to
+    missed: list[Expected] = field(default_factory=list)
+    false: list[Observed] = field(default_factory=list)
+
+    @property
+    def false_events(self) -> int:
+        return sum(t.false_events for t in self.types.values())
+
+    @property
+    def false_per_1000_meter_days(self) -> float | None:
+        return 1000.0 * self.false_events / self.meter_days if self.meter_days > 0 else None
+
+    def rows(self) -> list[list[str]]:
+        """A table: type, expected, found, recall, events, false, precision."""
+        out = []
+        for name in sorted(self.types):
+            t = self.types[name]
+            out.append(
+                [
+                    name,
+                    str(t.expected),
+                    str(t.found),
+                    _pct(t.recall),
+                    str(t.events),
+                    str(t.false_events),
+                    _pct(t.precision),
+                ]
+            )
+        return out
+
+    HEADER = ["event type", "expected", "found", "recall", "events", "false", "precision"]
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _time_s(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def expected_events(
+    truth: Iterable[Mapping[str, Any]], prosumers: Collection[str] = ()
+) -> list[Expected]:
+    """What a perfect detector would emit for these truth records.
+
+    Reverse flow on a prosumer's meter is its PV export as far as any detector can tell:
+    those meters (``prosumers``) expect no ``reverse_energy``.
+    """
+    out: list[Expected] = []
+    for rec in truth:
+        type_ = EXPECTED_EVENTS.get(rec["type"])
+        if type_ is None:
+            continue
+        start = float(rec["start_s"])
+        end = math.inf if rec.get("end_s") is None else float(rec["end_s"])
+        fid = str(rec.get("fault_id", ""))
+        meters = rec.get("meters", ())
+        if type_ == "reverse_energy":
+            meters = [m for m in meters if m not in prosumers]
+        out += [Expected(type_, m, start, end, fid) for m in meters]
+        if rec["type"] == "outage" and rec.get("scope") == "transformer":
+            out.append(Expected(TRANSFORMER_OUTAGE, rec["transformer_id"], start, end, fid))
+    return out
+
+
+def _subject(ev: Mapping[str, Any]) -> str:
+    for key in ("meter_id", "transformer_id", "feeder_id", "gateway_id"):
+        if ev.get(key):
+            return str(ev[key])
+    return ""
+
+
+def observed_events(lines: Iterable[Mapping[str, Any]]) -> list[Observed]:
+    """Join raise and clear lines (``--events-out``) into one event per ``event_id``."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for ev in lines:
+        key = str(ev.get("event_id") or id(ev))
+        cur = by_id.setdefault(
+            key, {"type": ev["type"], "subject": _subject(ev), "start": None, "end": None}
+        )
+        start = _time_s(ev.get("ts"))
+        if start is not None and (cur["start"] is None or start < cur["start"]):
+            cur["start"] = start
+        cleared = _time_s(ev.get("cleared_at"))
+        if cleared is not None:
+            cur["end"] = cleared
+    out = []
+    for key, cur in by_id.items():
+        start = cur["start"] if cur["start"] is not None else 0.0
+        end = cur["end"] if cur["end"] is not None else math.inf
+        out.append(Observed(cur["type"], cur["subject"], start, end, key))
+    return out
+
+
+def read_events(path: str | Path) -> list[dict[str, Any]]:
+    """The lines of an ``--events-out`` file."""
+    return [orjson.loads(x) for x in Path(path).read_bytes().splitlines() if x.strip()]
+
+
+def _overlap(a0: float, a1: float, b0: float, b1: float, tol: float) -> bool:
+    return a0 - tol <= b1 and b0 - tol <= a1
+
+
+def score(
+    truth: Iterable[Mapping[str, Any]],
+    events: Iterable[Mapping[str, Any]],
+    *,
+    meters: int,
+    days: float,
+    tolerance_s: float = 900.0,
+    prosumers: Collection[str] = (),
+) -> Score:
+    """Per event type precision and recall; ``meters`` x ``days`` for the false-event rate.
+
+    ``tolerance_s``: how far apart in time a fault and an event may be and still match
+    (a detector sees a 15-minute fleet only at its readings: one interval by default).
+    ``prosumers``: meters with PV, which expect no ``reverse_energy`` (see ``expected_events``).
+    """
+    expected = expected_events(truth, prosumers)
+    observed = observed_events(events)
+    result = Score(meter_days=meters * days)
+    by_key: dict[tuple[str, str], list[Observed]] = {}
+    for ev in observed:
+        if ev.type not in _SCORED:
+            result.unscored[ev.type] = result.unscored.get(ev.type, 0) + 1
+            continue
+        by_key.setdefault((ev.type, ev.subject), []).append(ev)
+    exp_by_key: dict[tuple[str, str], list[Expected]] = {}
+    for ex in expected:
+        exp_by_key.setdefault((ex.type, ex.subject), []).append(ex)
+    for type_ in _SCORED:
+        result.types[type_] = TypeScore(type_)
+    for ex in expected:
+        ts = result.types[ex.type]
+        ts.expected += 1
+        if any(
+            _overlap(ex.start_s, ex.end_s, ev.start_s, ev.end_s, tolerance_s)
+            for ev in by_key.get((ex.type, ex.subject), ())
+        ):
+            ts.found += 1
+        else:
+            result.missed.append(ex)
+    for (type_, subject), evs in by_key.items():
+        ts = result.types[type_]
+        for ev in evs:
+            ts.events += 1
+            if any(
+                _overlap(ex.start_s, ex.end_s, ev.start_s, ev.end_s, tolerance_s)
+                for ex in exp_by_key.get((type_, subject), ())
+            ):
+                ts.true_events += 1
+            else:
+                result.false.append(ev)
+    return result
+
+
+_SCORED = frozenset({*EXPECTED_EVENTS.values(), TRANSFORMER_OUTAGE})
