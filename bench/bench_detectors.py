@@ -154,6 +154,7 @@ def main() -> int:
             days=days,
             tolerance_s=args.tolerance,
             prosumers={m for m, site in fleet.topology.sites.items() if site.prosumer},
+            no_will={m for m, site in fleet.topology.sites.items() if site.concentrator_id},
         )
         stored: ReplaySummary | None = None
         if args.victoria:

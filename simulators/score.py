@@ -148,12 +148,17 @@ def _time_s(value: Any) -> float | None:
 
 
 def expected_events(
-    truth: Iterable[Mapping[str, Any]], prosumers: Collection[str] = ()
+    truth: Iterable[Mapping[str, Any]],
+    prosumers: Collection[str] = (),
+    no_will: Collection[str] = (),
 ) -> list[Expected]:
     """What a perfect detector would emit for these truth records.
 
     Reverse flow on a prosumer's meter is its PV export as far as any detector can tell:
-    those meters (``prosumers``) expect no ``reverse_energy``.
+    those meters (``prosumers``) expect no ``reverse_energy``. An outage without a last
+    gasp shows on the wire only as silence unless the meter's MQTT will says `offline`;
+    meters behind a concentrator (``no_will``) have no will of their own, so for them
+    such an outage is, to any detector, a ``comms_loss``.
     """
     out: list[Expected] = []
     for rec in truth:
@@ -166,6 +171,11 @@ def expected_events(
         meters = rec.get("meters", ())
         if type_ == "reverse_energy":
             meters = [m for m in meters if m not in prosumers]
+        params = rec.get("params") or {}
+        if rec["type"] == "outage" and params.get("last_gasp") is False:
+            silent = [m for m in meters if not params.get("lwt") or m in no_will]
+            out += [Expected("comms_loss", m, start, end, fid) for m in silent]
+            meters = [m for m in meters if m not in set(silent)]
         out += [Expected(type_, m, start, end, fid) for m in meters]
         if rec["type"] == "outage" and rec.get("scope") == "transformer":
             out.append(Expected(TRANSFORMER_OUTAGE, rec["transformer_id"], start, end, fid))
@@ -218,14 +228,16 @@ def score(
     days: float,
     tolerance_s: float = 900.0,
     prosumers: Collection[str] = (),
+    no_will: Collection[str] = (),
 ) -> Score:
     """Per event type precision and recall; ``meters`` x ``days`` for the false-event rate.
 
     ``tolerance_s``: how far apart in time a fault and an event may be and still match
     (a detector sees a 15-minute fleet only at its readings: one interval by default).
-    ``prosumers``: meters with PV, which expect no ``reverse_energy`` (see ``expected_events``).
+    ``prosumers``: meters with PV, which expect no ``reverse_energy``; ``no_will``: meters
+    behind a concentrator (see ``expected_events``).
     """
-    expected = expected_events(truth, prosumers)
+    expected = expected_events(truth, prosumers, no_will)
     observed = observed_events(events)
     result = Score(meter_days=meters * days)
     by_key: dict[tuple[str, str], list[Observed]] = {}

@@ -97,3 +97,11 @@ def test_an_unreadable_signal_time_falls_back_to_the_clock():
     h.signal("m-1", "tamper", now=10, ts="yesterday")
     h.signal("m-2", "tamper", now=11, ts=1_800_000_005)
     assert [e.start_ns for e in h.events] == [T0 + 10 * S, T0 + 5 * S]
+
+
+def test_a_clock_running_fast_is_clock_drift_though_its_offset_grows():
+    h = Harness(clock_drift_max_s=120)
+    # 90 s gained per hour on a 15-minute meter: 22.5 s more every reading.
+    for i in range(12):
+        h.read("m-1", i * 900 + 100 + 22.5 * i, now=i * 900 + 1)
+    assert h.types() == [("clock_drift", "raised")]

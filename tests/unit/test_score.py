@@ -68,6 +68,24 @@ def test_a_transformer_outage_expects_the_transformer_and_each_meter() -> None:
     assert next(e for e in exp if e.type == "clock_drift").end_s == math.inf
 
 
+def test_an_outage_without_a_last_gasp_or_a_will_is_expected_as_comms_loss() -> None:
+    params = {"last_gasp": False, "lwt": True}
+    exp = expected_events(
+        [
+            truth("F1", "outage", ["m-1", "m-2"], T0, T0 + 600, params=params),
+            truth("F2", "outage", ["m-3"], T0, T0 + 600, params={"last_gasp": False}),
+            truth("F3", "outage", ["m-4"], T0, T0 + 600, params={"last_gasp": True}),
+        ],
+        no_will={"m-2"},  # behind a concentrator: no will of its own
+    )
+    assert sorted((e.type, e.subject) for e in exp) == [
+        ("comms_loss", "m-2"),
+        ("comms_loss", "m-3"),
+        ("power_outage", "m-1"),
+        ("power_outage", "m-4"),
+    ]
+
+
 def test_raise_and_clear_lines_join_into_one_event() -> None:
     (o,) = observed_events(
         [

@@ -142,8 +142,11 @@ class MeterAlarms:
             return
         # A steady offset on readings arriving at their own cadence: a wrong clock.
         # Back-fill arrives bunched: the drift moves by the interval each reading.
+        # A clock running fast or slow moves its drift by a little each reading; back-fill
+        # by a whole interval (it arrived bunched).
         ts_gap = ts - prev_ts
-        if abs(drift - prev) > self._jitter_s or 2 * arrival_gap_ns < ts_gap:
+        steady = max(self._jitter_s, 0.25 * ts_gap / _NS)
+        if abs(drift - prev) > steady or 2 * arrival_gap_ns < ts_gap:
             return
         self._book.raise_meter(
             st,
