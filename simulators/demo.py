@@ -83,6 +83,7 @@ async def run_demo(
     from meter_gateway.simulators.mqtt.runner import RunStats, run_fleet
     from meter_gateway.simulators.scenario import load_scenario
     from meter_gateway.simulators.services import Mosquitto, VictoriaMetrics
+    from meter_gateway.simulators.topology import write_csv
 
     _say(f"demo: working in {workdir}")
     with Mosquitto(workdir / "mosquitto") as broker, VictoriaMetrics(workdir / "victoria") as vm:
@@ -93,19 +94,6 @@ async def run_demo(
         modbus = MeterFleet(modbus_meters, model="sdm630", port=0, seed=seed)
         await modbus.start()
         try:
-            cfg = Config.model_validate(
-                {
-                    "gateway": {"id": "gw-demo", "data_dir": str(workdir / "var")},
-                    "mqtt": {"host": broker.host, "port": broker.port},
-                    "storage": {"api": "v2", "url": vm.url, "flush_interval_s": 0.5},
-                    "modbus": {"devices": modbus.device_configs(interval_s=2)},
-                    "http": {"listen": "127.0.0.1:0"},
-                }
-            )
-            gw = Gateway(cfg)
-            await gw.start()
-            await asyncio.wait_for(gw.mqtt.wait_connected(), 30)
-            _say(f"demo: the gateway's status page: http://127.0.0.1:{gw.http.port}/")
             # A simulated day at 15-minute intervals, spread over the run.
             sim_span = 86_400.0
             fleet = Fleet(
@@ -116,6 +104,24 @@ async def run_demo(
                 duration=sim_span,
                 concentrators=1,
             )
+            # The gateway knows the network: transformer and feeder ids on readings and
+            # events, transformer outages, and which meters have PV (no reverse_energy).
+            topology_file = workdir / "topology.csv"
+            write_csv(fleet.topology, topology_file)
+            cfg = Config.model_validate(
+                {
+                    "gateway": {"id": "gw-demo", "data_dir": str(workdir / "var")},
+                    "mqtt": {"host": broker.host, "port": broker.port},
+                    "storage": {"api": "v2", "url": vm.url, "flush_interval_s": 0.5},
+                    "modbus": {"devices": modbus.device_configs(interval_s=2)},
+                    "http": {"listen": "127.0.0.1:0"},
+                    "topology": {"file": str(topology_file)},
+                }
+            )
+            gw = Gateway(cfg)
+            await gw.start()
+            await asyncio.wait_for(gw.mqtt.wait_connected(), 30)
+            _say(f"demo: the gateway's status page: http://127.0.0.1:{gw.http.port}/")
             publisher = MqttPublisher(BrokerOptions(host=broker.host, port=broker.port))
             publisher.connect()
             stop = threading.Event()
@@ -140,9 +146,10 @@ async def run_demo(
                     _say(
                         f"demo: {time.monotonic() - started:4.0f} s | published "
                         f"{s.messages if s else 0:,} messages | gateway received "
-                        f"{sum(p.received.values()):,} readings, stored "
-                        f"{gw.writer.lines_written:,}, rejected {sum(p.rejected.values()):,} | "
-                        f"faults injected {sum(s.faults.values()) if s else 0}"
+                        f"{sum(p.received.values()):,} readings, rejected "
+                        f"{sum(p.rejected.values()):,}, {gw.writer.lines_written:,} points "
+                        f"written | faults injected {sum(s.faults.values()) if s else 0} | "
+                        f"events {gw.events.emitted}, open {len(gw.events.active())}"
                     )
             finally:
                 stop.set()

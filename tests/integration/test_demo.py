@@ -1,4 +1,4 @@
-"""The demo runs to its summary with every valid reading stored."""
+"""The demo runs to its summary with every valid reading stored and its faults raised as events."""
 
 from __future__ import annotations
 
@@ -13,3 +13,7 @@ async def test_demo_runs_to_its_summary(tmp_path, capsys):
     assert rc == 0
     assert (tmp_path / "truth.jsonl").read_text().strip()
     assert "faults injected: " in err
+    # The injected transformer outage and its meters' last gasps come back as events.
+    events = next(line for line in err.splitlines() if line.strip().startswith("events:"))
+    assert "transformer_outage 1 raised / 1 cleared" in events, events
+    assert "power_outage" in events, events
