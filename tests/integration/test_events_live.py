@@ -257,6 +257,18 @@ async def test_live_events_through_a_kill_and_restart(tmp_path: Path) -> None:
             gw.start()
             await wait_until(gw.connected, within=30, what="the gateway back")
             await asyncio.to_thread(meters.wait_rounds, 2)
+            # Restored, not forgotten: the status page lists the conditions still open.
+            status = await asyncio.to_thread(gw.status)
+            assert status is not None
+            active = {
+                (e["type"], e.get("meter_id") or e.get("transformer_id"))
+                for e in status["events"]["active"]
+            }
+            assert {("comms_loss", SILENT), ("transformer_outage", DEAD_TX)} <= active, active
+            code, page = await asyncio.to_thread(gw.get, "/")
+            assert code == 200
+            assert b"Active events" in page
+            assert f"comms_loss {SILENT}".encode() in page
 
             # -- faults off: every condition clears once ------------------------------------
             with meters.lock:
