@@ -127,6 +127,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_logging(replay)
     replay.set_defaults(func=replay_cmd.run_cli)
 
+    # `report`: indices computed from the stored data (gateway/reports/cli.py).
+    from meter_gateway.gateway.reports import cli as report_cmd
+
+    report_cmd.register(sub)
+
     simulate = sub.add_parser(
         "simulate",
         help="simulated meters: an MQTT fleet or Modbus servers",

@@ -1,0 +1,1 @@
+"""Reports computed from the stored data: `meter-gateway report ...` (see README.md)."""

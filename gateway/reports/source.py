@@ -1,0 +1,212 @@
+"""Reading the stored `power_outage` points from the configured database.
+
+Two reads, for the window [from, to):
+
+1. every raise and clear from `from` to `to + momentary_max_s`: the clears past `to`
+   tell whether an outage open at `to` was momentary or sustained (one not cleared
+   by then is sustained whatever happens next);
+2. per meter, its last `power_outage` point before `from`: when that is a raise, the
+   outage was open as the window began (its clear, if any, is in read 1).
+
+storage.api v1: InfluxDB 1.x `GET /query` (InfluxQL), database, retention policy and
+basic authentication as the v1 writer uses them. v2: Flux through influxdb-client's
+query API with url, org, bucket and token, as the v2 writer uses them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime
+from typing import Any
+
+from meter_gateway.gateway.reports.reliability import EventPoint, Window
+from meter_gateway.storage.influxdb.config import StorageConfig
+
+__all__ = ["SourceError", "flux_queries", "influxql_queries", "read_points"]
+
+_NS = 1_000_000_000
+MEASUREMENT = "meter_event"
+EVENT_TYPE = "power_outage"
+_FIELDS = ("state", "event_id", "duration_s")
+
+
+class SourceError(Exception):
+    """The events cannot be read; the message says from where and what to do."""
+
+
+def read_points(cfg: StorageConfig, window: Window, read_until_s: float) -> list[EventPoint]:
+    """Every `power_outage` point the report needs (see the module docstring)."""
+    if cfg.api == "v1":
+        return _read_v1(cfg, window, read_until_s)
+    return _read_v2(cfg, window, read_until_s)
+
+
+# -- InfluxDB 1.x: InfluxQL ------------------------------------------------------------------
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def influxql_queries(window: Window, read_until_s: float, rp: str | None = None) -> list[str]:
+    """The two InfluxQL queries (times as integer nanoseconds, which InfluxQL takes)."""
+    source = (f"{_ident(rp)}." if rp else "") + _ident(MEASUREMENT)
+    where = f"{_ident('type')} = {_literal(EVENT_TYPE)}"
+    lo, hi = int(window.from_s * _NS), int(read_until_s * _NS)
+    fields = ", ".join(_ident(f) for f in _FIELDS)
+    return [
+        f"SELECT {fields} FROM {source} WHERE {where} AND time >= {lo} AND time < {hi} "
+        f'GROUP BY "meter_id"',
+        # A selector (last) may take other fields: they come from the same point.
+        f'SELECT last("state") AS "state", "event_id", "duration_s" FROM {source} '
+        f'WHERE {where} AND time < {lo} GROUP BY "meter_id"',
+    ]
+
+
+def _read_v1(cfg: StorageConfig, window: Window, read_until_s: float) -> list[EventPoint]:
+    points: list[EventPoint] = []
+    for q in influxql_queries(window, read_until_s, cfg.retention_policy):
+        body = _get_v1(cfg, q)
+        for result in body.get("results", []):
+            if "error" in result:
+                hint = (
+                    f"; check storage.database ({cfg.database!r})"
+                    if "database not found" in str(result["error"])
+                    else ""
+                )
+                raise SourceError(
+                    f"InfluxDB at {cfg.url} refused the query: {result['error']}{hint}"
+                )
+            for series in result.get("series", []):
+                meter = (series.get("tags") or {}).get("meter_id") or ""
+                cols = series["columns"]
+                for row in series.get("values", []):
+                    rec = dict(zip(cols, row, strict=False))
+                    point = _point(rec.get("time"), meter, rec)
+                    if point is not None:
+                        points.append(point)
+    return points
+
+
+def _get_v1(cfg: StorageConfig, q: str) -> dict[str, Any]:
+    params = urllib.parse.urlencode({"db": cfg.database, "q": q, "epoch": "ns"})
+    req = urllib.request.Request(f"{cfg.url}/query?{params}")
+    if cfg.username:
+        cred = f"{cfg.username}:{cfg.password or ''}".encode("latin-1")
+        req.add_header("Authorization", "Basic " + base64.b64encode(cred).decode("ascii"))
+    try:
+        with urllib.request.urlopen(req, timeout=cfg.timeout_s) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode("utf-8", "replace")[:300]
+        raise SourceError(_http_problem(cfg, exc.code, text)) from None
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SourceError(_unreachable(cfg, reason)) from None
+    except ValueError as exc:  # not JSON: something else answers on that port
+        raise SourceError(f"{cfg.url}/query did not answer as InfluxDB 1.x does: {exc}") from None
+
+
+# -- InfluxDB 2.x / 1.8+: Flux ---------------------------------------------------------------
+
+
+def _flux_string(text: str) -> str:
+    return json.dumps(text)  # a Flux string literal escapes as JSON does (\" \\ \n)
+
+
+def _rfc3339(t_s: float) -> str:
+    return datetime.fromtimestamp(t_s, UTC).isoformat().replace("+00:00", "Z")
+
+
+def flux_queries(window: Window, read_until_s: float, bucket: str) -> list[str]:
+    """The two Flux queries, each giving rows of _time, meter_id, state, event_id, duration_s."""
+    head = f"from(bucket: {_flux_string(bucket)})"
+    filters = (
+        f"  |> filter(fn: (r) => r._measurement == {_flux_string(MEASUREMENT)} "
+        f"and r.type == {_flux_string(EVENT_TYPE)})\n"
+        '  |> filter(fn: (r) => r._field == "state" or r._field == "event_id" '
+        'or r._field == "duration_s")\n'
+        '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
+        '  |> keep(columns: ["_time", "meter_id", "state", "event_id", "duration_s"])\n'
+    )
+    start, until = _rfc3339(window.from_s), _rfc3339(read_until_s)
+    return [
+        f"{head}\n  |> range(start: {start}, stop: {until})\n{filters}",
+        f"{head}\n  |> range(start: 1970-01-01T00:00:00Z, stop: {start})\n{filters}"
+        '  |> group(columns: ["meter_id"])\n'
+        '  |> sort(columns: ["_time"])\n'
+        '  |> last(column: "_time")\n',
+    ]
+
+
+def _read_v2(cfg: StorageConfig, window: Window, read_until_s: float) -> list[EventPoint]:
+    import urllib3
+    from influxdb_client import InfluxDBClient
+    from influxdb_client.rest import ApiException
+
+    points: list[EventPoint] = []
+    client = InfluxDBClient(
+        url=cfg.url, token=cfg.token or "", org=cfg.org or "-", timeout=int(cfg.timeout_s * 1000)
+    )
+    try:
+        api = client.query_api()
+        for q in flux_queries(window, read_until_s, cfg.bucket):
+            for table in api.query(q, org=cfg.org or "-"):
+                for rec in table.records:
+                    t = rec.get_time()
+                    ns = None if t is None else int(t.timestamp() * _NS)
+                    point = _point(ns, str(rec.values.get("meter_id") or ""), rec.values)
+                    if point is not None:
+                        points.append(point)
+    except ApiException as exc:
+        body = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else exc.body
+        problem = _http_problem(cfg, int(exc.status or 0), str(body or exc.reason))
+        raise SourceError(problem) from None
+    except (OSError, urllib3.exceptions.HTTPError) as exc:
+        # MaxRetryError and friends (refused, timed out, reset) are urllib3's own, not OSError.
+        reason = getattr(exc, "reason", None) or exc
+        raise SourceError(_unreachable(cfg, reason)) from None
+    finally:
+        client.close()
+    return points
+
+
+# -- shared ----------------------------------------------------------------------------------
+
+
+def _point(time_ns: Any, meter_id: str, rec: dict[str, Any]) -> EventPoint | None:
+    """An EventPoint from a row; None for a row missing what pairing needs."""
+    state, eid, dur = rec.get("state"), rec.get("event_id"), rec.get("duration_s")
+    if not isinstance(time_ns, int) or not meter_id or not isinstance(eid, str) or not eid:
+        return None
+    duration = float(dur) if isinstance(dur, int | float) and not isinstance(dur, bool) else None
+    return EventPoint(time_ns / _NS, meter_id, str(state), eid, duration)
+
+
+def _unreachable(cfg: StorageConfig, reason: object) -> str:
+    return (
+        f"cannot reach the database at {cfg.url} ({reason}): is InfluxDB running there, "
+        "and is storage.url in the configuration right?"
+    )
+
+
+def _http_problem(cfg: StorageConfig, status: int, text: str) -> str:
+    if status in (401, 403):
+        what = (
+            "storage.username and storage.password"
+            if cfg.api == "v1"
+            else "storage.token and storage.org"
+        )
+        return f"the database at {cfg.url} refused the credentials (HTTP {status}); check {what}"
+    if status == 404:
+        where = f"database {cfg.database!r}" if cfg.api == "v1" else f"bucket {cfg.bucket!r}"
+        return f"the database at {cfg.url} does not have {where} (HTTP 404): {text.strip()}"
+    return f"the database at {cfg.url} answered HTTP {status}: {text.strip()}"
