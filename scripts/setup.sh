@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything meter-gateway needs on a fresh Debian/Ubuntu machine:
-# the Debian packages (mosquitto, victoria-metrics, influxdb, socat) where missing,
+# the Debian packages (mosquitto, victoria-metrics, influxdb, socat; prometheus for
+# promtool and systemd for systemd-analyze, which check deploy/) where missing,
 # a virtual environment in .venv, and the pinned Python packages.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
@@ -12,6 +13,10 @@ command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 command -v socat >/dev/null 2>&1 || need+=(socat)
+# tests/deploy checks the artefacts in deploy/ with the real tools:
+# `promtool check rules` / `promtool test rules` and `systemd-analyze verify`.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need[*]}" >&2
@@ -21,7 +26,7 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
     # Debian starts the packaged services on install; ours run on free ports in
     # temporary folders, so the system-wide ones are not needed.
-    for svc in mosquitto influxdb victoria-metrics; do
+    for svc in mosquitto influxdb victoria-metrics prometheus; do
         $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
     done
 fi
