@@ -220,8 +220,12 @@ class Gateway:
         self.events.emit(ev)
 
     def _modbus_error(self, device: str, reason: str, raw: bytes | None) -> None:
-        self.pipeline.reject(
-            source="modbus", reason=reason, device=device, payload=raw, category="modbus"
+        """What a Modbus device sent that cannot be used: kept in the dead-letter store.
+
+        Not a rejected reading (no reading was made): the poller counts it by device and
+        kind (`meter_gateway_modbus_errors_total`) and logs it itself."""
+        self.dead_letter.add(
+            dead_letter_record(reason=reason, source="modbus", payload=raw, device=device)
         )
 
     def _bad_line(self, line: str, reason: str) -> None:

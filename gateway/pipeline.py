@@ -23,9 +23,15 @@ from meter_gateway.protocols.logs import LogLimiter
 from meter_gateway.storage.deadletter import DeadLetterStore, dead_letter_record
 from meter_gateway.storage.lineprotocol import ReadingEncoder
 
-__all__ = ["Pipeline", "Sink"]
+__all__ = ["RECENT_REJECTIONS", "Pipeline", "Rejected", "Sink"]
 
 log = logging.getLogger("meter_gateway.pipeline")
+
+RECENT_REJECTIONS = 20  # the last rejections kept for the status page
+_REASON_MAX = 500  # characters of a reason kept there (the dead-letter record has it all)
+
+# A recent rejection: (wall clock ns, source, topic or device, reason).
+Rejected = tuple[int, str, str, str]
 
 
 class Sink(Protocol):
@@ -95,6 +101,9 @@ class Pipeline:
         self._waiting: deque[tuple[int, int, int, int]] = deque()
         self._log = LogLimiter(log)
         self.last_seen: dict[str, int] = {}  # meter id -> when its last valid reading came (ns)
+        # The last rejections, newest last, for the status page: written only when
+        # something is rejected, so an accepted reading pays nothing for it.
+        self.recent_rejections: deque[Rejected] = deque(maxlen=RECENT_REJECTIONS)
 
     @property
     def paused(self) -> bool:
@@ -287,6 +296,7 @@ class Pipeline:
         """
         self.rejected[category] += 1
         where = device or topic or source
+        self._note_rejection(source, where, reason)
         self._log.log((source, category), logging.WARNING, f"rejected from {where}: {reason}")
         self._ticket = self._dead_letter.add(
             dead_letter_record(
@@ -300,6 +310,10 @@ class Pipeline:
         self._log.flush(final=final)
 
     # -- helpers ------------------------------------------------------------------------------
+    def _note_rejection(self, source: str, where: str, reason: str) -> None:
+        """Keep a rejection among the recent ones (wall clock: the page shows real time)."""
+        self.recent_rejections.append((time.time_ns(), source, where, reason[:_REASON_MAX]))
+
     def _reject_message(self, topic: str, payload: bytes, reason: str, category: str) -> None:
         self.reject(source="mqtt", reason=reason, topic=topic, payload=payload, category=category)
 
@@ -312,6 +326,7 @@ class Pipeline:
             category = "nesting"
             item = None
         self.rejected[category] += 1
+        self._note_rejection("mqtt", topic, reason)
         self._log.log(("mqtt", category), logging.WARNING, f"rejected from {topic}: {reason}")
         self._ticket = self._dead_letter.add(
             dead_letter_record(
@@ -345,6 +360,7 @@ class Pipeline:
             reason = f"readings[{index}]: {reason}"
         try:
             self.rejected["internal_error"] += 1
+            self._note_rejection(source, where, reason)
             self._ticket = self._dead_letter.add(
                 dead_letter_record(
                     reason=reason,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything meter-gateway needs on a fresh Debian/Ubuntu machine:
 # the Debian packages (mosquitto, victoria-metrics, influxdb, socat; prometheus for
-# promtool and systemd for systemd-analyze, which check deploy/) where missing,
+# promtool and systemd for systemd-analyze, which check deploy/; chromium for the
+# status page test) where missing,
 # a virtual environment in .venv, and the pinned Python packages.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
@@ -17,6 +18,8 @@ command -v socat >/dev/null 2>&1 || need+=(socat)
 # `promtool check rules` / `promtool test rules` and `systemd-analyze verify`.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# The status page is checked in a real headless browser (Playwright drives it).
+[ -x /usr/bin/chromium ] || need+=(chromium)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need[*]}" >&2

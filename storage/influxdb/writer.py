@@ -17,11 +17,14 @@ spool, the spool feeds it only while it has room, and pauses sources itself.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import random
+import re
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from meter_gateway.storage.influxdb.errors import (
@@ -31,9 +34,48 @@ from meter_gateway.storage.influxdb.errors import (
     WriteError,
 )
 
-__all__ = ["BatchWriter", "LineClient"]
+__all__ = ["BATCH_LINES_BUCKETS", "WRITE_SECONDS_BUCKETS", "BatchWriter", "Histogram", "LineClient"]
 
 log = logging.getLogger("meter_gateway.storage")
+
+# Upper bounds (Prometheus `le`) of the writer's histograms.
+WRITE_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_LINES_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000)
+
+# The `source` tag of a line (`...,source=mqtt,...` or `...,source=mqtt <fields>`). A tag
+# value escapes `,` `=` and space, and a meter id is plain text, so the pattern cannot
+# match inside another tag; event lines (`meter_event`) have no source tag.
+_SOURCE_TAG = re.compile(rb",source=([^, \n]+)[, ]")
+
+
+class Histogram:
+    """A histogram of plain numbers, read at scrape time (no metrics library here).
+
+    `counts[i]` counts observations in (bounds[i-1], bounds[i]]; the last slot those
+    above every bound (`+Inf`)."""
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(float(b) for b in bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(`le`, observations at or below it) for each bound and `+Inf`, as Prometheus has it."""
+        out: list[tuple[str, int]] = []
+        total = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += n
+            out.append(("+Inf" if bound == float("inf") else repr(bound), total))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        return {"count": self.count, "sum": self.sum, "buckets": dict(self.cumulative())}
 
 
 class LineClient(Protocol):
@@ -72,8 +114,13 @@ class BatchWriter:
         self._closing = False
         self._eager = False
         self.healthy = True
-        # Counters for metrics and tests.
+        # Counters for metrics and tests. `lines_written` counts lines the database
+        # accepted (a 2xx answer to the request that carried them), events included;
+        # `lines_by_source` the same by their `source` tag (readings only).
         self.lines_written = 0
+        self.lines_by_source: Counter[str] = Counter()
+        self.write_seconds = Histogram(WRITE_SECONDS_BUCKETS)  # accepted requests only
+        self.batch_lines = Histogram(BATCH_LINES_BUCKETS)  # lines per accepted request
         self.lines_rejected = 0
         self.lines_done = 0  # lines finished (written or refused), in the order taken
         self.batches_written = 0
@@ -116,6 +163,7 @@ class BatchWriter:
             "target": self._client.target,
             "healthy": self.healthy,
             "lines_written": self.lines_written,
+            "lines_by_source": dict(self.lines_by_source),
             "lines_refused": self.lines_rejected,
             "batches_written": self.batches_written,
             "pending_lines": self.pending,
@@ -123,6 +171,8 @@ class BatchWriter:
             "retries": self.retries,
             "last_error": self.last_error,
             "last_write_s": self.last_write_s,
+            "write_seconds": self.write_seconds.stats(),
+            "batch_lines": self.batch_lines.stats(),
         }
 
     async def wait_resumed(self) -> None:
@@ -231,9 +281,39 @@ class BatchWriter:
             raise
         except WriteError as exc:  # unknown failure: keep the data, retry
             raise RetryableWriteError(str(exc), status=exc.status) from exc
-        self.last_write_s = time.perf_counter() - started
+        took = time.perf_counter() - started
+        self.last_write_s = took
+        self.write_seconds.observe(took)
+        self.batch_lines.observe(len(lines))
         self.lines_written += len(lines)
         self.batches_written += 1
+        self._count_sources(body, len(lines))
+
+    def _count_sources(self, body: bytes, lines: int) -> None:
+        """Count a written body's lines by their `source` tag, per batch and in C.
+
+        `bytes.count` for the sources already known (usually one or two), most frequent
+        first, stopping once every line is accounted for (a batch of readings from one
+        source: one pass). Tags are sorted, so the source is followed by a space (no
+        topology) or by `,transformer_id=`; `source=` occurs nowhere else (meter ids
+        have no `=`, other tag values escape it, no field is named so). Lines without
+        the tag (events) cost one more pass; the regular expression (~0.7 us a line)
+        runs only for a body with a source not seen before."""
+        counts = self.lines_by_source
+        left = lines
+        for end in (b" ", b","):
+            for source in sorted(counts, key=counts.__getitem__, reverse=True):
+                if not left:
+                    return
+                n = body.count(b"source=" + source.encode() + end)
+                counts[source] += n
+                left -= n
+        found = lines - left
+        if body.count(b"source=") > found:  # a source not seen before
+            for raw, n in Counter(_SOURCE_TAG.findall(body)).items():
+                source = raw.decode("utf-8", "replace")
+                if source not in counts:
+                    counts[source] += n
 
     async def _halves(self, lines: list[str]) -> None:
         mid = len(lines) // 2
