@@ -1,9 +1,11 @@
 """MQTT ingest throughput: readings per second from a broker into the database.
 
-Compares, in the same run, three consumers draining the same broker: a bare paho-mqtt 2
+Compares, in the same run, four consumers draining the same broker: a bare paho-mqtt 2
 subscriber, the gateway as deployed (readings durable in its on-disk spool before any
-acknowledgement), and the gateway with `spool=False` (readings wait in memory, the path
-before the spool; for benchmarks only):
+acknowledgement, the event detectors fed every stored reading), the same gateway with
+`events.enabled: false` (no detectors: the pipeline gets no `on_reading` hook), and the
+gateway with `spool=False` (readings wait in memory, the path before the spool; for
+benchmarks only; detectors on):
 
     .venv/bin/python bench/bench_mqtt_ingest.py [--messages N] [--batches N] [--repeat K]
 
@@ -17,32 +19,41 @@ Two cases, QoS 1 both:
 Method (pre-load, then drain, so that on a small machine the publisher never competes
 with the consumer for a core):
 
-1. Start mosquitto (no persistence, deep queues) and two VictoriaMetrics, one per
+1. Start mosquitto (no persistence, deep queues) and three VictoriaMetrics, one per
    gateway, so each creates its series itself (the second writer of the same readings
    into one database would find them all created).
 2. Give each consumer a persistent session (MQTT 5, clean start off, session expiry,
    fixed client id) subscribed to both topics, then disconnect it: the bare paho
-   subscriber `bench-paho`, the gateway with the spool (`meter-gateway-bench-spool`)
-   and the gateway without (`meter-gateway-bench-memory`), each started, connected and
-   stopped.
+   subscriber `bench-paho`, the gateway with the spool (`meter-gateway-bench-spool`),
+   the same without detectors (`meter-gateway-bench-nodetect`) and the gateway without
+   the spool (`meter-gateway-bench-memory`), each started, connected and stopped; each
+   gateway has its own data_dir.
 3. Per case: publish the messages with QoS 1 from a separate paho client and wait for
-   every PUBACK, then disconnect it. The three sessions now hold every message.
+   every PUBACK, then disconnect it. The four sessions now hold every message.
 4. Drain with the bare subscriber: connect, and time until `on_message` (which only
    counts; paho acknowledges QoS 1 itself) has seen all N messages.
-5. Drain with each gateway (`Gateway(config)` and `Gateway(config, spool=False)` under
-   uvloop, as `meter-gateway run` runs it; which of the two goes first alternates from
-   one repeat to the next): time from `start()` until `writer.lines_written` reaches
-   the number of readings, i.e. until its VictoriaMetrics has accepted every reading.
-   The spool lives in the gateway's data_dir in a temporary folder on a disk (not on
-   tmpfs, where an fsync costs nothing).
+5. Drain with each gateway (`Gateway(config)`, the same with `events.enabled: false`,
+   and `Gateway(config, spool=False)`, under uvloop, as `meter-gateway run` runs it; the
+   order is reversed from one repeat to the next, so the two with the spool take turns
+   going first): time from `start()` until `writer.lines_written` reaches the number of
+   readings plus the `meter_event` lines of the events the detectors raised (they go
+   to the database through the same writer), i.e. until its VictoriaMetrics has
+   accepted every reading. The spool lives in the gateway's data_dir in a temporary
+   folder on a disk (not on tmpfs, where an fsync costs nothing).
 6. At the end, count the stored samples of `meter_reading_power_w` in each database.
+
+The detectors see the readings as live ones, arriving now. The events they raise
+are counted per drain (`Gateway.events.counts`) and printed; their WARNING log lines
+are counted and kept off the terminal (one per event would bury the results). With
+these readings each meter raises one `reverse_energy` (its export register rises and
+no meter is marked prosumer): 1,000 events per drain with the detectors on.
 
 All consumers ask the broker for the same MQTT 5 Receive Maximum (the gateway's
 configured one, 500 by default), so only the client side differs. Timestamps are
 within the last days (the gateway refuses readings older than 7 days), distinct per
 meter, and meter ids are distinct per case and repeat, so nothing is a duplicate.
 
-Each case runs `--repeat` times (3 by default; about 70 s in all); the summary
+Each case runs `--repeat` times (3 by default; about 2.5 min in all); the summary
 gives the median and range. Each drain also reports the CPU time the consumer, the
 broker and the database used meanwhile, in % of one core: on a 2-core machine the
 gateway and VictoriaMetrics share the cores, so the database's work bounds the rate.
@@ -66,7 +77,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -87,9 +98,25 @@ METERS = 1000
 BATCH_SIZE = 100  # readings per concentrator message
 PAHO_CLIENT_ID = "bench-paho"
 GATEWAY_ID = "bench"
-# The two gateways: name -> Gateway(..., spool=?); each has its own MQTT session,
-# data_dir and VictoriaMetrics. "spool" is the gateway as deployed.
-GATEWAYS = {"spool": True, "memory": False}
+
+
+@dataclass(frozen=True)
+class GatewayKind:
+    """How one of the benchmarked gateways runs."""
+
+    spool: bool  # Gateway(config, spool=...)
+    detectors: bool  # config events.enabled
+    label: str
+
+
+# The gateways: name -> how it runs; each has its own MQTT session (client id
+# meter-gateway-bench-<name>), data_dir and VictoriaMetrics. "spool" is the gateway as
+# deployed. Drained in this order, then in reverse on the next repeat.
+GATEWAYS = {
+    "spool": GatewayKind(spool=True, detectors=True, label="spool"),
+    "nodetect": GatewayKind(spool=True, detectors=False, label="spool, detectors off"),
+    "memory": GatewayKind(spool=False, detectors=True, label="memory"),
+}
 TOPICS = ("meters/+/reading", "concentrators/+/readings")
 SESSION_EXPIRY_S = 3600
 
@@ -298,6 +325,12 @@ class Drain:
     connects: int = 1  # MQTT connections the consumer made (more: it lost one)
     fsyncs: int = 0  # group commits of the gateway's spool (0 without it)
     others_cpu_s: float = 0.0  # CPU time of everything else on the machine meanwhile
+    events: dict[str, int] = field(default_factory=dict)  # "type state" -> events raised
+    event_fsyncs: int = 0  # group commits of the event outbox
+
+    @property
+    def events_total(self) -> int:
+        return sum(self.events.values())
 
     @property
     def msg_rate(self) -> float:
@@ -351,8 +384,10 @@ def paho_drain(broker: Mosquitto, n: int, receive_maximum: int, meter: CpuMeter)
     )
 
 
-def gateway_config(broker: Mosquitto, vm: VictoriaMetrics, workdir: Path, name: str) -> Config:
-    """One of the two gateways: its own client id (session), data_dir and database."""
+def gateway_config(
+    broker: Mosquitto, vm: VictoriaMetrics, workdir: Path, name: str, kind: GatewayKind
+) -> Config:
+    """One of the gateways: its own client id (session), data_dir and database."""
     return Config.model_validate(
         {
             "gateway": {"id": GATEWAY_ID, "data_dir": str(workdir / f"gateway-{name}")},
@@ -369,6 +404,7 @@ def gateway_config(broker: Mosquitto, vm: VictoriaMetrics, workdir: Path, name: 
                 "batch_size": 5000,
                 "flush_interval_s": 0.2,
             },
+            "events": {"enabled": kind.detectors},
         }
     )
 
@@ -389,16 +425,21 @@ async def gateway_session(config: Config, spool: bool) -> None:
 async def gateway_drain(
     config: Config, n: int, readings: int, meter: CpuMeter, spool: bool
 ) -> Drain:
-    """Start a gateway on the preloaded session; time until `readings` lines are stored."""
+    """Start a gateway on the preloaded session; time until `readings` lines are stored.
+
+    The events the detectors raise go to the database through the same writer, one
+    `meter_event` line each: they are waited for too (and counted in the result)."""
     gw = Gateway(config, spool=spool)
-    p, w = gw.pipeline, gw.writer
+    p, w, ev = gw.pipeline, gw.writer, gw.events
     first = received = 0.0
     meter.start()
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     await gw.start()
+    # Events an earlier run left undelivered go to the database now, as lines too.
+    leftover = max(0, ev.outbox.backlog("database") - ev.emitted)
     deadline = time.monotonic() + max(120.0, readings / 1000)
-    while w.lines_written < readings:
+    while w.lines_written < readings + leftover + ev.emitted:
         await asyncio.sleep(0.005)
         now = time.perf_counter()
         if not first and p.messages:
@@ -415,14 +456,16 @@ async def gateway_drain(
     t1 = time.perf_counter()
     cpu = time.process_time() - cpu0
     meter.stop()
-    fsyncs = gw.spool.fsyncs
+    fsyncs = gw.spool.fsyncs if spool else 0
+    events = {f"{t} {st}": k for (t, st), k in sorted(ev.counts.items())}
+    event_fsyncs = ev.outbox.fsyncs
     await gw.stop()
     return Drain(
         t1 - t0,
         (first or t1) - t0,
         (received or t1) - t0,
         n,
-        w.lines_written,
+        readings,  # all stored; lines_written also counts the events' meter_event lines
         cpu,
         meter.broker_s,
         meter.db_s,
@@ -430,6 +473,8 @@ async def gateway_drain(
         gw.mqtt.connects,
         fsyncs,
         meter.others_s,
+        events,
+        event_fsyncs,
     )
 
 
@@ -477,6 +522,18 @@ def _median_range(values: list[float], fmt: str) -> tuple[str, str]:
     return format(med, fmt), f"{format(min(values), fmt)}-{format(max(values), fmt)}"
 
 
+def _cpu_cells(d: Drain) -> str:
+    """Consumer/broker/database/others CPU in % of one core."""
+    return "/".join(
+        f"{c / d.seconds * 100:.0f}" for c in (d.cpu_s, d.broker_cpu_s, d.db_cpu_s, d.others_cpu_s)
+    )
+
+
+def _target(name: str, values: list[float], fmt: str, goal: float, goal_text: str) -> list[str]:
+    med, rng = _median_range(values, fmt)
+    return [name, med, rng, goal_text, "met" if statistics.median(values) >= goal else "MISSED"]
+
+
 def print_results(results: dict[tuple[str, str], list[Drain]]) -> None:
     """One row per case and run and the medians, then the targets (median and range)."""
     header = [
@@ -485,28 +542,35 @@ def print_results(results: dict[tuple[str, str], list[Drain]]) -> None:
         "paho msg/s",
         "spool readings/s",
         "memory readings/s",
+        "detectors off readings/s",
         "spool/memory",
         "spool/paho",
+        "detectors on/off",
+        "events spool/memory",
         "CPU % spool gw/broker/db/others",
         "CPU % memory gw/broker/db/others",
+        "CPU % detectors off gw/broker/db/others",
     ]
     rows = []
-    ratios: dict[str, tuple[list[float], list[float]]] = {}
+    ratios: dict[str, tuple[list[float], list[float], list[float]]] = {}
     cases = list(dict.fromkeys(name for name, _ in results))
+    med = statistics.median
     for case in cases:
         runs = list(
             zip(
                 results[(case, "paho")],
                 results[(case, "spool")],
                 results[(case, "memory")],
+                results[(case, "nodetect")],
                 strict=True,
             )
         )
         # spool/paho in messages/s: for single messages the same as readings/s.
-        to_mem = [s.reading_rate / m.reading_rate for _, s, m in runs]
-        to_paho = [s.msg_rate / b.msg_rate for b, s, _ in runs]
-        ratios[case] = (to_mem, to_paho)
-        for i, (b, s, m) in enumerate(runs, 1):
+        to_mem = [s.reading_rate / m.reading_rate for _, s, m, _ in runs]
+        to_paho = [s.msg_rate / b.msg_rate for b, s, _, _ in runs]
+        on_off = [s.reading_rate / o.reading_rate for _, s, _, o in runs]
+        ratios[case] = (to_mem, to_paho, on_off)
+        for i, (b, s, m, o) in enumerate(runs, 1):
             rows.append(
                 [
                     case,
@@ -514,67 +578,75 @@ def print_results(results: dict[tuple[str, str], list[Drain]]) -> None:
                     f"{b.msg_rate:,.0f}",
                     f"{s.reading_rate:,.0f}",
                     f"{m.reading_rate:,.0f}",
+                    f"{o.reading_rate:,.0f}",
                     f"{to_mem[i - 1]:.2f}",
                     f"{to_paho[i - 1]:.2f}",
-                    "/".join(
-                        f"{c / s.seconds * 100:.0f}"
-                        for c in (s.cpu_s, s.broker_cpu_s, s.db_cpu_s, s.others_cpu_s)
-                    ),
-                    "/".join(
-                        f"{c / m.seconds * 100:.0f}"
-                        for c in (m.cpu_s, m.broker_cpu_s, m.db_cpu_s, m.others_cpu_s)
-                    ),
+                    f"{on_off[i - 1]:.2f}",
+                    f"{s.events_total:,}/{m.events_total:,}",
+                    _cpu_cells(s),
+                    _cpu_cells(m),
+                    _cpu_cells(o),
                 ]
             )
         if len(runs) > 1:
-            med = statistics.median
             rows.append(
                 [
                     case,
                     "median",
-                    f"{med(b.msg_rate for b, _, _ in runs):,.0f}",
-                    f"{med(s.reading_rate for _, s, _ in runs):,.0f}",
-                    f"{med(m.reading_rate for _, _, m in runs):,.0f}",
+                    f"{med(b.msg_rate for b, _, _, _ in runs):,.0f}",
+                    f"{med(s.reading_rate for _, s, _, _ in runs):,.0f}",
+                    f"{med(m.reading_rate for _, _, m, _ in runs):,.0f}",
+                    f"{med(o.reading_rate for _, _, _, o in runs):,.0f}",
                     f"{med(to_mem):.2f}",
                     f"{med(to_paho):.2f}",
+                    f"{med(on_off):.2f}",
+                    "",
+                    "",
                     "",
                     "",
                 ]
             )
     print_table(header, rows)
-    print("(spool/paho compares messages/s; for batches a message is 100 readings)")
+    print("(spool/paho compares messages/s; for batches a message is 100 readings;")
+    print(" detectors on/off: spool readings/s over spool-with-detectors-off readings/s;")
+    print(" events: events the detectors raised or cleared during the drain)")
     print()
 
     summary = []
     for case in cases:
-        to_mem, to_paho = ratios[case]
-        med, rng = _median_range(to_mem, ".2f")
-        ok = statistics.median(to_mem) >= 0.8
-        summary.append(
-            [f"{case}: spool / memory readings/s", med, rng, ">= 0.80", "met" if ok else "MISSED"]
-        )
+        to_mem, to_paho, on_off = ratios[case]
+        summary.append(_target(f"{case}: spool / memory readings/s", to_mem, ".2f", 0.8, ">= 0.80"))
         if case == "single":
-            med, rng = _median_range(to_paho, ".2f")
-            ok = statistics.median(to_paho) >= 1.0
             summary.append(
-                [
-                    "single: spool readings/s / paho msg/s",
-                    med,
-                    rng,
-                    ">= 1.00",
-                    "met" if ok else "MISSED",
-                ]
+                _target("single: spool readings/s / paho msg/s", to_paho, ".2f", 1.0, ">= 1.00")
             )
+        summary.append(
+            _target(f"{case}: detectors on / off readings/s", on_off, ".2f", 0.85, ">= 0.85")
+        )
     batch = results.get((f"batch x{BATCH_SIZE}", "spool"))
     if batch:
         rates = [g.reading_rate for g in batch]
-        med, rng = _median_range(rates, ",.0f")
-        ok = statistics.median(rates) >= 100_000
-        summary.append(
-            ["batch: spool readings/s", med, rng, ">= 100,000", "met" if ok else "MISSED"]
-        )
+        summary.append(_target("batch: spool readings/s", rates, ",.0f", 100_000, ">= 100,000"))
     if summary:
         print_table(["target", "median", "range", "goal", ""], summary)
+
+
+class EventLogFilter(logging.Filter):
+    """Counts the gateway's per-event log lines and keeps them off the terminal.
+
+    The gateway logs every raise at WARNING; a bench whose readings raise an event per
+    meter would print thousands. The record is still made (as in a deployment); only
+    the output is spared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "meter_gateway.events" and str(record.msg).startswith("event "):
+            self.dropped += 1
+            return False
+        return True
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -586,8 +658,11 @@ def drain_text(label: str, d: Drain) -> str:
         extra += f"; {d.duplicates} duplicates dropped"
     if d.connects != 1:
         extra += f"; {d.connects} connections"
+    if d.events:
+        kinds = ", ".join(f"{k} {v:,}" for k, v in d.events.items())
+        extra += f"; events: {kinds} ({d.event_fsyncs:,} outbox fsyncs)"
     return (
-        f"      {label:<15} {d.reading_rate:9,.0f} readings/s in {d.seconds:5.2f} s"
+        f"      {label:<28} {d.reading_rate:9,.0f} readings/s in {d.seconds:5.2f} s"
         f" ({cpu_text(d)}; first message after {d.first_s * 1000:.0f} ms, "
         f"last at {d.received_s:.2f} s{extra})"
     )
@@ -603,6 +678,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    event_logs = EventLogFilter()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(event_logs)
 
     profiler = cProfile.Profile() if args.profile else None
     results: dict[tuple[str, str], list[Drain]] = {}
@@ -624,21 +702,27 @@ def main(argv: list[str] | None = None) -> int:
                 max_inflight_messages=1000,
             ) as broker,
             VictoriaMetrics(work / "victoria-spool") as vm_spool,
+            VictoriaMetrics(work / "victoria-nodetect") as vm_nodetect,
             VictoriaMetrics(work / "victoria-memory") as vm_memory,
         ):
-            dbs = {"spool": vm_spool, "memory": vm_memory}
-            configs = {name: gateway_config(broker, dbs[name], work, name) for name in GATEWAYS}
+            dbs = {"spool": vm_spool, "nodetect": vm_nodetect, "memory": vm_memory}
+            configs = {
+                name: gateway_config(broker, dbs[name], work, name, kind)
+                for name, kind in GATEWAYS.items()
+            }
             meters = {name: CpuMeter(broker, dbs[name]) for name in GATEWAYS}
             rx_max = configs["spool"].mqtt.receive_maximum
             paho_session(broker, rx_max)
-            for name, spool in GATEWAYS.items():
-                uvloop.run(gateway_session(configs[name], spool))
+            for name, kind in GATEWAYS.items():
+                uvloop.run(gateway_session(configs[name], kind.spool))
             for rep in range(args.repeat):
                 cases = [
                     ("single", args.messages, single_messages, 1),
                     (f"batch x{BATCH_SIZE}", args.batches, batch_messages, BATCH_SIZE),
                 ]
-                # Which gateway drains first alternates, so neither always goes first.
+                # The order reverses from one repeat to the next: the gateways with the
+                # spool, detectors on and off, take turns going first, so do spool and
+                # memory.
                 order = list(GATEWAYS) if rep % 2 == 0 else list(reversed(GATEWAYS))
                 for name, n, build, per_msg in cases:
                     if n <= 0:
@@ -662,16 +746,19 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
                     for gw_name in order:
-                        spool = GATEWAYS[gw_name]
-                        if profiler is not None and spool:
+                        kind = GATEWAYS[gw_name]
+                        profile = profiler is not None and gw_name == "spool"
+                        if profile:
                             profiler.enable()
                         gw = uvloop.run(
-                            gateway_drain(configs[gw_name], n, readings, meters[gw_name], spool)
+                            gateway_drain(
+                                configs[gw_name], n, readings, meters[gw_name], kind.spool
+                            )
                         )
-                        if profiler is not None and spool:
+                        if profile:
                             profiler.disable()
                         results.setdefault((name, gw_name), []).append(gw)
-                        print(drain_text(f"gateway {gw_name}", gw), flush=True)
+                        print(drain_text(f"gateway {kind.label}", gw), flush=True)
                     expected += readings
             stored = {name: db.count("meter_reading_power_w") for name, db in dbs.items()}
 
@@ -680,6 +767,17 @@ def main(argv: list[str] | None = None) -> int:
     print()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"load average at the end: {load}")
+    for name in GATEWAYS:
+        total: dict[str, int] = {}
+        for (_, gw_name), drains in results.items():
+            if gw_name == name:
+                for d in drains:
+                    for k, v in d.events.items():
+                        total[k] = total.get(k, 0) + v
+        kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(total.items())) or "none"
+        print(f"events raised/cleared in all drains ({GATEWAYS[name].label}): {kinds}")
+    if event_logs.dropped:
+        print(f"({event_logs.dropped:,} event log lines kept off the terminal)")
     ok = all(count == expected for count in stored.values())
     for name, count in stored.items():
         print(
