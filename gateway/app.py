@@ -337,6 +337,8 @@ class Gateway:
         """Stop taking input, flush what was taken, close."""
         # MQTT first, while storage and the dead-letter store still run: stop reading,
         # ack what was taken once it is durable, disconnect cleanly.
+        # Events raised so far go out while the broker connection is still open.
+        await self.events.flush(min(5.0, self.shutdown_timeout_s))
         await self.mqtt.drain(self.shutdown_timeout_s)
         for task in self._source_tasks:
             task.cancel()

@@ -44,7 +44,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -569,13 +569,15 @@ class Outbox:
             await asyncio.to_thread(self._write_cursor, name, dest.cursor)
             self._compact()
 
-    async def wait_delivered(self, timeout_s: float) -> bool:
-        """Until every destination has taken what was appended so far (True), or
-        `timeout_s` passed (False): a clean stop's grace for events about to go out."""
+    async def wait_delivered(self, timeout_s: float, names: Iterable[str] | None = None) -> bool:
+        """Until every destination (or those named) has taken what was appended so far
+        (True), or `timeout_s` passed (False): a clean stop's grace for events about to
+        go out."""
         target = self._next_seq - 1
+        dests = [self._dests[n] for n in names] if names is not None else list(self._dests.values())
 
         async def done() -> None:
-            while any(d.cursor < target for d in self._dests.values()):
+            while any(d.cursor < target for d in dests):
                 self._delivered.clear()
                 await self._delivered.wait()
 

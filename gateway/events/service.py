@@ -49,7 +49,13 @@ __all__ = ["EventService"]
 log = logging.getLogger("meter_gateway.events")
 
 TICK_S = 1.0  # silence is judged this often
-SNAPSHOT_S = 10.0  # detector state is written this often (and at a clean stop)
+# Detector state is written at least this often (and at a clean stop)... but a large
+# fleet's snapshot takes a while on the event loop (about 0.5 s for 100,000 meters), so
+# never more often than SNAPSHOT_COST_FACTOR times what the last one took. Open
+# conditions do not depend on it (the outbox has them); learned spacing and baselines
+# change slowly.
+SNAPSHOT_S = 10.0
+SNAPSHOT_COST_FACTOR = 60.0
 STOP_GRACE_S = 5.0  # a clean stop waits this long for events still being delivered
 STATE_FILE = "detectors.state"
 _MAGIC = b"MGEV1\n"  # state file: magic, then the outbox seq it covers, then the engine's blob
@@ -110,6 +116,8 @@ class EventService:
         self._tasks: list[asyncio.Task[None]] = []
         self.emitted = 0
         self.counts: Counter[tuple[str, str]] = Counter()  # (type, state) -> events this run
+        self.snapshots = 0
+        self.snapshot_s = 0.0  # what the last snapshot held the event loop
 
     # -- the flow in ------------------------------------------------------------------------
     def emit(self, ev: Event) -> int:
@@ -161,6 +169,11 @@ class EventService:
         if self.enabled:
             self._tasks.append(asyncio.create_task(self._ticker(), name="events-tick"))
 
+    async def flush(self, timeout_s: float = STOP_GRACE_S) -> bool:
+        """Give every destination up to `timeout_s` to take what was appended so far:
+        before a clean stop closes the broker connection."""
+        return await self.outbox.wait_delivered(timeout_s)
+
     async def stop(self) -> None:
         """Keep the detectors' state and every event appended; drainers stop where they are
         (what is not delivered yet goes out at the next start)."""
@@ -169,8 +182,9 @@ class EventService:
             t.cancel()
         if self.enabled:
             await self._snapshot()
-        # A short grace for what is about to go out; the rest waits in the outbox.
-        await self.outbox.wait_delivered(STOP_GRACE_S)
+        # A short grace for the destinations that can still take events (the broker
+        # connection is closed by now); the rest waits in the outbox.
+        await self.outbox.wait_delivered(STOP_GRACE_S, [n for n in self._senders if n != "mqtt"])
         await self.outbox.close()
         for t in self._tasks:
             t.cancel()
@@ -195,6 +209,8 @@ class EventService:
         out: dict[str, Any] = {
             "enabled": self.enabled,
             "this_run": {f"{t} {st}": n for (t, st), n in sorted(self.counts.items())},
+            "state_snapshots": self.snapshots,
+            "state_snapshot_s": self.snapshot_s,
             "outbox": self.outbox.stats(),
         }
         if self.enabled:
@@ -202,32 +218,38 @@ class EventService:
         return out
 
     async def _ticker(self) -> None:
-        n = 0
-        per_snapshot = max(1, round(SNAPSHOT_S / TICK_S))
+        next_snapshot = time.monotonic() + SNAPSHOT_S
         while True:
             await asyncio.sleep(TICK_S)
             self.engine.tick(self._clock())
-            n += 1
-            if n % per_snapshot == 0:
-                await self._snapshot()
+            now = time.monotonic()
+            if now >= next_snapshot:
+                cost = await self._snapshot()
+                next_snapshot = time.monotonic() + max(SNAPSHOT_S, SNAPSHOT_COST_FACTOR * cost)
 
     # -- state across restarts ----------------------------------------------------------------
     @property
     def _state_path(self) -> Path:
         return self._dir / STATE_FILE
 
-    async def _snapshot(self) -> None:
-        """Write the engine's state and the outbox position it covers, atomically."""
+    async def _snapshot(self) -> float:
+        """Write the engine's state and the outbox position it covers, atomically; return
+        how long it held the event loop (s)."""
+        started = time.monotonic()
         seq = self.outbox.last_seq
         blob = self.engine.snapshot()
         data = _MAGIC + str(seq).encode() + b"\n" + blob
+        cost = time.monotonic() - started
+        self.snapshots += 1
+        self.snapshot_s = round(cost, 3)
         try:
             await asyncio.to_thread(_write_atomic, self._state_path, data)
         except OSError as exc:
             # A full disk: the older snapshot plus the outbox still cover everything.
             log.warning("events: cannot keep detector state in %s: %s", self._state_path, exc)
-            return
+            return cost
         self.outbox.hold(seq + 1)
+        return cost
 
     def _restore(self) -> None:
         now = self._clock()
