@@ -133,13 +133,16 @@ def _timestamps(steps: int) -> list[str]:
 
 
 def _reading(meter_id: str, m: int, step: int, ts: str) -> dict[str, object]:
-    """The canonical reading, every field; registers rise with time per meter."""
+    """The canonical reading, every field; the import register rises with time per meter.
+
+    A consumer's meter: its export register stays put (a rising one is reverse energy on
+    a meter not marked prosumer, and the detectors would raise an event per meter)."""
     x = (m * 7919 + step * 104_729) % 1000 / 1000.0
     return {
         "meter_id": meter_id,
         "ts": ts,
         "energy_import_kwh": round(10_000 + m + step * 0.25 + x * 0.1, 3),
-        "energy_export_kwh": round(12.5 + step * 0.01, 3),
+        "energy_export_kwh": 12.5,
         "power_w": round(800 + 400 * x, 1),
         "voltage_v": [round(229.0 + x, 1), round(231.2 - x, 1), round(230.4 + x / 2, 1)],
         "current_a": [round(1.2 + x, 2), round(0.9 + x, 2), round(1.4 + x, 2)],
