@@ -8,7 +8,8 @@
    scenario: 2,000 meters, 15-minute readings, 28 days, about 5.4 M readings, with
    real-life load variation and holidays), with its ground-truth log and topology CSV.
    The meter models dominate: about 5-6 min of one core for the full scenario (about
-   16,000 readings/s with load variation). `--reuse` keeps the file already in `--dir`;
+   16,000 readings/s with load variation; the replay about 1.5 min). `--reuse` keeps the
+   file already in `--dir`;
    `--meters` (multiple of 50, at least 500) and `--weeks` (at least 2) make a smaller run:
    transformer faults outside the smaller fleet are dropped, and the consumption faults
    move with the last week.

@@ -37,15 +37,20 @@ __all__ = [
     "FaultError",
     "FaultInstance",
     "FaultSpec",
+    "Holiday",
+    "LoadVariation",
     "Malformed",
     "OutOfOrder",
     "Outage",
     "PhaseLoss",
     "RegisterReset",
     "ReverseFlow",
+    "SustainedHigh",
+    "SustainedLow",
     "Theft",
     "VoltageSag",
     "VoltageSwell",
+    "ZeroUse",
     "malform",
     "parse_duration",
     "parse_time",
@@ -125,6 +130,15 @@ class _FaultBase(BaseModel):
     all: bool = Field(False, description="every meter of the fleet")
     at: TimeSpec | None = Field(None, description="offset from the start, or RFC 3339")
     rate_per_day: float | None = Field(None, gt=0, description="Poisson rate per target unit")
+    prosumer: bool | None = Field(
+        None, description="only the target's meters with (true) or without (false) PV"
+    )
+    rate_from: TimeSpec | None = Field(
+        None, description="with `rate_per_day`: no occurrence before this (default: the start)"
+    )
+    rate_until: TimeSpec | None = Field(
+        None, description="with `rate_per_day`: no occurrence after this (default: the end)"
+    )
 
     @model_validator(mode="after")
     def _one_target_one_timing(self) -> _FaultBase:
@@ -138,6 +152,10 @@ class _FaultBase(BaseModel):
             )
         if (self.at is None) == (self.rate_per_day is None):
             raise ValueError("give exactly one of `at` and `rate_per_day`")
+        if self.rate_per_day is None and (
+            self.rate_from is not None or self.rate_until is not None
+        ):
+            raise ValueError("`rate_from` and `rate_until` go with `rate_per_day`, not `at`")
         return self
 
     @property
@@ -172,9 +190,43 @@ class CommsDropout(_FaultBase):
 
 
 class ConsumptionSpike(_FaultBase):
+    """A short burst of consumption: the load x ``factor``.
+
+    The defaults (30 min, x 8) always cover one whole 15-minute interval, whatever the
+    start, so the interval's register delta is ``factor`` times its usual value (a shorter
+    spike straddling two intervals shows diluted in both).
+    """
+
     type: Literal["consumption_spike"] = "consumption_spike"
-    duration: Duration | None = 900.0
-    factor: float = Field(5.0, gt=1.0, description="load multiplier")
+    duration: Duration | None = 1800.0
+    factor: float = Field(8.0, gt=1.0, description="load multiplier")
+
+
+class SustainedHigh(_FaultBase):
+    """Hours of consumption far above normal: a heater left on, a grow room (load x factor)."""
+
+    type: Literal["sustained_high"] = "sustained_high"
+    duration: Duration | None = 21600.0
+    factor: float = Field(4.0, gt=1.0, description="load multiplier")
+
+
+class SustainedLow(_FaultBase):
+    """Days of consumption far below normal: a bypass, theft, a vacancy (load x factor).
+
+    The physics of ``theft`` without its meter event, and with an end by default.
+    """
+
+    type: Literal["sustained_low"] = "sustained_low"
+    duration: Duration | None = 259200.0
+    factor: float = Field(0.2, ge=0.0, lt=1.0, description="share of the load still metered")
+
+
+class ZeroUse(_FaultBase):
+    """No consumption while powered and reporting (vacancy, a stuck meter): load and PV at
+    0, so both registers stand still and power reads 0, but readings keep coming."""
+
+    type: Literal["zero_use"] = "zero_use"
+    duration: Duration | None = 43200.0
 
 
 class Theft(_FaultBase):
@@ -261,10 +313,39 @@ class Malformed(_FaultBase):
     )
 
 
+class Holiday(_FaultBase):
+    """Not a fault: a public holiday. The target's load follows its weekend shape that day
+    (households as on a Sunday, businesses at base load). Recorded in the truth log, so
+    events on holidays can be told apart; no event is expected for it."""
+
+    type: Literal["holiday"] = "holiday"
+    duration: Duration | None = 86400.0
+
+
+class LoadVariation(_FaultBase):
+    """Not a fault: real-life variation of the target's load on top of its daily shapes
+    (``profiles.Variation``): day-to-day level, hour-to-hour occupancy, long appliance
+    cycles, EV charging, electric heating following a seasonal temperature with weather
+    spells. Typically ``{type: load_variation, all: true, at: 0}``."""
+
+    type: Literal["load_variation"] = "load_variation"
+    duration: Duration | None = None
+    daily: float = Field(0.2, ge=0.0, lt=1.0, description="day level within 1 +- daily")
+    hourly: float = Field(0.3, ge=0.0, lt=1.0, description="household hour within 1 +- hourly")
+    appliances: float = Field(
+        0.6, ge=0.0, le=1.0, description="household chance per day of a long appliance cycle"
+    )
+    ev_share: float = Field(0.05, ge=0.0, le=1.0, description="households charging an EV")
+    heating_share: float = Field(0.15, ge=0.0, le=1.0, description="meters heating electrically")
+
+
 FaultSpec = Annotated[
     Outage
     | CommsDropout
     | ConsumptionSpike
+    | SustainedHigh
+    | SustainedLow
+    | ZeroUse
     | Theft
     | ReverseFlow
     | RegisterReset
@@ -274,7 +355,9 @@ FaultSpec = Annotated[
     | ClockDrift
     | Duplicates
     | OutOfOrder
-    | Malformed,
+    | Malformed
+    | Holiday
+    | LoadVariation,
     Field(discriminator="type"),
 ]
 
@@ -282,6 +365,9 @@ FAULT_TYPES: tuple[str, ...] = (
     "outage",
     "comms_dropout",
     "consumption_spike",
+    "sustained_high",
+    "sustained_low",
+    "zero_use",
     "theft",
     "reverse_flow",
     "register_reset",
@@ -292,6 +378,8 @@ FAULT_TYPES: tuple[str, ...] = (
     "duplicates",
     "out_of_order",
     "malformed",
+    "holiday",
+    "load_variation",
 )
 
 
@@ -382,6 +470,8 @@ def _span(ids: dict[str, Any]) -> str:
 
 
 def _applicable(spec: _FaultBase, meters: tuple[str, ...], topology: Topology) -> tuple[str, ...]:
+    if spec.prosumer is not None:
+        meters = tuple(m for m in meters if topology.sites[m].prosumer == spec.prosumer)
     if spec.type == "phase_loss":
         return tuple(m for m in meters if topology.sites[m].phases == 3)
     return meters
@@ -431,20 +521,29 @@ def plan_faults(
     heap: list[tuple[float, int, int, str]] = []
     arrivals: dict[tuple[int, str], tuple[_Unit, random.Random]] = {}
     fixed: list[tuple[float, int, _Unit]] = []
+    until: dict[int, float] = {}
     for i, spec in enumerate(specs):
+        if spec.rate_until is not None:
+            until[i] = _resolve(spec.rate_until, start)
         for unit in _units(spec, topology, groups, f"faults[{i}]"):
             rng = random.Random(stable_seed(seed, "fault", i, unit.key))
             if spec.at is not None:
-                at = spec.at.timestamp() if isinstance(spec.at, datetime) else start + spec.at
-                fixed.append((at, i, unit))
+                fixed.append((_resolve(spec.at, start), i, unit))
                 arrivals[(i, unit.key)] = (unit, rng)
             else:
                 arrivals[(i, unit.key)] = (unit, rng)
-                t = start + rng.expovariate(spec.rate_per_day / DAY_S)
-                heapq.heappush(heap, (t, i, len(heap), unit.key))
+                base = start if spec.rate_from is None else _resolve(spec.rate_from, start)
+                t = base + rng.expovariate(spec.rate_per_day / DAY_S)
+                if t <= until.get(i, math.inf):
+                    heapq.heappush(heap, (t, i, len(heap), unit.key))
     for at, i, unit in fixed:
         heapq.heappush(heap, (at, i, -1, unit.key))
-    return _generate(heap, arrivals, specs, topology, end)
+    return _generate(heap, arrivals, specs, topology, end, until)
+
+
+def _resolve(at: float | datetime, start: float) -> float:
+    """A ``TimeSpec`` as epoch seconds: an offset from ``start`` or an absolute time."""
+    return at.timestamp() if isinstance(at, datetime) else start + at
 
 
 def _generate(
@@ -453,6 +552,7 @@ def _generate(
     specs: list[Any],
     topology: Topology,
     end: float | None,
+    until: dict[int, float],
 ) -> Iterator[FaultInstance]:
     tie = 0
     while heap:
@@ -467,7 +567,7 @@ def _generate(
         if spec.rate_per_day is not None:
             tie += 1
             nxt = t + rng.expovariate(spec.rate_per_day / DAY_S)
-            if math.isfinite(nxt):
+            if math.isfinite(nxt) and nxt <= until.get(i, math.inf):
                 heapq.heappush(heap, (nxt, i, tie, key))
 
 

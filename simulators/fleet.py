@@ -23,6 +23,7 @@ import orjson
 
 from meter_gateway.simulators.faults import FaultInstance, malform, plan_faults
 from meter_gateway.simulators.meter import Effect, MeterModel, RegisterReset, rfc3339
+from meter_gateway.simulators.profiles import Variation
 from meter_gateway.simulators.scenario import Scenario, fleet_settings
 from meter_gateway.simulators.topology import Topology, build_topology
 from meter_gateway.simulators.truth import truth_record
@@ -334,8 +335,14 @@ def _effect(f: FaultInstance) -> Effect | None:
     match f.type:
         case "outage":
             return Effect(f.start, end, powered=False)
-        case "consumption_spike" | "theft":
+        case "consumption_spike" | "sustained_high" | "sustained_low" | "theft":
             return Effect(f.start, end, load_factor=p["factor"])
+        case "zero_use":
+            return Effect(f.start, end, load_factor=0.0, pv_factor=0.0)
+        case "holiday":
+            return Effect(f.start, end, holiday=True)
+        case "load_variation":
+            return Effect(f.start, end, variation=Variation(**p))
         case "reverse_flow":
             return Effect(f.start, end, offset_w=p["export_w"])
         case "voltage_sag" | "voltage_swell":

@@ -10,6 +10,7 @@ shows the same values at the same simulated time however it is polled.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import random
 import time
@@ -19,21 +20,43 @@ from typing import Literal
 from meter_gateway.simulators.profiles import (
     DAY_S,
     Profile,
+    Variation,
     grid_frequency_hz,
     grid_load_index,
+    minute_shapes,
+    mix64,
     pv_clear_sky,
-    shape,
     stable_seed,
+    temperature_c,
     unit,
-    unit_pair,
 )
 
-__all__ = ["STEP_S", "Effect", "MeterModel", "RegisterReset", "rfc3339"]
+__all__ = ["STEP_S", "Effect", "MeterModel", "RegisterReset", "Variation", "rfc3339"]
 
 STEP_S = 60  # resolution of the load curve: appliances switch on and off at this grain
 _J_PER_KWH = 3_600_000.0
+_M64 = (1 << 64) - 1
+_INV_2_32 = 1.0 / float(1 << 32)
+# Clear-sky PV by minute of the day (what ``pv_clear_sky`` gives at whole minutes).
+_PV_MINUTE = tuple(pv_clear_sky(m * STEP_S) for m in range(DAY_S // STEP_S))
+# The noise of minute k is mix64(seed ^ mix64((k << 8) + 1)): the inner hash is the same for
+# every meter, so a fleet computes it once per minute (a bounded cache).
+_INNER: dict[int, int] = {}
 
 
+def _inner_hash(k: int) -> int:
+    if len(_INNER) >= 200_000:
+        _INNER.clear()
+    h = _INNER[k] = mix64((k << 8) + 1)
+    return h
+
+
+# Functions of time alone, the same for every meter of a fleet at a reading: cached.
+_grid_load = functools.lru_cache(maxsize=256)(grid_load_index)
+_grid_frequency = functools.lru_cache(maxsize=256)(grid_frequency_hz)
+
+
+@functools.lru_cache(maxsize=1024)
 def rfc3339(t: float) -> str:
     """Epoch seconds as RFC 3339 UTC with ``Z``; milliseconds only when not a whole second."""
     whole = math.floor(t)
@@ -48,22 +71,43 @@ def rfc3339(t: float) -> str:
 class Effect:
     """A change to the meter's physics over [start, end); ``end`` may be ``math.inf``.
 
-    Several effects may overlap: factors multiply, offsets add, dead phases unite, and the
-    meter is unpowered while any active effect says so.
+    Several effects may overlap: factors multiply, offsets add, dead phases unite, the
+    meter is unpowered while any active effect says so, a day is a holiday while any says
+    so, and the last active ``variation`` applies.
     """
 
     start: float
     end: float = math.inf
-    load_factor: float = 1.0  # consumption spike (>1), theft / bypass (<1)
+    load_factor: float = 1.0  # consumption spike / sustained high (>1), theft / low (<1)
     offset_w: float = 0.0  # subtracted from net power: reverse flow on a non-prosumer
     voltage_factor: float = 1.0  # sag (<1) / swell (>1), all phases
     dead_phases: frozenset[int] = frozenset()  # phase loss: 1-based phase numbers at ~0 V
     clock_rate: float = 0.0  # meter clock error gained per simulated second (drift)
     clock_step_s: float = 0.0  # meter clock error from the start of the effect (a jump)
     powered: bool = True  # False: outage, no voltage, registers stand still
+    pv_factor: float = 1.0  # share of the PV output metered (zero use, a stuck meter: 0)
+    holiday: bool = False  # load follows the weekend shapes (a public holiday)
+    variation: Variation | None = None  # real-life variation of the load (see profiles)
 
     def active(self, t: float) -> bool:
         return self.start <= t < self.end
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    """What the active effects add up to over a stretch where the active set is constant."""
+
+    powered: bool = True
+    load_factor: float = 1.0
+    pv_factor: float = 1.0
+    offset_w: float = 0.0
+    dead_share: float | None = None  # share of the load still fed when phases are dead
+    holiday: bool = False
+    variation: Variation | None = None
+    plain: bool = True  # no effect at all: net power is load - PV
+
+
+_PLAIN = _State()
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +153,17 @@ def _draw_params(rng: random.Random, profile: Profile, phases: int, prosumer: bo
         initial_import_kwh=round(rng.uniform(500.0, 30_000.0) * (10 if commercial else 1), 3),
         initial_export_kwh=round(rng.uniform(100.0, 5_000.0), 3) if prosumer else 0.0,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Day:
+    """One meter-day under a ``Variation``: (start minute, end minute, W) windows."""
+
+    var: Variation
+    level: float
+    cycle: tuple[int, int, float]
+    ev: tuple[int, int, float]
+    heat_w: float
 
 
 @dataclass(slots=True)
@@ -162,6 +217,19 @@ class MeterModel:
         self._export_j = self.params.initial_export_kwh * _J_PER_KWH
         self._effects = _EffectSet()
         self._resets: list[RegisterReset] = []
+        self._shapes = (minute_shapes(profile, False), minute_shapes(profile, True))
+        self._cloud_day, self._cloud = -1, 0.0
+        self._days: dict[int, _Day] = {}
+        # Appliances a ``Variation`` may give this meter, drawn from its seed (not from
+        # the constants' random stream, which would change every meter's constants).
+        self._ev_u, self._heat_u = unit(self.seed, 0, 40), unit(self.seed, 0, 41)
+        self._ev_w_max = 3700.0 if unit(self.seed, 0, 42) < 0.7 else 7400.0
+        self._ev_minute = 1080 + int(300 * unit(self.seed, 0, 43))  # 18:00 .. 23:00
+        self._heat_w_max = (
+            400.0 * self.params.mean_kw
+            if profile == "commercial"
+            else 1000.0 + 2000.0 * unit(self.seed, 0, 44)
+        )
 
     # -- faults -------------------------------------------------------------------------
 
@@ -185,49 +253,127 @@ class MeterModel:
 
     # -- physics ------------------------------------------------------------------------
 
-    def _load_w(self, k: int) -> float:
-        """Consumption in step ``k``: profile shape x per-step noise, plus appliance bursts."""
+    def _state(self, t: float) -> _State:
+        """The active effects at ``t``, combined (in the order they were added)."""
+        effects = self._effects.active(t) if self._effects.effects else ()
+        if not effects:
+            return _PLAIN
+        load_factor, pv_factor, offset = 1.0, 1.0, 0.0
+        dead: set[int] = set()
+        holiday = False
+        variation: Variation | None = None
+        for e in effects:
+            if not e.powered:
+                return _State(powered=False, plain=False)
+            load_factor *= e.load_factor
+            pv_factor *= e.pv_factor
+            offset += e.offset_w
+            dead |= e.dead_phases
+            holiday = holiday or e.holiday
+            if e.variation is not None:
+                variation = e.variation
+        dead_share = None
+        if dead and self.phases == 3:
+            # Loads wired to the lost phase stop; the rest carry on.
+            dead_share = 1.0 - sum(
+                w for i, w in enumerate(self.params.phase_weights, 1) if i in dead
+            )
+        return _State(
+            True, load_factor, pv_factor, offset, dead_share, holiday, variation, plain=False
+        )
+
+    def _load_w(self, k: int, holiday: bool = False, var: Variation | None = None) -> float:
+        """Consumption in step ``k``: profile shape x per-step noise, plus appliance bursts;
+        with a ``Variation``, also the day's level, the hour's occupancy, long appliance
+        cycles, EV charging and electric heating."""
         p = self.params
-        level = shape(self.profile, k * STEP_S)
-        noise, burst = unit_pair(self.seed, k, 1)
+        day, minute = divmod(k, 1440)
+        weekend = holiday or (day + 3) % 7 >= 5
+        level = self._shapes[weekend][minute]
+        h = mix64(self.seed ^ mix64((k << 8) + 1))
+        noise, burst = (h >> 32) * _INV_2_32, (h & 0xFFFFFFFF) * _INV_2_32
         load = p.mean_kw * level * (0.7 + 0.6 * noise)
+        if var is not None:
+            load *= self._day(day, var).level * self._hour_factor(k // 60, var)
         # A kettle, oven or compressor: more likely when people are up and about.
         if burst < 0.04 * level:
             load += p.burst_kw
-        return load * 1000.0
+        if var is None:
+            return load * 1000.0
+        return load * 1000.0 + self._extra_w(k, day, var, noise)
 
     def _pv_w(self, k: int) -> float:
         p = self.params
         if p.pv_kw == 0.0:
             return 0.0
-        t = k * STEP_S
-        sun = pv_clear_sky(t)
+        day, minute = divmod(k, 1440)
+        sun = _PV_MINUTE[minute]
         if sun == 0.0:
             return 0.0
         # Cloudiness is a property of the day, flicker a property of the minute.
-        cloud = 0.35 + 0.65 * unit(self.seed, int(t // DAY_S), 3)
-        return p.pv_kw * 1000.0 * sun * cloud * (0.85 + 0.15 * unit(self.seed, k, 4))
+        if day != self._cloud_day:
+            self._cloud_day, self._cloud = day, 0.35 + 0.65 * unit(self.seed, day, 3)
+        return p.pv_kw * 1000.0 * sun * self._cloud * (0.85 + 0.15 * unit(self.seed, k, 4))
+
+    # -- real-life variation (only with a Variation effect) ----------------------------
+
+    def _day(self, day: int, var: Variation) -> _Day:
+        """The day's level and appliance, EV and heating plans (cached: two days at a time)."""
+        got = self._days.get(day)
+        if got is not None and got.var is var:
+            return got
+        seed = self.seed
+        commercial = self.profile == "commercial"
+        spread = var.daily * (0.5 if commercial else 1.0)
+        level = 1.0 - spread + 2.0 * spread * unit(seed, day, 20)
+        cycle = ev = (0, 0, 0.0)
+        if not commercial:
+            if unit(seed, day, 22) < var.appliances:
+                start = day * 1440 + 420 + int(840 * unit(seed, day, 23))  # 07:00 .. 21:00
+                length = 45 + int(75 * unit(seed, day, 24))
+                cycle = (start, start + length, 1200.0 + 1000.0 * unit(seed, day, 25))
+            if self._ev_u < var.ev_share and unit(seed, day, 26) < 0.6:
+                start = day * 1440 + self._ev_minute + int(120 * (unit(seed, day, 27) - 0.5))
+                length = 120 + int(120 * unit(seed, day, 28))
+                ev = (start, start + length, self._ev_w_max)
+        heat = 0.0
+        if self._heat_u < var.heating_share:
+            heat = self._heat_w_max * max(0.0, 15.0 - temperature_c(day)) / 15.0
+        got = _Day(var, level, cycle, ev, heat)
+        if len(self._days) > 4:
+            self._days.clear()
+        self._days[day] = got
+        return got
+
+    def _hour_factor(self, hour: int, var: Variation) -> float:
+        if self.profile == "commercial" or var.hourly == 0.0:
+            return 1.0
+        return 1.0 - var.hourly + 2.0 * var.hourly * unit(self.seed, hour, 21)
+
+    def _extra_w(self, k: int, day: int, var: Variation, noise: float) -> float:
+        """Long appliance cycles and EV charging (a window may run past midnight), heating."""
+        extra = 0.0
+        for d in (day, day - 1):
+            plan = self._day(d, var)
+            for start, end, watts in (plan.cycle, plan.ev):
+                if start <= k < end:
+                    extra += watts
+        return extra + self._day(day, var).heat_w * (0.8 + 0.4 * noise)
 
     def power_w(self, t: float | None = None) -> float:
         """Net active power at ``t`` (import positive, export negative), in W."""
         t = self.t if t is None else t
-        k = math.floor(t / STEP_S)
-        effects = self._effects.active(t) if self._effects.effects else ()
-        if not effects:
+        return self._power(math.floor(t / STEP_S), self._state(t))
+
+    def _power(self, k: int, st: _State) -> float:
+        if st.plain:
             return self._load_w(k) - self._pv_w(k)
-        load_factor, offset = 1.0, 0.0
-        dead: set[int] = set()
-        for e in effects:
-            if not e.powered:
-                return 0.0
-            load_factor *= e.load_factor
-            offset += e.offset_w
-            dead |= e.dead_phases
-        load = self._load_w(k) * load_factor
-        if dead and self.phases == 3:
-            # Loads wired to the lost phase stop; the rest carry on.
-            load *= 1.0 - sum(w for i, w in enumerate(self.params.phase_weights, 1) if i in dead)
-        return load - self._pv_w(k) - offset
+        if not st.powered:
+            return 0.0
+        load = self._load_w(k, st.holiday, st.variation) * st.load_factor
+        if st.dead_share is not None:
+            load *= st.dead_share
+        return load - self._pv_w(k) * st.pv_factor - st.offset_w
 
     def advance(self, t: float) -> None:
         """Move simulated time to ``t``, integrating power into the registers exactly."""
@@ -241,16 +387,115 @@ class MeterModel:
                 self._apply_reset(resets.pop(0))
             if cur >= t:
                 break
-            nxt = min(t, (math.floor(cur / STEP_S) + 1) * STEP_S, self._effects.next_boundary(cur))
+            # The active effects stay the same up to the next boundary (or reset).
+            limit = min(t, self._effects.next_boundary(cur))
             if resets:
-                nxt = min(nxt, resets[0].at)
-            e = self.power_w(cur) * (nxt - cur)
-            if e >= 0.0:
-                self._import_j += e
-            else:
-                self._export_j -= e
-            cur = nxt
+                limit = min(limit, resets[0].at)
+            cur = self._integrate(cur, limit, self._state(cur))
         self.t = float(t)
+
+    def _integrate(self, cur: float, limit: float, st: _State) -> float:
+        """Add the energy of [cur, limit) to the registers, step by step; returns ``limit``.
+
+        The hot loop of a fleet: for a meter without effects the load and PV are computed
+        inline (the same arithmetic, in the same order, as ``_load_w`` and ``_pv_w``).
+        """
+        imp, exp = self._import_j, self._export_j
+        if st.plain:
+            p = self.params
+            seed, mean_kw, burst_kw = self.seed, p.mean_kw, p.burst_kw
+            pv_kw = p.pv_kw
+            shapes = self._shapes
+            _inner = _INNER
+            while cur < limit:
+                k = math.floor(cur / STEP_S)
+                nxt = (k + 1) * STEP_S
+                if nxt > limit:
+                    nxt = limit
+                day, minute = divmod(k, 1440)
+                level = shapes[(day + 3) % 7 >= 5][minute]
+                inner = _inner.get(k)
+                if inner is None:
+                    inner = _inner_hash(k)
+                x = ((seed ^ inner) + 0x9E3779B97F4A7C15) & _M64
+                x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+                x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+                h = x ^ (x >> 31)
+                load = mean_kw * level * (0.7 + 0.6 * ((h >> 32) * _INV_2_32))
+                if (h & 0xFFFFFFFF) * _INV_2_32 < 0.04 * level:
+                    load += burst_kw
+                power = load * 1000.0
+                if pv_kw != 0.0 and _PV_MINUTE[minute] != 0.0:
+                    power -= self._pv_w(k)
+                e = power * (nxt - cur)
+                if e >= 0.0:
+                    imp += e
+                else:
+                    exp -= e
+                cur = nxt
+        elif st.powered:
+            # The same arithmetic as ``_power`` (and ``_load_w``), in the same order.
+            p = self.params
+            seed, mean_kw, burst_kw, pv_kw = self.seed, p.mean_kw, p.burst_kw, p.pv_kw
+            shapes, _inner = self._shapes, _INNER
+            holiday, var = st.holiday, st.variation
+            lf, pf, off, ds = st.load_factor, st.pv_factor, st.offset_w, st.dead_share
+            plan_day = plan_hour = -1
+            today = yesterday = None
+            hour_f = 1.0
+            while cur < limit:
+                k = math.floor(cur / STEP_S)
+                nxt = (k + 1) * STEP_S
+                if nxt > limit:
+                    nxt = limit
+                day, minute = divmod(k, 1440)
+                level = shapes[holiday or (day + 3) % 7 >= 5][minute]
+                inner = _inner.get(k)
+                if inner is None:
+                    inner = _inner_hash(k)
+                x = ((seed ^ inner) + 0x9E3779B97F4A7C15) & _M64
+                x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+                x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+                h = x ^ (x >> 31)
+                noise = (h >> 32) * _INV_2_32
+                load = mean_kw * level * (0.7 + 0.6 * noise)
+                if var is not None:
+                    if day != plan_day:
+                        today, yesterday, plan_day = (
+                            self._day(day, var),
+                            self._day(day - 1, var),
+                            day,
+                        )
+                    if k // 60 != plan_hour:
+                        plan_hour = k // 60
+                        hour_f = self._hour_factor(plan_hour, var)
+                    load *= today.level * hour_f  # type: ignore[union-attr]
+                if (h & 0xFFFFFFFF) * _INV_2_32 < 0.04 * level:
+                    load += burst_kw
+                if var is None:
+                    power = load * 1000.0 * lf
+                else:
+                    extra = 0.0
+                    for start, end, watts in (
+                        today.cycle,  # type: ignore[union-attr]
+                        today.ev,  # type: ignore[union-attr]
+                        yesterday.cycle,  # type: ignore[union-attr]
+                        yesterday.ev,  # type: ignore[union-attr]
+                    ):
+                        if start <= k < end:
+                            extra += watts
+                    power = (load * 1000.0 + (extra + today.heat_w * (0.8 + 0.4 * noise))) * lf  # type: ignore[union-attr]
+                if ds is not None:
+                    power *= ds
+                pv = self._pv_w(k) if pv_kw != 0.0 and _PV_MINUTE[minute] != 0.0 else 0.0
+                e = (power - pv * pf - off) * (nxt - cur)
+                if e >= 0.0:
+                    imp += e
+                else:
+                    exp -= e
+                cur = nxt
+        self._import_j, self._export_j = imp, exp
+        return limit
 
     def _apply_reset(self, reset: RegisterReset) -> None:
         self._import_j = reset.import_kwh * _J_PER_KWH
@@ -277,7 +522,7 @@ class MeterModel:
                 return [0.0] * self.phases
             factor *= e.voltage_factor
             dead |= e.dead_phases
-        base = 1.015 - p.feeder_drop * grid_load_index(t)
+        base = 1.015 - p.feeder_drop * _grid_load(t)
         out = []
         for i in range(self.phases):
             if i + 1 in dead:
@@ -316,5 +561,5 @@ class MeterModel:
             "voltage_v": voltage,
             "current_a": current,
             "power_factor": round(pf, 2) if powered else 0.0,
-            "frequency_hz": round(grid_frequency_hz(t), 2) if powered else 0.0,
+            "frequency_hz": round(_grid_frequency(t), 2) if powered else 0.0,
         }

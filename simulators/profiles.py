@@ -9,18 +9,24 @@ the same numbers whatever the call pattern, and is fast enough for a fleet.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
     "DAY_S",
     "Profile",
+    "Variation",
     "grid_frequency_hz",
     "grid_load_index",
+    "minute_shapes",
+    "mix64",
     "pv_clear_sky",
     "shape",
     "stable_seed",
+    "temperature_c",
     "unit",
     "unit_pair",
 ]
@@ -39,12 +45,15 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
 
 
-def _mix64(x: int) -> int:
-    # splitmix64 finaliser: a cheap bijective scrambler with good avalanche.
+def mix64(x: int) -> int:
+    """The splitmix64 finaliser: a cheap bijective scrambler with good avalanche."""
     x = (x + 0x9E3779B97F4A7C15) & _M64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
     return x ^ (x >> 31)
+
+
+_mix64 = mix64
 
 
 def unit(seed: int, step: int, salt: int) -> float:
@@ -100,6 +109,43 @@ def shape(profile: Profile, t: float) -> float:
     i = int(h)
     frac = h - i
     return table[i] * (1.0 - frac) + table[(i + 1) % 24] * frac
+
+
+@functools.cache
+def minute_shapes(profile: Profile, weekend: bool) -> tuple[float, ...]:
+    """``shape`` for each minute of a weekday (or weekend) day, exactly as ``shape`` gives it
+    at whole minutes: the meter model's inner loop looks these up instead of interpolating."""
+    day = 9 if weekend else 4  # 1970-01-05 was a Monday, 1970-01-10 a Saturday
+    return tuple(shape(profile, day * DAY_S + m * 60) for m in range(1440))
+
+
+@dataclass(frozen=True, slots=True)
+class Variation:
+    """Real-life variation on top of the daily shapes (a ``load_variation`` scenario entry).
+
+    Every part is a pure function of (meter seed, day / hour / minute), like the rest of the
+    noise, so it stays deterministic however the meter is polled.
+    """
+
+    daily: float = 0.2  # a meter's level varies day to day within 1 +- daily (commercial: half)
+    hourly: float = 0.3  # households: occupancy varies hour to hour within 1 +- hourly
+    appliances: float = 0.6  # households: chance per day of a 45-120 min, 1.2-2.2 kW cycle
+    ev_share: float = 0.05  # households charging an EV (3.7 or 7.4 kW, 2-4 h, most evenings)
+    heating_share: float = 0.15  # meters with electric heating, following the temperature
+
+
+_TEMP_SEED = stable_seed("weather")
+
+
+@functools.cache
+def temperature_c(day: int) -> float:
+    """Fleet-wide daily mean outdoor temperature for epoch day ``day``: a seasonal curve
+    (about 1 C in mid January, 19 C in mid July) plus weather spells of a few days (+-4 C,
+    interpolated between random values every third day)."""
+    season = 10.0 - 9.0 * math.cos(2.0 * math.pi * ((day - 15) % 365.25) / 365.25)
+    knot, frac = divmod(day, 3)
+    a, b = unit(_TEMP_SEED, knot, 0), unit(_TEMP_SEED, knot + 1, 0)
+    return season + 8.0 * ((a + (b - a) * frac / 3.0) - 0.5)
 
 
 def grid_load_index(t: float) -> float:

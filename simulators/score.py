@@ -4,9 +4,18 @@ Each truth record becomes the events a perfect detector would emit (``expected``
 outage -> ``power_outage`` per meter (a transformer-scope outage also ``transformer_outage``
 for its transformer), comms_dropout -> ``comms_loss``, voltage_sag -> ``voltage_sag``,
 voltage_swell -> ``voltage_swell``, phase_loss -> ``phase_loss``, clock_drift ->
-``clock_drift``, register_reset -> ``register_decrease``, reverse_flow -> ``reverse_energy``.
-Other fault types (spikes, theft, wire faults) expect no event and are not scored, nor
-does reverse flow on a prosumer's meter (indistinguishable from its PV export).
+``clock_drift``, register_reset -> ``register_decrease``, reverse_flow -> ``reverse_energy``;
+the consumption faults: consumption_spike -> ``consumption_spike``, sustained_high ->
+``sustained_high_consumption``, sustained_low and theft -> ``sustained_low_consumption``,
+zero_use -> ``zero_consumption``. Other fault types (wire faults, holidays, load variation)
+expect no event and are not scored, nor does reverse flow on a prosumer's meter
+(indistinguishable from its PV export).
+
+A consumption detector judges a meter against its own baseline, learned over a warm-up:
+consumption faults that start before ``judge_from_s`` (the end of the warm-up) are not
+expected. Nor are those too short to be seen by definition (``MIN_DURATION_S``: a
+sustained-high fault under 3 h, sustained-low under 24 h, zero use under 6 h), counting a
+fault's length only up to ``run_end_s`` when that is given.
 
 An emitted event matches an expectation of its type when their subjects agree (the event's
 ``meter_id``, else ``transformer_id``) and their times overlap, each widened by
@@ -30,7 +39,9 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "CONSUMPTION_EVENTS",
     "EXPECTED_EVENTS",
+    "MIN_DURATION_S",
     "Expected",
     "Observed",
     "Score",
@@ -51,8 +62,28 @@ EXPECTED_EVENTS: dict[str, str] = {
     "clock_drift": "clock_drift",
     "register_reset": "register_decrease",
     "reverse_flow": "reverse_energy",
+    "consumption_spike": "consumption_spike",
+    "sustained_high": "sustained_high_consumption",
+    "sustained_low": "sustained_low_consumption",
+    "theft": "sustained_low_consumption",
+    "zero_use": "zero_consumption",
 }
 TRANSFORMER_OUTAGE = "transformer_outage"
+# The events a meter's consumption baseline decides (none before its warm-up is over).
+CONSUMPTION_EVENTS = frozenset(
+    {
+        "consumption_spike",
+        "sustained_high_consumption",
+        "sustained_low_consumption",
+        "zero_consumption",
+    }
+)
+# How long a consumption fault must last before any detector can call it by its name.
+MIN_DURATION_S: dict[str, float] = {
+    "sustained_high_consumption": 3 * 3600.0,
+    "sustained_low_consumption": 24 * 3600.0,
+    "zero_consumption": 6 * 3600.0,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +182,14 @@ def expected_events(
     truth: Iterable[Mapping[str, Any]],
     prosumers: Collection[str] = (),
     no_will: Collection[str] = (),
+    *,
+    judge_from_s: float | None = None,
+    run_end_s: float | None = None,
 ) -> list[Expected]:
     """What a perfect detector would emit for these truth records.
+
+    Consumption faults starting before ``judge_from_s`` (a baseline's warm-up) are not
+    expected, nor those shorter than their type's ``MIN_DURATION_S`` (up to ``run_end_s``).
 
     Reverse flow on a prosumer's meter is its PV export as far as any detector can tell:
     those meters (``prosumers``) expect no ``reverse_energy``. An outage without a last
@@ -167,6 +204,12 @@ def expected_events(
             continue
         start = float(rec["start_s"])
         end = math.inf if rec.get("end_s") is None else float(rec["end_s"])
+        if type_ in CONSUMPTION_EVENTS:
+            if judge_from_s is not None and start < judge_from_s:
+                continue
+            seen = min(end, math.inf if run_end_s is None else run_end_s) - start
+            if seen < MIN_DURATION_S.get(type_, 0.0):
+                continue
         fid = str(rec.get("fault_id", ""))
         meters = rec.get("meters", ())
         if type_ == "reverse_energy":
@@ -229,15 +272,21 @@ def score(
     tolerance_s: float = 900.0,
     prosumers: Collection[str] = (),
     no_will: Collection[str] = (),
+    judge_from_s: float | None = None,
+    run_end_s: float | None = None,
 ) -> Score:
     """Per event type precision and recall; ``meters`` x ``days`` for the false-event rate.
 
     ``tolerance_s``: how far apart in time a fault and an event may be and still match
     (a detector sees a 15-minute fleet only at its readings: one interval by default).
     ``prosumers``: meters with PV, which expect no ``reverse_energy``; ``no_will``: meters
-    behind a concentrator (see ``expected_events``).
+    behind a concentrator (see ``expected_events``). ``judge_from_s``: consumption faults
+    before it (the baselines' warm-up) are not expected; ``run_end_s``: the end of the
+    traffic, for how much of a fault's minimum duration was seen.
     """
-    expected = expected_events(truth, prosumers, no_will)
+    expected = expected_events(
+        truth, prosumers, no_will, judge_from_s=judge_from_s, run_end_s=run_end_s
+    )
     observed = observed_events(events)
     result = Score(meter_days=meters * days)
     by_key: dict[tuple[str, str], list[Observed]] = {}

@@ -51,7 +51,7 @@ def test_a_transformer_outage_expects_the_transformer_and_each_meter() -> None:
                 transformer_id="tx-1",
             ),
             truth("F2", "register_reset", ["m-3"], T0, T0),
-            truth("F3", "consumption_spike", ["m-4"], T0, T0 + 900),  # no event expected
+            truth("F3", "duplicates", ["m-4"], T0, T0),  # a wire fault: no event expected
             truth("F4", "clock_drift", ["m-5"], T0, None),
             truth("F5", "reverse_flow", ["m-6", "m-7"], T0, T0 + 900),
         ],
@@ -145,7 +145,7 @@ def test_precision_recall_and_false_events_per_meter_days() -> None:
             "2026-11-26T06:30:00Z",
         ),
         # Types no fault maps to are reported apart, not scored.
-        ev("consumption_spike", "raised", {"meter_id": "m-5"}, "2026-11-26T03:00:00Z"),
+        ev("billing_anomaly", "raised", {"meter_id": "m-5"}, "2026-11-26T03:00:00Z"),
     ]
     s = score(records, events, meters=100, days=2, tolerance_s=900)
     po, sag, rev, tx = (
@@ -157,7 +157,7 @@ def test_precision_recall_and_false_events_per_meter_days() -> None:
     assert (sag.expected, sag.found, sag.events, sag.false_events) == (1, 0, 2, 2)
     assert sag.precision == 0.0
     assert (rev.recall, rev.precision) == (0.0, None)
-    assert s.unscored == {"consumption_spike": 1}
+    assert s.unscored == {"billing_anomaly": 1}
     assert s.false_events == 2
     assert s.false_per_1000_meter_days == pytest.approx(10.0)
     assert [m.subject for m in s.missed] == ["m-3", "m-4"]
@@ -176,4 +176,51 @@ def test_the_tolerance_decides_a_near_miss() -> None:
     assert (
         score(records, events, meters=1, days=1, tolerance_s=60).types["register_decrease"].recall
         == 0.0
+    )
+
+
+def test_consumption_faults_map_to_their_events() -> None:
+    day = 86_400.0
+    exp = expected_events(
+        [
+            truth("F1", "consumption_spike", ["m-1"], T0, T0 + 1800),
+            truth("F2", "sustained_high", ["m-2"], T0, T0 + 6 * 3600),
+            truth("F3", "sustained_low", ["m-3"], T0, T0 + 3 * day),
+            truth("F4", "theft", ["m-4"], T0, None),
+            truth("F5", "zero_use", ["m-5"], T0, T0 + 12 * 3600),
+            truth("F6", "holiday", ["m-6"], T0, T0 + day),  # not a fault: nothing expected
+            truth("F7", "load_variation", ["m-7"], T0, None),
+        ]
+    )
+    assert sorted((e.type, e.subject) for e in exp) == [
+        ("consumption_spike", "m-1"),
+        ("sustained_high_consumption", "m-2"),
+        ("sustained_low_consumption", "m-3"),
+        ("sustained_low_consumption", "m-4"),
+        ("zero_consumption", "m-5"),
+    ]
+
+
+def test_consumption_faults_in_the_warm_up_or_too_short_are_not_expected() -> None:
+    day = 86_400.0
+    records = [
+        truth("F1", "consumption_spike", ["m-1"], T0, T0 + 1800),  # in the warm-up
+        truth("F2", "consumption_spike", ["m-2"], T0 + 8 * day, T0 + 8 * day + 1800),
+        truth("F3", "sustained_high", ["m-3"], T0 + 8 * day, T0 + 8 * day + 3600),  # < 3 h
+        truth("F4", "zero_use", ["m-4"], T0 + 8 * day, T0 + 8 * day + 5 * 3600),  # < 6 h
+        # 3 days planned, but the run ends 12 h after its start: never 24 h low.
+        truth("F5", "sustained_low", ["m-5"], T0 + 9.5 * day, T0 + 12.5 * day),
+        truth("F6", "outage", ["m-6"], T0, T0 + 3600),  # not a consumption fault: kept
+    ]
+    exp = expected_events(records, judge_from_s=T0 + 7 * day, run_end_s=T0 + 10 * day)
+    assert sorted((e.type, e.subject) for e in exp) == [
+        ("consumption_spike", "m-2"),
+        ("power_outage", "m-6"),
+    ]
+    # An event for the warm-up spike is a false event: no detector should raise it then.
+    events = [ev("consumption_spike", "raised", {"meter_id": "m-1"}, "2026-11-26T00:15:00Z")]
+    s = score(records, events, meters=10, days=10, judge_from_s=T0 + 7 * day)
+    assert (s.types["consumption_spike"].expected, s.types["consumption_spike"].false_events) == (
+        1,
+        1,
     )
