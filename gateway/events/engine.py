@@ -23,6 +23,7 @@ import orjson
 from meter_gateway.config.schema import EventsConfig
 from meter_gateway.config.topology import MeterPlace
 from meter_gateway.gateway.events.detectors import POINT_TYPES, SEVERITY, Book, signal_ts_ns
+from meter_gateway.gateway.events.detectors.consumption import Consumption
 from meter_gateway.gateway.events.detectors.meter_alarms import MeterAlarms
 from meter_gateway.gateway.events.detectors.outage import Outage
 from meter_gateway.gateway.events.detectors.power_quality import PowerQuality
@@ -68,6 +69,7 @@ class Engine:
         self._outage = Outage(config, self._book, self._meters)
         self._pq = PowerQuality(config, self._book)
         self._alarms = MeterAlarms(config, self._book)
+        self._consumption = Consumption(config, self._book)
         self._heap: list[tuple[int, str]] = []
         self._off_ns = self._outage.off_ns
         self._started_ns = now_ns
@@ -97,7 +99,8 @@ class Engine:
         st.last_arrival = now_ns
         if now_ns > st.last_heard:
             st.last_heard = now_ns
-        if st.open & _OUT or st.suspect or st.lwt_offline_ns:
+        was_out = st.open & _OUT  # before this reading ends a comms_loss
+        if was_out or st.suspect or st.lwt_offline_ns:
             self._outage.arrived(st, now_ns)
         if not st.due:
             self._schedule(st, now_ns + self._off_ns)
@@ -121,6 +124,11 @@ class Engine:
         v3 = values.get("voltage_l3_v")
         if not self._outage.reading(st, ts, v1, v2, v3, now_ns):
             self._pq.reading(st, ts, values, v1, v2, v3, now_ns)
+        imp = values.get("energy_import_kwh")
+        if imp is not None and not st.prosumer:
+            # Before the alarms take it as the meter's last register value. A prosumer's
+            # import is net of its PV (the weather's, not the household's): not judged.
+            self._consumption.reading(st, ts, imp, was_out | st.open & _OUT, now_ns)
         self._alarms.reading(st, ts, prev_ts, gap_ns, values, now_ns)
 
     def signal(self, sig: Signal, now_ns: int) -> None:

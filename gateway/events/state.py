@@ -8,21 +8,29 @@ values and the last clock drift are NaN when unknown.
 
 from __future__ import annotations
 
+import base64
 import math
+import sys
+from array import array
 from typing import Any
 
 from meter_gateway.config.topology import MeterPlace
 
 __all__ = [
+    "BASE_SLOTS",
     "CLOCK",
     "COMMS",
     "CONDITION_BITS",
+    "CONS_HIGH",
+    "CONS_LOW",
+    "CONS_ZERO",
     "FREQUENCY",
     "IMBALANCE",
     "OVERCURRENT",
     "PHASE_LOSS",
     "POWER",
     "SAG",
+    "SPIKE",
     "SWELL",
     "Limits",
     "MeterState",
@@ -39,6 +47,10 @@ IMBALANCE = 1 << 5
 OVERCURRENT = 1 << 6
 FREQUENCY = 1 << 7
 CLOCK = 1 << 8
+SPIKE = 1 << 9
+CONS_HIGH = 1 << 10
+CONS_LOW = 1 << 11
+CONS_ZERO = 1 << 12
 
 CONDITION_BITS: dict[str, int] = {
     "power_outage": POWER,
@@ -50,9 +62,15 @@ CONDITION_BITS: dict[str, int] = {
     "overcurrent": OVERCURRENT,
     "frequency_deviation": FREQUENCY,
     "clock_drift": CLOCK,
+    "consumption_spike": SPIKE,
+    "sustained_high_consumption": CONS_HIGH,
+    "sustained_low_consumption": CONS_LOW,
+    "zero_consumption": CONS_ZERO,
 }
 
 _NAN = math.nan
+# Consumption baseline slots a meter (day type x hour: detectors/consumption.py).
+BASE_SLOTS = 72
 
 
 class Limits:
@@ -125,28 +143,50 @@ _SAVED = (
     "reverse_ts",
     "reverse_clean",
     "tamper_ts",
+    # Consumption (an older snapshot without them: a fresh baseline).
+    "imp_ts",
+    "learned_h",
+    "peak_kw",
+    "high_since",
+    "zero_since",
+    "zero_exp",
+    "zero_sig",
+    "low_since",
+    "low_act",
+    "low_exp",
+    "base",
 )
+_LITTLE = sys.byteorder == "little"
 
 
 class MeterState:
-    """One meter's detector state (about 0.5 KiB with its numbers)."""
+    """One meter's detector state (about 0.5 KiB with its numbers, 1.5 KiB once it has a
+    consumption baseline)."""
 
     __slots__ = (
         "arrival_spacing_s",
+        "base",
         "burst",
         "decrease_episode",
         "drift_prev_s",
         "due",
+        "high_since",
         "imbalance_since",
+        "imp_ts",
         "last_arrival",
         "last_export",
         "last_heard",
         "last_import",
         "last_ts",
+        "learned_h",
         "limits",
+        "low_act",
+        "low_exp",
+        "low_since",
         "lwt_offline_ns",
         "meter_id",
         "open",
+        "peak_kw",
         "place",
         "prosumer",
         "reverse_clean",
@@ -158,6 +198,9 @@ class MeterState:
         "three_phase",
         "ts_spacing_s",
         "tx",
+        "zero_exp",
+        "zero_sig",
+        "zero_since",
     )
 
     def __init__(
@@ -196,6 +239,19 @@ class MeterState:
         self.reverse_ts = 0  # last reverse-flow reading of the current episode
         self.reverse_clean = 0  # readings without reverse flow since
         self.tamper_ts = 0
+        # Consumption baseline (detectors/consumption.py): per slot level, deviation
+        # and count as array('f'), made at the meter's first interval.
+        self.base: array | None = None
+        self.imp_ts = 0  # ts of last_import
+        self.learned_h = 0.0  # hours of intervals learned (the warm-up)
+        self.peak_kw = 0.0  # its usual high interval consumption, kW (a fading maximum)
+        self.high_since = 0  # start of a run of high intervals
+        self.zero_since = 0  # start of a run of intervals without consumption
+        self.zero_exp = 0.0  # ... the baseline over it, kWh
+        self.zero_sig = 0.0  # ... and its spread, kWh
+        self.low_since = 0  # since when the weighted ratio is below the low factor
+        self.low_act = 0.0  # weighted consumption, kWh
+        self.low_exp = 0.0  # weighted baseline, kWh
 
     def subject(self) -> dict[str, str]:
         """The event subject: meter first, then the ids the topology knows."""
@@ -209,13 +265,36 @@ class MeterState:
         return subject
 
     def dump(self) -> list[Any]:
-        # NaN is not JSON: None stands for it.
-        return [None if v != v else v for v in (getattr(self, k) for k in _SAVED)]
+        # NaN is not JSON: None stands for it. The baseline: base64 of little-endian
+        # float32s (1,152 characters).
+        out = [None if v != v else v for v in (getattr(self, k) for k in _SAVED[:-1])]
+        base = self.base
+        if base is not None and not _LITTLE:
+            base = array("f", base)
+            base.byteswap()
+        out.append(None if base is None else base64.b64encode(base.tobytes()).decode())
+        return out
 
     def load(self, values: list[Any]) -> None:
         for key, v in zip(_SAVED, values, strict=False):
-            if v is None:
+            if key == "base":
+                v = _baseline(v)
+            elif v is None:
                 v = _NAN
             elif key in ("suspect", "decrease_episode"):
                 v = bool(v)
             setattr(self, key, v)
+
+
+def _baseline(text: str | None) -> array | None:
+    """A dumped baseline; None (fresh) when absent or not of the current shape."""
+    if not text:
+        return None
+    base = array("f")
+    base.frombytes(base64.b64decode(text))
+    if not _LITTLE:
+        base.byteswap()
+    return base if len(base) == _BASE_LEN else None
+
+
+_BASE_LEN = 3 * BASE_SLOTS

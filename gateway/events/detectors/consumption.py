@@ -1,0 +1,385 @@
+"""Consumption against each meter's own learned baseline: spikes, sustained high,
+sustained low, zero.
+
+Consumption is the interval delta of `energy_import_kwh` between a meter's newest
+readings (never instantaneous power), as a rate in kW over the interval. Prosumers
+(topology) are not judged: their import is net of their PV, the weather's doing.
+
+- **Slots**: 72 per meter, day type (Monday-Friday, Saturday, Sunday) x hour of day,
+  UTC (the gateway has no meter time zone; a fixed offset only shifts the learned
+  shape). Five weekdays share a slot, so a 15-minute meter has 20 samples in each
+  weekday slot after one week; a weekend slot with fewer than MIN_SLOT_SAMPLES samples
+  is judged on that hour's weekday slot.
+- **Statistic**: per slot a location and a spread, learned online as a Hampel-clipped
+  running mean and mean absolute deviation: a sample outside location +- 3 sigma
+  (sigma = 1.2533 x the mean absolute deviation, the normal-equivalent spread) counts
+  as that bound, so a kettle or a spike moves the baseline by at most 3 sigma x the
+  gain. Gain 1/n for the first LEARN_SAMPLES samples of the slot, then that fixed
+  (older weeks fade). Stored as `array('f')` (level, deviation, count per slot).
+- **Intervals**: an interval of at most an hour (and no more than twice the meter's
+  usual spacing) is one sample of the slot at its midpoint: it is learned and judged.
+  A longer one (a gap, back-fill after a silence) is spread evenly over the hours it
+  covers: never a spike, not learned, judged for the sustained conditions against the
+  sum of the covered slots' levels. A register decrease (reset, replacement) is no
+  consumption: that delta is skipped. An interval across a power_outage or comms_loss
+  (open before its reading, or raised by it) is neither learned nor judged, and the
+  sustained runs start again after it.
+- **Warm-up**: nothing is judged before `baseline_warmup_days` of learned intervals
+  (data, not wall time) for that meter.
+
+Events (meter subject, judged per interval in the readings' own time):
+
+- `consumption_spike` (minor): a one-slot interval above spike_factor x its slot's
+  level, above level + SPIKE_SIGMAS sigma, at least SPIKE_MIN_KWH above the level (3 kW
+  for 15 minutes: an oven or a washer's heater is everyday life, and a meter whose
+  baseline is about 0 does not fire on a kettle), and above PEAK_MARGIN x the meter's
+  usual high (a fading maximum of its interval kW over every slot: a household that
+  charges a car or runs a 3.5 kW appliance most days learns that it does). Cleared by
+  the next judged interval below the limit.
+- `sustained_high_consumption` (major): intervals above sustained_high_factor x
+  baseline (and HIGH_SIGMAS sigma and HIGH_MIN_KW above it) for sustained_high_hours;
+  a run continues while intervals stay above the midpoint (1 + factor) / 2 x baseline.
+  Cleared at an interval back below 1 + (factor - 1) / 4 x baseline (1.5 x for 3).
+- `zero_consumption` (major): the register still for zero_consumption_hours on a meter
+  whose baseline for those hours is clearly above 0 (at least ZERO_MIN_KW on average and
+  above its own spread). Cleared by the first interval with consumption.
+- `sustained_low_consumption` (major): an exponentially weighted ratio of consumption to
+  baseline (time constant sustained_low_hours / 4, so nights with only the fridge
+  and days of a vacant home average out) below sustained_low_factor for 3/4 of
+  sustained_low_hours (a clean drop is raised about sustained_low_hours after it
+  began). Cleared when that ratio is back above (1 + factor) / 2. A meter in
+  zero_consumption is not also low: the zero event clears an open low one, and the low
+  run starts again after the zero one ends.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+
+from meter_gateway.config.schema import EventsConfig
+from meter_gateway.gateway.events.detectors import SEVERITY, Book
+from meter_gateway.gateway.events.state import (
+    BASE_SLOTS,
+    CONS_HIGH,
+    CONS_LOW,
+    CONS_ZERO,
+    SPIKE,
+    MeterState,
+)
+
+__all__ = [
+    "HIGH_MIN_KW",
+    "HIGH_SIGMAS",
+    "LEARN_SAMPLES",
+    "MIN_SLOT_SAMPLES",
+    "N_SLOTS",
+    "PEAK_MARGIN",
+    "SPIKE_MIN_KWH",
+    "SPIKE_SIGMAS",
+    "ZERO_MIN_KW",
+    "Consumption",
+    "slot_of",
+]
+
+# The engine's Book takes severities from this table; the consumption types are
+# registered here, next to their detector.
+SEVERITY.update(
+    {
+        "consumption_spike": "minor",
+        "sustained_high_consumption": "major",
+        "sustained_low_consumption": "major",
+        "zero_consumption": "major",
+    }
+)
+
+_NS = 1_000_000_000
+_HOUR_NS = 3600 * _NS
+N_SLOTS = BASE_SLOTS
+_DEV = N_SLOTS  # offsets into the per-meter array: level, deviation, count
+_CNT = 2 * N_SLOTS
+# Hour of the week (Monday 00:00 UTC = 0) -> slot. Epoch hour 0 was a Thursday.
+_SLOT_OF_HOW = tuple((0 if d < 5 else d - 4) * 24 + h for d in range(7) for h in range(24))
+_HOW_OFFSET = 3 * 24
+
+LEARN_SAMPLES = 48  # gain 1/n up to here, then fixed: about 2.5 weeks of a weekday slot
+MIN_SLOT_SAMPLES = 4  # a slot with fewer is judged on its hour's weekday slot
+_FREE_SAMPLES = 4  # the first samples of a slot are not clipped (no spread known yet)
+_CLIP_SIGMAS = 3.0  # Hampel bound for learning
+_SIGMA_OF_MEAN_DEV = 1.2533  # sigma / mean absolute deviation for a normal distribution
+_SIGMA_FLOOR_KW = 0.02  # the least spread a slot is taken to have (register resolution)
+SPIKE_SIGMAS = 5.0
+SPIKE_MIN_KWH = 0.75  # at least this much above the interval baseline (3 kW for 15 min)
+HIGH_SIGMAS = 3.0
+HIGH_MIN_KW = 0.25  # ... and at least 250 W above it on average
+ZERO_MIN_KW = 0.05  # "normally consumes": at least 50 W on average in those hours
+# The meter's own usual high: a spike is also above PEAK_MARGIN x that, so a household
+# that runs a 4 kW appliance or charges a car now and then does not report every run.
+PEAK_MARGIN = 1.25
+_PEAK_FADE_PER_H = 0.002  # half-life about two weeks
+_ZERO_KWH = 0.0005  # below half a watt-hour the register did not move
+_MAX_SPREAD_NS = 14 * 24 * _HOUR_NS  # a longer silence is not judged at all
+_ONE_SLOT_NS = _HOUR_NS + 60 * _NS  # an "hourly" interval may be a minute long
+_CLIP_FLOOR_KW = _CLIP_SIGMAS * _SIGMA_FLOOR_KW
+
+
+def slot_of(ts_ns: int) -> int:
+    """The baseline slot (day type x hour, UTC) of a moment."""
+    return _SLOT_OF_HOW[(ts_ns // _HOUR_NS + _HOW_OFFSET) % 168]
+
+
+def _level(base: array, slot: int) -> int:
+    """The slot to judge by (its weekday slot while a weekend one is thin); -1: none."""
+    if base[_CNT + slot] >= MIN_SLOT_SAMPLES:
+        return slot
+    slot %= 24
+    return slot if base[_CNT + slot] >= MIN_SLOT_SAMPLES else -1
+
+
+_JUDGED = CONS_HIGH | CONS_LOW | CONS_ZERO
+
+
+class Consumption:
+    def __init__(self, config: EventsConfig, book: Book) -> None:
+        self._book = book
+        self._warmup_h = config.baseline_warmup_days * 24
+        self._spike = config.spike_factor
+        self._high = config.sustained_high_factor
+        self._high_mid = (1 + config.sustained_high_factor) / 2
+        self._high_near = 1 + (config.sustained_high_factor - 1) / 4
+        self._high_ns = int(config.sustained_high_hours * _HOUR_NS)
+        self._low = config.sustained_low_factor
+        self._low_near = (1 + config.sustained_low_factor) / 2
+        self._low_rate = 4 / config.sustained_low_hours  # 1 / the time constant, per hour
+        # Below this an interval may start a low run (the weighted ratio decides).
+        self._low_start = config.sustained_low_factor
+        self._low_hold_ns = int(0.75 * config.sustained_low_hours * _HOUR_NS)
+        self._zero_ns = int(config.zero_consumption_hours * _HOUR_NS)
+
+    def reading(self, st: MeterState, ts: int, imp: float, out: int, now_ns: int) -> None:
+        """A newest reading with its import register; `out`: the meter was or is in a
+        power_outage / comms_loss. Call before the register is taken as the last one."""
+        a = st.imp_ts
+        st.imp_ts = ts
+        kwh = imp - st.last_import  # NaN for a meter's first register value
+        if not a or not kwh >= 0:  # the first value, or a decrease: no consumption
+            return
+        dur_ns = ts - a
+        if out:
+            # Power or link was gone during this interval: nothing to learn or judge;
+            # the sustained conditions count again from here.
+            st.high_since = st.zero_since = st.low_since = 0
+            return
+        base = st.base
+        if base is None:
+            base = st.base = array("f", bytes(4 * 3 * N_SLOTS))
+        dur_h = dur_ns / _HOUR_NS
+        sp_s = st.ts_spacing_s
+        if dur_ns <= _ONE_SLOT_NS and (dur_ns <= 2 * sp_s * _NS or not sp_s):
+            # One slot: judge it (a spike too), then learn it.
+            slot = _SLOT_OF_HOW[((a + ts) // 2 // _HOUR_NS + _HOW_OFFSET) % 168]
+            if st.learned_h >= self._warmup_h:
+                j = slot if base[_CNT + slot] >= MIN_SLOT_SAMPLES else _level(base, slot % 24)
+                if j >= 0:
+                    exp = base[j] * dur_h
+                    sig = _SIGMA_OF_MEAN_DEV * base[_DEV + j]
+                    if sig < _SIGMA_FLOOR_KW:
+                        sig = _SIGMA_FLOOR_KW
+                    sig *= dur_h
+                    if kwh > self._spike_limit(exp, sig) and kwh > PEAK_MARGIN * st.peak_kw * dur_h:
+                        self._raise_spike(st, a, ts, kwh, exp, now_ns)
+                    elif st.open & SPIKE:
+                        self._clear_spike(st, ts, now_ns)
+                    if (
+                        st.open & _JUDGED
+                        or st.high_since
+                        or st.zero_since
+                        or st.low_since
+                        or (
+                            kwh > self._high * exp or kwh < self._low_start * exp or kwh < _ZERO_KWH
+                        )
+                    ):
+                        self._judge(st, a, ts, kwh, exp, sig, now_ns)
+                    else:
+                        # Nothing running, nothing starting: only the weighted sums.
+                        keep = math.exp(-dur_h * self._low_rate)
+                        st.low_act = st.low_act * keep + kwh
+                        st.low_exp = st.low_exp * keep + exp
+            # Learn (Hampel-clipped running mean and mean absolute deviation).
+            x = kwh / dur_h
+            n = base[_CNT + slot]
+            if n < LEARN_SAMPLES:
+                n += 1
+                base[_CNT + slot] = n
+            lvl = base[slot]
+            dev = base[_DEV + slot]
+            if n > _FREE_SAMPLES:
+                bound = _CLIP_SIGMAS * _SIGMA_OF_MEAN_DEV * dev
+                if bound < _CLIP_FLOOR_KW:
+                    bound = _CLIP_FLOOR_KW
+                if x > lvl + bound:
+                    x = lvl + bound
+                elif x < lvl - bound:
+                    x = lvl - bound
+            # The meter's usual high, over every slot: half way up to a higher rate,
+            # fading by half in about two weeks.
+            rate = kwh / dur_h
+            peak = st.peak_kw
+            if rate > peak:
+                st.peak_kw = peak + 0.5 * (rate - peak)
+            else:
+                st.peak_kw = peak - peak * _PEAK_FADE_PER_H * dur_h
+            d = x - lvl
+            base[slot] = lvl + d / n
+            base[_DEV + slot] = dev + ((d if d >= 0 else -d) - dev) / n
+            st.learned_h += dur_h
+            return
+        # Spread over the hours it covers (a gap, back-fill after a silence).
+        if st.learned_h < self._warmup_h or dur_ns > _MAX_SPREAD_NS:
+            return
+        exp = sig = 0.0
+        t = a
+        while t < ts:
+            h = t // _HOUR_NS
+            end = min((h + 1) * _HOUR_NS, ts)
+            j = _level(base, _SLOT_OF_HOW[(h + _HOW_OFFSET) % 168])
+            if j < 0:
+                return  # part of it has no baseline yet
+            w = (end - t) / _HOUR_NS
+            exp += base[j] * w
+            sig += max(_SIGMA_OF_MEAN_DEV * base[_DEV + j], _SIGMA_FLOOR_KW) * w
+            t = end
+        if st.open & SPIKE and kwh <= self._spike_limit(exp, sig):
+            self._clear_spike(st, ts, now_ns)
+        self._judge(st, a, ts, kwh, exp, sig, now_ns)
+
+    # -- judging (exp, sig: the interval's baseline and its spread, in kWh) -------------------
+
+    def _spike_limit(self, exp: float, sig: float) -> float:
+        return exp + max((self._spike - 1) * exp, SPIKE_SIGMAS * sig, SPIKE_MIN_KWH)
+
+    def _raise_spike(
+        self, st: MeterState, a: int, ts: int, kwh: float, exp: float, now_ns: int
+    ) -> None:
+        if st.open & SPIKE:
+            return
+        self._book.raise_meter(
+            st,
+            "consumption_spike",
+            a,
+            now_ns,
+            {
+                "cause": "consumption",
+                "kwh": round(kwh, 4),
+                "baseline_kwh": round(exp, 4),
+                "interval_s": round((ts - a) / _NS, 3),
+            },
+            f"{st.meter_id}: {kwh:.3f} kWh in {(ts - a) / _NS / 60:.0f} min,"
+            f" baseline {exp:.3f} kWh",
+            value=round(kwh, 4),
+        )
+
+    def _clear_spike(self, st: MeterState, ts: int, now_ns: int) -> None:
+        self._book.clear_meter(
+            st, "consumption_spike", ts, now_ns, f"{st.meter_id}: consumption back to normal"
+        )
+
+    def _judge(
+        self, st: MeterState, a: int, ts: int, kwh: float, exp: float, sig: float, now_ns: int
+    ) -> None:
+        """The sustained conditions, for any judged interval [a, ts]."""
+        book = self._book
+        open_ = st.open
+        # sustained_high_consumption
+        if open_ & CONS_HIGH:
+            if kwh <= self._high_near * exp:
+                st.high_since = 0
+                book.clear_meter(
+                    st,
+                    "sustained_high_consumption",
+                    ts,
+                    now_ns,
+                    f"{st.meter_id}: consumption back near baseline",
+                )
+        elif st.high_since:
+            if kwh > self._high_mid * exp:
+                if ts - st.high_since >= self._high_ns:
+                    self._raise(st, "sustained_high_consumption", st.high_since, ts, now_ns)
+            else:
+                st.high_since = 0
+        if (
+            not st.high_since
+            and not open_ & CONS_HIGH
+            and kwh > self._high * exp
+            and kwh - exp > max(HIGH_SIGMAS * sig, HIGH_MIN_KW * (ts - a) / _HOUR_NS)
+        ):
+            st.high_since = a
+            if ts - a >= self._high_ns:  # a spread interval can be long enough alone
+                self._raise(st, "sustained_high_consumption", a, ts, now_ns)
+        # zero_consumption
+        if kwh < _ZERO_KWH:
+            if not st.zero_since:
+                st.zero_since = a
+                st.zero_exp = st.zero_sig = 0.0
+            st.zero_exp += exp
+            st.zero_sig += sig
+            if (
+                not st.open & CONS_ZERO
+                and ts - st.zero_since >= self._zero_ns
+                and st.zero_exp >= ZERO_MIN_KW * (ts - st.zero_since) / _HOUR_NS
+                and st.zero_exp > st.zero_sig
+            ):
+                if st.open & CONS_LOW:
+                    book.clear_meter(
+                        st,
+                        "sustained_low_consumption",
+                        ts,
+                        now_ns,
+                        f"{st.meter_id}: no consumption at all (zero_consumption)",
+                        {"superseded_by": "zero_consumption"},
+                    )
+                self._raise(st, "zero_consumption", st.zero_since, ts, now_ns)
+        else:
+            st.zero_since = 0
+            if st.open & CONS_ZERO:
+                book.clear_meter(
+                    st, "zero_consumption", ts, now_ns, f"{st.meter_id}: consumption resumed"
+                )
+        # sustained_low_consumption: weighted sums of consumption and baseline.
+        keep = math.exp(-(ts - a) / _HOUR_NS * self._low_rate)
+        act = st.low_act = st.low_act * keep + kwh
+        base = st.low_exp = st.low_exp * keep + exp
+        if st.open & CONS_ZERO:
+            st.low_since = 0  # one condition, one event: zero is the more specific
+            return
+        if act < self._low * base:
+            if not st.low_since:
+                st.low_since = a
+            elif not st.open & CONS_LOW and ts - st.low_since >= self._low_hold_ns:
+                self._raise(st, "sustained_low_consumption", st.low_since, ts, now_ns)
+        else:
+            st.low_since = 0
+            if st.open & CONS_LOW and act >= self._low_near * base:
+                book.clear_meter(
+                    st,
+                    "sustained_low_consumption",
+                    ts,
+                    now_ns,
+                    f"{st.meter_id}: consumption back near baseline",
+                )
+
+    def _raise(self, st: MeterState, type_: str, start: int, ts: int, now_ns: int) -> None:
+        hours = (ts - start) / _HOUR_NS
+        details = {"cause": "consumption", "hours": round(hours, 3)}
+        value = None
+        if type_ == "zero_consumption":
+            what = "no consumption"
+        elif type_ == "sustained_high_consumption":
+            what = f"consumption above {self._high:g} x baseline"
+        else:
+            value = round(st.low_act / st.low_exp, 4) if st.low_exp else 0.0
+            details["ratio"] = value
+            what = f"consumption at {value:.2f} x baseline"
+        self._book.raise_meter(
+            st, type_, start, now_ns, details, f"{st.meter_id}: {what} for {hours:.1f} h", value
+        )

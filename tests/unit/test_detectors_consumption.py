@@ -1,0 +1,363 @@
+"""Consumption against the meter's own baseline: spike, sustained high, sustained low,
+zero; warm-up, gaps, register resets, outages, weekly shape, memory, restart."""
+
+from __future__ import annotations
+
+import gc
+import random
+import tracemalloc
+from collections.abc import Callable
+
+import orjson
+
+from meter_gateway.config.schema import EventsConfig
+from meter_gateway.config.topology import MeterPlace
+from meter_gateway.gateway.events import Engine
+from meter_gateway.gateway.events.detectors.consumption import slot_of
+from meter_gateway.gateway.reading import Reading
+from tests.unit.test_engine import T0, Harness, S
+
+Q = 900  # 15-minute interval
+H = 3600
+DAY = 86_400
+_TYPES = {
+    "consumption_spike",
+    "sustained_high_consumption",
+    "sustained_low_consumption",
+    "zero_consumption",
+}
+
+
+def household(t: float) -> float:
+    """A household's usual load in kW at T0 + t s: night, morning, evening peaks; at
+    weekends a late morning and a midday peak instead of the commute."""
+    hour_of_week = int((T0 // S + t) // H + 3 * 24) % 168
+    day, hour = divmod(hour_of_week, 24)
+    if day >= 5:
+        return {8: 0.6, 9: 0.9, 10: 0.9, 11: 0.8, 12: 1.2, 13: 1.0, 18: 1.0, 19: 1.2, 20: 0.9}.get(
+            hour, 0.35 if 7 <= hour <= 22 else 0.2
+        )
+    return {6: 0.7, 7: 0.9, 17: 0.8, 18: 1.1, 19: 1.2, 20: 1.0, 21: 0.7}.get(
+        hour, 0.3 if 8 <= hour <= 22 else 0.2
+    )
+
+
+class Meter:
+    """One meter's import register, read every 15 minutes."""
+
+    def __init__(self, h: Harness, meter_id: str = "m-1", seed: int = 1) -> None:
+        self.h = h
+        self.id = meter_id
+        self.rng = random.Random(seed)
+        self.kwh = 5000.0
+        self.t = 0.0
+
+    def run(
+        self,
+        until: float,
+        load: Callable[[float], float] = household,
+        *,
+        noise: float = 0.35,
+        kettles: bool = True,
+        step: float = Q,
+        **kw: float | tuple[float, ...],
+    ) -> None:
+        """Readings every `step` s up to `until`, with multiplicative noise and an
+        occasional kettle (0.1 kWh)."""
+        rng = self.rng
+        while self.t + step <= until:
+            self.t += step
+            kw_avg = load(self.t - step / 2) * rng.uniform(1 - noise, 1 + noise)
+            self.kwh += kw_avg * step / H
+            if kettles and rng.random() < 0.05:
+                self.kwh += 0.1
+            self.h.read(self.id, self.t, energy_import_kwh=round(self.kwh, 3), **kw)  # type: ignore[arg-type]
+
+    def add(self, kwh: float, *, step: float = Q) -> None:
+        self.t += step
+        self.kwh += kwh
+        self.h.read(self.id, self.t, energy_import_kwh=round(self.kwh, 3))
+
+
+def consumption_events(h: Harness) -> list[tuple[str, str]]:
+    return [(e.type, e.state) for e in h.events if e.type in _TYPES]
+
+
+def warmed(days: float = 8, seed: int = 1, **config: float) -> tuple[Harness, Meter]:
+    h = Harness(**config)
+    m = Meter(h, seed=seed)
+    m.run(days * DAY)
+    return h, m
+
+
+# -- warm-up, spike --------------------------------------------------------------------------
+
+
+def test_no_judgement_before_the_warm_up_then_a_spike_is_raised_and_cleared():
+    h = Harness()
+    m = Meter(h)
+    m.run(6 * DAY)
+    m.add(6.0)  # 24 kW for 15 minutes: far above, but not 7 days of data yet
+    m.run(6 * DAY + 2 * H)
+    assert consumption_events(h) == []
+
+    m.run(8 * DAY)
+    spike_at = m.t
+    m.add(6.0)
+    (raised,) = h.of("consumption_spike")
+    assert raised.severity == "minor"
+    assert raised.start_ns == T0 + round(spike_at * S)
+    assert abs(raised.value - 6.0) < 0.002
+    assert raised.subject == {"meter_id": "m-1"}
+    m.run(m.t + Q)  # the next interval is normal
+    assert consumption_events(h) == [
+        ("consumption_spike", "raised"),
+        ("consumption_spike", "cleared"),
+    ]
+
+
+def test_a_kettle_on_a_meter_with_a_baseline_near_zero_is_no_spike():
+    h = Harness()
+    m = Meter(h)
+    m.run(8 * DAY, lambda t: 0.004, noise=0.5, kettles=False)  # a vacant flat: 4 W
+    for _ in range(3):
+        m.add(0.12)  # a kettle: 30 times the baseline, still nothing to report
+        m.run(m.t + 4 * H, lambda t: 0.004, noise=0.5, kettles=False)
+    assert consumption_events(h) == []
+
+
+def test_the_weekly_shape_of_a_household_over_three_weeks_gives_no_events():
+    h = Harness()
+    for i in range(3):
+        Meter(h, f"m-{i}", seed=10 + i).run(21 * DAY)
+    assert h.events == []
+    base = h.engine._meters["m-0"].base
+    assert base is not None
+    # Saturday 12:00 learned its own midday peak; a weekday noon its low.
+    sat_noon = slot_of(T0 + round((DAY - 8 * H + 12 * H) * S))  # T0 is a Friday 08:00
+    fri_noon = slot_of(T0 + round(4 * H * S))
+    assert base[sat_noon] > 0.9
+    assert base[fri_noon] < 0.45
+
+
+# -- gaps, resets, outages -------------------------------------------------------------------
+
+
+def test_back_filled_data_after_a_silence_and_a_delta_across_a_gap_are_no_spike():
+    h, m = warmed()
+    # A concentrator link is down for 6 h, then it delivers the 24 readings it kept,
+    # in order, all at once.
+    silence_end = m.t + 6 * H
+    rng = random.Random(5)
+    for _ in range(24):
+        m.t += Q
+        m.kwh += household(m.t - Q / 2) * rng.uniform(0.7, 1.3) * Q / H
+        h.read("m-1", m.t, now=silence_end, energy_import_kwh=round(m.kwh, 3))
+    m.run(m.t + DAY)
+    # A meter that missed 8 h of readings: one delta spans them (spread, not a spike).
+    gap_start = m.t
+    m.t += 8 * H
+    m.kwh += sum(household(gap_start + i * Q + Q / 2) * Q / H for i in range(32))
+    h.read("m-1", m.t, energy_import_kwh=round(m.kwh, 3))
+    m.run(m.t + DAY)
+    assert consumption_events(h) == []
+
+
+def test_back_fill_after_a_comms_loss_is_no_consumption_event():
+    h, m = warmed()
+    last = m.t
+    h.tick(last + 6 * H)  # silent for 6 h: comms_loss
+    for _ in range(24):  # then the concentrator delivers what it kept, in order
+        m.t += Q
+        m.kwh += household(m.t - Q / 2) * Q / H
+        h.read("m-1", m.t, now=last + 6 * H + 1, energy_import_kwh=round(m.kwh, 3))
+    m.run(m.t + DAY)
+    assert h.types() == [("comms_loss", "raised"), ("comms_loss", "cleared")]
+
+
+def test_a_register_reset_is_no_consumption_and_no_spike():
+    h, m = warmed()
+    m.kwh = 0.0  # the meter was replaced: its register starts from 0
+    m.run(m.t + Q)
+    m.run(m.t + DAY)
+    assert consumption_events(h) == []
+    assert [e.type for e in h.events] == ["register_decrease"]
+
+
+def test_no_zero_consumption_during_a_power_outage():
+    h, m = warmed()
+    h.signal("m-1", "last_gasp", now=m.t + 60, ts=(T0 // S) + m.t + 60)
+    # The meter keeps delivering readings without voltage: its register stands still.
+    m.run(m.t + 10 * H, lambda t: 0.0, v=(0.0, 0.0, 0.0))
+    h.signal("m-1", "power_restored", now=m.t + 30, ts=(T0 // S) + m.t + 30)
+    m.run(m.t + DAY)
+    assert [e.type for e in h.events] == ["power_outage", "power_outage"]
+    assert consumption_events(h) == []
+
+
+# -- the sustained conditions -----------------------------------------------------------------
+
+
+def test_sustained_high_consumption_is_raised_after_its_hours_and_cleared():
+    h, m = warmed(10)  # to a Monday 08:00
+    start = m.t
+    m.run(m.t + 2.5 * H, lambda t: 5 * household(t), noise=0.1, kettles=False)
+    assert consumption_events(h) == []
+    m.run(m.t + 1.5 * H, lambda t: 5 * household(t), noise=0.1, kettles=False)
+    assert consumption_events(h) == [("sustained_high_consumption", "raised")]
+    (raised,) = h.of("sustained_high_consumption")
+    assert raised.severity == "major"
+    assert raised.start_ns == T0 + round(start * S)
+    m.run(m.t + 2 * H)
+    assert consumption_events(h) == [
+        ("sustained_high_consumption", "raised"),
+        ("sustained_high_consumption", "cleared"),
+    ]
+
+
+def test_zero_consumption_is_raised_after_its_hours_and_cleared_when_consumption_resumes():
+    h, m = warmed()
+    start = m.t
+    m.run(m.t + 5.5 * H, lambda t: 0.0, kettles=False)  # the register stands still
+    assert consumption_events(h) == []
+    m.run(m.t + 36 * H, lambda t: 0.0, kettles=False)
+    assert consumption_events(h) == [("zero_consumption", "raised")]
+    (raised,) = h.of("zero_consumption")
+    assert raised.severity == "major"
+    assert raised.start_ns == T0 + round(start * S)
+    m.run(m.t + Q)
+    m.run(m.t + 2 * DAY)
+    # Resumed: cleared, and no sustained_low left over from the zero hours.
+    assert consumption_events(h) == [
+        ("zero_consumption", "raised"),
+        ("zero_consumption", "cleared"),
+    ]
+
+
+def test_sustained_low_consumption_is_raised_after_its_hours_and_cleared_when_back():
+    h, m = warmed()
+    vacant = m.t
+    m.run(m.t + 18 * H, lambda t: 0.08, noise=0.2, kettles=False)  # the fridge only
+    assert consumption_events(h) == []
+    m.run(m.t + 12 * H, lambda t: 0.08, noise=0.2, kettles=False)
+    assert consumption_events(h) == [("sustained_low_consumption", "raised")]
+    (raised,) = h.of("sustained_low_consumption")
+    assert raised.severity == "major"
+    assert 0 <= raised.start_ns - (T0 + round(vacant * S)) <= 8 * H * S
+    m.run(m.t + 12 * H, lambda t: 0.08, noise=0.2, kettles=False)
+    m.run(m.t + DAY)  # back home
+    assert consumption_events(h) == [
+        ("sustained_low_consumption", "raised"),
+        ("sustained_low_consumption", "cleared"),
+    ]
+
+
+def test_a_meter_low_then_at_zero_has_one_condition_zero():
+    h, m = warmed()
+    m.run(m.t + 30 * H, lambda t: 0.08, noise=0.2, kettles=False)
+    assert consumption_events(h) == [("sustained_low_consumption", "raised")]
+    m.run(m.t + 8 * H, lambda t: 0.0, kettles=False)
+    assert consumption_events(h) == [
+        ("sustained_low_consumption", "raised"),
+        ("sustained_low_consumption", "cleared"),
+        ("zero_consumption", "raised"),
+    ]
+    assert h.of("sustained_low_consumption", "cleared")[0].details["superseded_by"] == (
+        "zero_consumption"
+    )
+    assert {e.type for e in h.engine.active()} == {"zero_consumption"}
+
+
+def test_a_prosumer_is_not_judged_its_import_is_net_of_its_pv():
+    h = Harness({"m-1": MeterPlace("m-1", prosumer=True)})
+    m = Meter(h)
+    m.run(8 * DAY)
+    m.run(m.t + DAY, lambda t: 0.0, kettles=False)  # a sunny day: no import at all
+    m.add(6.0)
+    assert consumption_events(h) == []
+    assert h.engine._meters["m-1"].base is None
+
+
+def test_a_meter_that_often_runs_a_big_appliance_learns_it_is_usual():
+    h = Harness()
+    m = Meter(h)
+    # A 3.5 kW appliance for an hour every day, at any hour: its slots' level stays low
+    # but the meter's usual high learns it; a run of it is no spike.
+    rng = random.Random(3)
+    runs = {day * 24 + rng.randrange(24) for day in range(21)}
+    m.run(21 * DAY, lambda t: household(t) + (3.5 if int(t // H) in runs else 0.0))
+    assert consumption_events(h) == []
+    m.run(m.t + H, lambda t: household(t) + 3.5, kettles=False)
+    assert consumption_events(h) == []
+    m.add(4.0)  # but 16 kW: a spike
+    assert consumption_events(h) == [("consumption_spike", "raised")]
+
+
+# -- restart, memory --------------------------------------------------------------------------
+
+
+def test_the_baseline_survives_a_restart_and_an_older_snapshot_starts_fresh():
+    h, m = warmed()
+    blob = h.engine.snapshot()
+    again = Harness()
+    again.engine.restore(blob, T0 + round((m.t + 1) * S), downtime_grace=False)
+    m.h = again
+    m.add(6.0)
+    assert consumption_events(again) == [("consumption_spike", "raised")]
+
+    # A snapshot written before baselines: the meter's list stops at tamper_ts.
+    data = orjson.loads(blob)
+    data["meters"]["m-1"] = data["meters"]["m-1"][:19]
+    older = Harness()
+    older.engine.restore(orjson.dumps(data), T0 + round((m.t + 1) * S), downtime_grace=False)
+    st = older.engine._meters["m-1"]
+    assert st.base is None
+    assert st.learned_h == 0.0
+    m.h = older
+    m.add(6.0)
+    assert older.events == []
+
+
+def test_state_with_a_judging_baseline_is_under_2_kib_per_meter():
+    n = 2000
+    ids = [f"m-{i:06d}" for i in range(n)]
+    topology = {
+        m: MeterPlace(m, f"tx-{i // 20}", f"f-{i // 2000}", phases=3) for i, m in enumerate(ids)
+    }
+
+    def rounds(k: int, kwh: float) -> list[Reading]:
+        values = {
+            "voltage_l1_v": 230.0,
+            "voltage_l2_v": 231.0,
+            "voltage_l3_v": 229.0,
+            "energy_import_kwh": kwh,
+            "energy_export_kwh": 0.0,
+            "power_w": 500.0,
+            "frequency_hz": 50.0,
+        }
+        return [Reading(m, T0 + k * 60 * S + i, "mqtt", values) for i, m in enumerate(ids)]
+
+    # Five learned intervals in one slot, then one judged.
+    kwh = (1000.0, 1000.1, 1000.2, 1000.3, 1000.4, 1000.4)
+    batches = [rounds(k, v) for k, v in enumerate(kwh)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        engine = Engine(EventsConfig(), topology, emit=lambda ev: None, now_ns=T0)
+        for k, batch in enumerate(batches):
+            if k == 5:  # warmed up: the last round is judged (a zero interval starts a run)
+                for st in engine._meters.values():
+                    st.learned_h = 1e6
+            for r in batch:
+                engine.reading(r, r.ts_ns)
+        engine.tick(T0 + 5 * 60 * S + n)
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    st = engine._meters[ids[-1]]
+    assert st.base is not None
+    assert st.zero_since
+    assert st.low_exp > 0
+    assert used / n < 2048, f"{used / n:.0f} bytes per meter"
