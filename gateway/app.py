@@ -306,12 +306,15 @@ class Gateway:
                 "set http.listen to a free address"
             ) from exc
         log.info(
-            "gateway %s starting: storage %s, broker %s:%d, data in %s",
+            "gateway %s starting: storage %s, broker %s:%d, data in %s; status page "
+            "http://%s:%s/ (also /metrics /healthz /readyz /status)",
             self.config.gateway.id,
             self.client.target,
             self.config.mqtt.host,
             self.config.mqtt.port,
             self.config.gateway.data_dir,
+            self.config.http.listen.rsplit(":", 1)[0],
+            self.http.port,
         )
         self._writer_task = asyncio.create_task(self.writer.run(), name="storage-writer")
         self._dl_task = asyncio.create_task(self.dead_letter.run(), name="dead-letter")

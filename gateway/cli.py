@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from meter_gateway import __version__
+
+    parser.add_argument("--version", action="version", version=f"meter-gateway {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 

@@ -194,6 +194,7 @@ async def test_live_events_through_a_kill_and_restart(tmp_path: Path) -> None:
         try:
             gw.start()
             await wait_until(gw.connected, within=30, what="the gateway subscribed")
+            assert f"status page http://127.0.0.1:{gw.http_port}/" in gw.log()
             meters.start()
             await asyncio.to_thread(meters.wait_rounds, 4)  # every meter's spacing learned
 

@@ -169,3 +169,13 @@ def test_the_installed_entry_points_name_the_plugged_in_commands() -> None:
     parser = cli._parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert {"run", "check-config", "simulate", "demo"} <= set(sub.choices)
+
+
+def test_version_says_the_installed_version(capsys) -> None:
+    from meter_gateway import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"meter-gateway {__version__}"
+    assert __version__ != "0.0.0"  # the package metadata was found
