@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from meter_gateway.config.loader import load_config
 from meter_gateway.simulators.demo import run_demo
 
 
@@ -17,3 +18,6 @@ async def test_demo_runs_to_its_summary(tmp_path, capsys):
     events = next(line for line in err.splitlines() if line.strip().startswith("events:"))
     assert "transformer_outage 1 raised / 1 cleared" in events, events
     assert "power_outage" in events, events
+    # The gateway ran from the configuration the demo leaves behind.
+    assert load_config(tmp_path / "gateway.yaml", env={}).storage.url.startswith("http://")
+    assert "--database influxdb1" in err  # where the reliability report can run
