@@ -76,13 +76,19 @@ BASE_SLOTS = 72
 class Limits:
     """Voltage thresholds for one nominal voltage, shared by every meter that has it."""
 
-    __slots__ = ("high_v", "low_v", "nominal_v", "zero_v")
+    __slots__ = ("balanced_v", "floor_v", "high_v", "low_v", "nominal_v", "zero_v")
 
-    def __init__(self, nominal_v: float, tolerance: float) -> None:
+    def __init__(self, nominal_v: float, tolerance: float, unbalance_max: float = 0.0) -> None:
         self.nominal_v = nominal_v
         self.zero_v = 0.1 * nominal_v  # below 10 % of nominal a phase is dead, not sagging
         self.low_v = nominal_v * (1 - tolerance)
         self.high_v = nominal_v * (1 + tolerance)
+        # For the engine's fast path: a phase at or above floor_v is neither dead nor
+        # sagging; three phases at or above it that differ pairwise by less than
+        # balanced_v are balanced (max |V_i - mean| <= 2/3 of the spread, mean >= floor),
+        # with a margin far above rounding. 0 or less: always computed.
+        self.floor_v = max(self.low_v, self.zero_v)
+        self.balanced_v = 1.5 * self.floor_v * (unbalance_max - 1e-12) * (1 - 1e-9)
 
 
 class TransformerState:

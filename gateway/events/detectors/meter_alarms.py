@@ -140,6 +140,20 @@ class MeterAlarms:
             return
         if st.open & CLOCK or not (abs(prev) > limit):  # NaN: no previous reading
             return
+        self._drifted(st, ts, prev_ts, arrival_gap_ns, drift, prev, now_ns)
+
+    def _drifted(
+        self,
+        st: MeterState,
+        ts: int,
+        prev_ts: int,
+        arrival_gap_ns: int,
+        drift: float,
+        prev: float,
+        now_ns: int,
+    ) -> None:
+        """This reading and the one before it both beyond the limit, no clock_drift open."""
+        limit = self._drift_max_s
         # A steady offset on readings arriving at their own cadence: a wrong clock.
         # Back-fill arrives bunched: the drift moves by the interval each reading.
         # A clock running fast or slow moves its drift by a little each reading; back-fill
