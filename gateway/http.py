@@ -826,12 +826,16 @@ class _Collector(Collector):
             "source",
             _with_zeros(w["lines_by_source"], SOURCES),
         )
-        yield counter(
-            "readings_rejected",
-            "Readings or messages rejected, by the field at fault.",
-            "reason",
-            _with_zeros(p["rejected"], REJECT_REASONS),
+        rejected = CounterMetricFamily(
+            "meter_gateway_readings_rejected",
+            "Readings or messages rejected, by source and the field at fault.",
+            labels=["source", "reason"],
         )
+        by_source = {(src, why): 0 for src in SOURCES for why in REJECT_REASONS}
+        by_source.update(gw.pipeline.rejected_by)
+        for (src, why), n in sorted(by_source.items()):
+            rejected.add_metric([src, why], n)
+        yield rejected
         yield counter(
             "readings_flagged",
             "Readings stored as suspect, by rule.",

@@ -90,6 +90,7 @@ class Pipeline:
         self.received: Counter[str] = Counter()  # readings seen, by source
         self.stored: Counter[str] = Counter()  # readings handed to storage, by source
         self.rejected: Counter[str] = Counter()  # by the field at fault (a metric label)
+        self.rejected_by: Counter[tuple[str, str]] = Counter()  # (source, field at fault)
         self.flagged: Counter[str] = Counter()  # by flag kind
         self.signals: Counter[str] = Counter()  # meter events and status, by value
         self.messages = 0
@@ -158,6 +159,7 @@ class Pipeline:
             "received": dict(self.received),
             "stored": dict(self.stored),
             "rejected": dict(self.rejected),
+            "rejected_by_source": {f"{src} {why}": n for (src, why), n in self.rejected_by.items()},
             "flagged": dict(self.flagged),
             "duplicates": self.duplicates,
             "signals": dict(self.signals),
@@ -295,6 +297,7 @@ class Pipeline:
         `category` is the metric label (the field at fault, or the kind of failure).
         """
         self.rejected[category] += 1
+        self.rejected_by[source, category] += 1
         where = device or topic or source
         self._note_rejection(source, where, reason)
         self._log.log((source, category), logging.WARNING, f"rejected from {where}: {reason}")
@@ -326,6 +329,7 @@ class Pipeline:
             category = "nesting"
             item = None
         self.rejected[category] += 1
+        self.rejected_by["mqtt", category] += 1
         self._note_rejection("mqtt", topic, reason)
         self._log.log(("mqtt", category), logging.WARNING, f"rejected from {topic}: {reason}")
         self._ticket = self._dead_letter.add(
@@ -360,6 +364,7 @@ class Pipeline:
             reason = f"readings[{index}]: {reason}"
         try:
             self.rejected["internal_error"] += 1
+            self.rejected_by[source, "internal_error"] += 1
             self._note_rejection(source, where, reason)
             self._ticket = self._dead_letter.add(
                 dead_letter_record(

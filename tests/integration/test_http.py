@@ -71,8 +71,10 @@ async def test_metrics_status_and_page(tmp_path, mosquitto, victoria, publisher,
     assert sample(fams, "meter_gateway_readings_stored_total", source="mqtt") == 1
     assert sample(fams, "meter_gateway_readings_stored_total", source="modbus") == 0
     assert sample(fams, "meter_gateway_readings_handed_total", source="mqtt") == 1
-    assert sample(fams, "meter_gateway_readings_rejected_total", reason="voltage_v") == 1
-    assert sample(fams, "meter_gateway_readings_rejected_total", reason="json") == 0
+    rejected = "meter_gateway_readings_rejected_total"
+    assert sample(fams, rejected, source="mqtt", reason="voltage_v") == 1
+    assert sample(fams, rejected, source="modbus", reason="json") == 0
+    assert sample(fams, rejected, source="mqtt", reason="json") == 0
     assert sample(fams, "meter_gateway_readings_flagged_total", rule="register_decrease") == 0
     assert sample(fams, "meter_gateway_meter_signals_total", value="last_gasp") == 0
     assert sample(fams, "meter_gateway_storage_lines_written_total") >= 1
