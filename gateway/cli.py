@@ -135,6 +135,12 @@ def _parser() -> argparse.ArgumentParser:
 
     report_cmd.register(sub)
 
+    # `dead-letter list|replay`: the dead-letter store by reason, and replayed through
+    # today's validation (gateway/deadletters.py).
+    from meter_gateway.gateway import deadletters as dead_letter_cmd
+
+    dead_letter_cmd.register(sub)
+
     simulate = sub.add_parser(
         "simulate",
         help="simulated meters: an MQTT fleet or Modbus servers",

@@ -10,6 +10,13 @@ Every record gets a sequence number from `add()`; `durable` says how far the
 records are on disk. A source that must not acknowledge a message before its
 rejection is kept waits with `wait_durable(seq)`, which also hurries the next
 group commit: the wait is one fsync, not a flush interval.
+
+Reading the store back (`read_records`, for `meter-gateway dead-letter`) is safe while a
+gateway appends: only complete lines (ending in a newline) are read; a line being
+written is left for the next reader. Each record is named by its file and line number
+(files are only ever appended to) and by a hash of its line. `ReplayLedger` keeps which
+records were replayed, in `<data_dir>/dead-letter/replayed` (one JSON line each,
+appended and fsync'd), so a second replay skips them.
 """
 
 from __future__ import annotations
@@ -17,18 +24,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-__all__ = ["DeadLetterStore", "dead_letter_record"]
+__all__ = [
+    "LEDGER_NAME",
+    "DeadLetterLine",
+    "DeadLetterStore",
+    "ReplayLedger",
+    "dead_letter_record",
+    "read_records",
+    "record_files",
+]
 
 log = logging.getLogger("meter_gateway.deadletter")
 
@@ -220,3 +237,145 @@ class DeadLetterStore:
             if not self._buf:
                 return
         log.error("dead-letter: %d records could not be written at shutdown", len(self._buf))
+
+
+# -- reading the store back ------------------------------------------------------------------
+
+LEDGER_NAME = "replayed"  # in the dead-letter directory; not a `*.jsonl`, never read as records
+_READ_CHUNK = 1 << 20
+
+
+@dataclass(slots=True, frozen=True)
+class DeadLetterLine:
+    """One line of a dead-letter file: where it is, its stable id, and the record.
+
+    `record` is None when the line is not a JSON object (damaged by hand, say); `error`
+    then says why. `id` is a hash of the line's bytes: the same record has the same id
+    wherever the file is moved."""
+
+    file: str  # the file's name, e.g. 2026-11-27.jsonl
+    line: int  # 1-based
+    id: str
+    record: dict[str, Any] | None
+    error: str = ""
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+def record_id(raw: bytes) -> str:
+    """The stable id of a record: the first 128 bits of the SHA-256 of its line."""
+    return hashlib.sha256(raw.rstrip(b"\r\n")).hexdigest()[:32]
+
+
+def record_files(directory: Path, since_day: str | None = None) -> list[Path]:
+    """The dead-letter files (`YYYY-MM-DD.jsonl`) in date order; from `since_day` on."""
+    if not directory.is_dir():
+        return []
+    files = sorted(p for p in directory.glob("*.jsonl") if p.is_file())
+    if since_day is not None:
+        # A file holds the records received on its UTC day: older days cannot match.
+        files = [p for p in files if p.name[:10] >= since_day or not p.name[:4].isdigit()]
+    return files
+
+
+def _complete_lines(path: Path) -> Iterator[bytes]:
+    """The file's complete lines (without the newline); a last line without one is left."""
+    with open(path, "rb") as f:
+        rest = b""
+        while True:
+            chunk = f.read(_READ_CHUNK)
+            if not chunk:
+                return  # `rest` is a line still being written (or torn): not ours to read
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            yield from lines
+
+
+def read_records(files: Iterable[Path]) -> Iterator[DeadLetterLine]:
+    """Every complete line of the files, in order, parsed; blank lines are skipped."""
+    for path in files:
+        for n, raw in enumerate(_complete_lines(path), start=1):
+            if not raw.strip():
+                continue
+            rid = record_id(raw)
+            try:
+                rec = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                yield DeadLetterLine(path.name, n, rid, None, f"not JSON: {exc}")
+                continue
+            if not isinstance(rec, dict) or not isinstance(rec.get("reason"), str):
+                yield DeadLetterLine(path.name, n, rid, None, "not a dead-letter record")
+                continue
+            yield DeadLetterLine(path.name, n, rid, rec)
+
+
+class ReplayLedger:
+    """Which dead-letter records were replayed: `<dead-letter dir>/replayed`, append-only.
+
+    One JSON line a record: `{"id", "file", "line", "replayed_at", "stored"}`. `add_many`
+    appends and fsyncs; call it only once the database has accepted what the records
+    became, so a record in the ledger is a record whose readings are stored."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / LEDGER_NAME
+        self._ids: set[str] | None = None
+
+    def ids(self) -> set[str]:
+        """The ids replayed so far (read once, then kept up to date by `add_many`)."""
+        if self._ids is None:
+            ids: set[str] = set()
+            if self.path.is_file():
+                for raw in _complete_lines(self.path):
+                    try:
+                        entry = orjson.loads(raw)
+                    except orjson.JSONDecodeError:
+                        continue  # a damaged entry: that record may be replayed again
+                    if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                        ids.add(entry["id"])
+            self._ids = ids
+        return self._ids
+
+    def __contains__(self, rid: object) -> bool:
+        return rid in self.ids()
+
+    def add_many(self, entries: Iterable[tuple[DeadLetterLine, int]]) -> int:
+        """Record (line, readings stored from it) pairs as replayed; fsync'd. Returns how many."""
+        entries = list(entries)
+        known = self.ids()
+        at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        lines: list[bytes] = []
+        added: list[str] = []
+        for dl, stored in entries:
+            if dl.id in known or dl.id in added:
+                continue
+            added.append(dl.id)
+            entry = {"id": dl.id, "file": dl.file, "line": dl.line, "replayed_at": at}
+            lines.append(orjson.dumps({**entry, "stored": stored}) + b"\n")
+        if not lines:
+            return 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        try:
+            start = os.fstat(fd).st_size
+            data = memoryview(b"".join(lines))
+            try:
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)  # no torn entry: the records are replayed again
+                raise
+        finally:
+            os.close(fd)
+        known.update(added)
+        if created:  # the new file's name must survive a crash too
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        return len(lines)
