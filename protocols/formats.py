@@ -4,6 +4,21 @@ A format only parses and says which meter each reading belongs to; the gateway's
 validator judges the readings. New formats (Tasmota, Shelly, Sparkplug B, ...)
 register here with `@register_format("name")` and plug in without touching the
 pipeline: a subscription in the config names the format.
+
+The device formats (`tasmota`, `shelly`, `sparkplug-b`) live in `protocols/devices/`
+and register on import of this module. Formats from other installed distributions
+are found by name through the entry-point group `meter_gateway.formats`, loaded the
+first time a subscription names them (`get_format`):
+
+    [project.entry-points."meter_gateway.formats"]
+    my-format = "my_package.formats:decode"   # a PayloadFormat, registered under its name
+    other = "my_package.other"                # or a module that registers on import
+
+A format that needs the whole MQTT topic rather than what its `+` matched (Sparkplug
+B: the message type and device are topic levels) is registered with
+`full_topic=True` (or has an attribute `full_topic = True`): the MQTT source then
+passes the topic in the `topic_id` argument. It is decided once per topic, when the
+route is cached: nothing per message.
 """
 
 from __future__ import annotations
@@ -12,11 +27,14 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import import_module, metadata
+from types import ModuleType
 from typing import Any
 
 import orjson
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "FORMATS",
     "MAX_NESTING",
     "Decoded",
@@ -24,9 +42,11 @@ __all__ = [
     "Rejection",
     "Signal",
     "decode_json",
+    "get_format",
     "register_format",
     "short_repr",
     "too_deep",
+    "wants_full_topic",
 ]
 
 METER_EVENT_TYPES = frozenset({"last_gasp", "power_restored", "tamper", "cover_open"})
@@ -112,14 +132,70 @@ PayloadFormat = Callable[[bytes, "str | None"], Decoded]
 FORMATS: dict[str, PayloadFormat] = {}
 
 
-def register_format(name: str) -> Callable[[PayloadFormat], PayloadFormat]:
+#: Where other distributions declare their payload formats.
+ENTRY_POINT_GROUP = "meter_gateway.formats"
+
+
+def register_format(
+    name: str, *, full_topic: bool = False
+) -> Callable[[PayloadFormat], PayloadFormat]:
+    """Register a format under `name`; `full_topic`: it is given the whole topic."""
+
     def deco(fn: PayloadFormat) -> PayloadFormat:
         if name in FORMATS:
             raise ValueError(f"payload format {name!r} is already registered")
+        if full_topic:
+            fn.full_topic = True  # type: ignore[attr-defined]
         FORMATS[name] = fn
         return fn
 
     return deco
+
+
+def wants_full_topic(fmt: PayloadFormat) -> bool:
+    """Is `fmt` to be given the whole topic instead of what its `+` matched?"""
+    return getattr(fmt, "full_topic", False) is True
+
+
+def _plugins() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def get_format(name: str) -> PayloadFormat:
+    """The format called `name`: built in, already loaded, or from an installed plugin.
+
+    Plugins (entry-point group `meter_gateway.formats`) are loaded here, the first
+    time they are named. Raises ValueError naming the format and those available.
+    """
+    fmt = FORMATS.get(name)
+    if fmt is not None:
+        return fmt
+    plugins = _plugins()
+    ep = plugins.get(name)
+    if ep is None:
+        installed = ", ".join(sorted(plugins)) or "none"
+        raise ValueError(
+            f"unknown format {name!r}; built in or loaded: {', '.join(sorted(FORMATS))}; "
+            f"installed plugins (entry points {ENTRY_POINT_GROUP!r}): {installed}"
+        )
+    where = f"entry point {ep.name} = {ep.value!r}"
+    if ep.dist is not None:
+        where += f" of {ep.dist.name} {ep.dist.version}"
+    try:
+        obj = ep.load()
+    except Exception as exc:
+        raise ValueError(
+            f"format {name!r}: cannot load {where}: {type(exc).__name__}: {exc}"
+        ) from exc
+    fmt = FORMATS.get(name)  # a module (or the function's) that registered on import
+    if fmt is None and callable(obj) and not isinstance(obj, ModuleType):
+        fmt = FORMATS[name] = obj
+    if fmt is None:
+        raise ValueError(
+            f"format {name!r}: {where} neither is a function (payload, topic_id) -> Decoded "
+            f"nor registered a format of that name on import"
+        )
+    return fmt
 
 
 ORJSON_MAX_DEPTH = 1024  # orjson refuses deeper documents
@@ -283,3 +359,7 @@ def last_will(payload: bytes, topic_id: str | None) -> Decoded:
     else:
         out.signals.append(Signal("status", topic_id, text))
     return out
+
+
+# The device formats register themselves on import: last, once the above exists.
+import_module("meter_gateway.protocols.devices")

@@ -82,12 +82,11 @@ class Subscription(Section):
     @field_validator("format")
     @classmethod
     def _known_format(cls, v: str) -> str:
-        from meter_gateway.protocols.formats import (
-            FORMATS,  # late: formats register themselves on import
-        )
+        # Late: formats register themselves on import; a plugin's (entry points
+        # `meter_gateway.formats`) is loaded here, the first time it is named.
+        from meter_gateway.protocols.formats import get_format
 
-        if v not in FORMATS:
-            raise ValueError(f"unknown format {v!r}; known: {', '.join(sorted(FORMATS))}")
+        get_format(v)  # ValueError naming the format, the built-in and installed ones
         return v
 
 

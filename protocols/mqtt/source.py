@@ -145,7 +145,9 @@ class MqttSource:
         for levels, fmt in self._filters:
             ok, topic_id = match_topic(levels, topic)
             if ok:
-                route = (fmt, topic_id)
+                # Decided here, once per topic (routes are cached): a format that
+                # reads the topic itself (Sparkplug B; formats.wants_full_topic) gets all of it.
+                route = (fmt, topic if getattr(fmt, "full_topic", False) is True else topic_id)
                 break
         if len(self._routes) > 1_000_000:  # one entry per meter topic; bound it anyway
             self._routes.clear()

@@ -1,0 +1,38 @@
+"""Payload formats of devices people already have: Tasmota, Shelly Gen2/3, Sparkplug B.
+
+Each module registers its formats with `protocols.formats.register_format` on
+import; `protocols.formats` imports this package, so the names are always known:
+
+| format | topic (subscription) | what it makes |
+| --- | --- | --- |
+| `tasmota` | `tele/+/SENSOR` | a reading from `ENERGY`; meter id = the `+` level |
+| `lwt` (built in) | `tele/+/LWT` | Tasmota's `Online` / `Offline` last will |
+| `shelly` | `+/status/#` or `+/events/rpc` | a partial reading per EM1/EM1Data/EM/EMData status |
+| `shelly-online` | `+/online` | Shelly's `true` / `false` last will, for every channel seen |
+| `sparkplug-b` | `spBv1.0/#` | readings from mapped metrics; BIRTH/DEATH as online/offline |
+
+Times: a reading takes the device's own time when it sends one with an offset (or
+as epoch numbers); otherwise the time it arrived (`arrival_ts`), never a guess at
+the device's time zone. See each module for its rules.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+__all__ = ["arrival_ts", "clock"]
+
+#: The clock for arrival times (seconds since the epoch); tests replace it.
+clock: Callable[[], float] = time.time
+
+
+def arrival_ts() -> float:
+    """Now, as epoch seconds: the time of a reading whose payload has none."""
+    return clock()
+
+
+# Imported last: the modules use the above.
+from meter_gateway.protocols.devices import shelly, sparkplug, tasmota  # noqa: E402
+
+__all__ += ["shelly", "sparkplug", "tasmota"]
