@@ -190,24 +190,43 @@ class CommsDropout(_FaultBase):
 
 
 class ConsumptionSpike(_FaultBase):
-    """A short burst of consumption: the load x ``factor``.
+    """A short burst of abnormal consumption: a fault, an illegal load, a meter error.
+
+    What a utility calls a spike is an interval far above the meter's own usual, not the
+    meter's load x ``factor`` (at night, x 8 is 0.8 kW: less than a washing machine, which
+    no detector can or should report). So the meter draws an extra (``factor`` - 1) x its
+    reference peak (``MeterModel.reference_w``: its average load at the profile's busiest
+    hour, plus its electric heating at full power) on top of whatever it runs: about
+    ``factor`` x its usual evening peak. A household without electric heating gets 4-9 kW
+    more for x 8, 5-12 kW for x 10; the appliance cycles (1.2-2.2 kW) and EV charging
+    (3.7 / 7.4 kW, but for 2-4 h) of normal life are smaller or longer.
 
     The defaults (30 min, x 8) always cover one whole 15-minute interval, whatever the
-    start, so the interval's register delta is ``factor`` times its usual value (a shorter
-    spike straddling two intervals shows diluted in both).
+    start, so that interval's register delta is its usual value plus the whole extra (a
+    shorter spike straddling two intervals shows diluted in both).
     """
 
     type: Literal["consumption_spike"] = "consumption_spike"
     duration: Duration | None = 1800.0
-    factor: float = Field(8.0, gt=1.0, description="load multiplier")
+    factor: float = Field(
+        8.0, gt=1.0, description="extra load: (factor - 1) x the meter's reference peak"
+    )
 
 
 class SustainedHigh(_FaultBase):
-    """Hours of consumption far above normal: a heater left on, a grow room (load x factor)."""
+    """Hours of abnormal extra consumption: a heater left on, a grow room, an illegal load.
+
+    Like ``consumption_spike``, an extra (``factor`` - 1) x the meter's reference peak on
+    top of its normal load (x 4: 1.6-3.9 kW more for a household without electric
+    heating, for 6 hours by default), not a multiple of its load at the time (x 4 of a
+    household at night is a few hundred watts; of one charging its car, 15-30 kW).
+    """
 
     type: Literal["sustained_high"] = "sustained_high"
     duration: Duration | None = 21600.0
-    factor: float = Field(4.0, gt=1.0, description="load multiplier")
+    factor: float = Field(
+        4.0, gt=1.0, description="extra load: (factor - 1) x the meter's reference peak"
+    )
 
 
 class SustainedLow(_FaultBase):

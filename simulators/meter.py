@@ -78,7 +78,12 @@ class Effect:
 
     start: float
     end: float = math.inf
-    load_factor: float = 1.0  # consumption spike / sustained high (>1), theft / low (<1)
+    # Below 1 (theft, sustained_low, zero_use): the share of the load still metered. Above 1
+    # (consumption_spike, sustained_high): an abnormal extra load of (factor - 1) x the
+    # meter's reference peak (``MeterModel.reference_w``) on top of whatever it runs
+    # (not the load x factor: at night that would be less than a washing machine, and
+    # during EV charging tens of kW).
+    load_factor: float = 1.0
     offset_w: float = 0.0  # subtracted from net power: reverse flow on a non-prosumer
     voltage_factor: float = 1.0  # sag (<1) / swell (>1), all phases
     dead_phases: frozenset[int] = frozenset()  # phase loss: 1-based phase numbers at ~0 V
@@ -101,6 +106,7 @@ class _State:
     load_factor: float = 1.0
     pv_factor: float = 1.0
     offset_w: float = 0.0
+    extra_w: float = 0.0  # abnormal extra load (spike, sustained high), before load_factor
     dead_share: float | None = None  # share of the load still fed when phases are dead
     holiday: bool = False
     variation: Variation | None = None
@@ -258,14 +264,17 @@ class MeterModel:
         effects = self._effects.active(t) if self._effects.effects else ()
         if not effects:
             return _PLAIN
-        load_factor, pv_factor, offset = 1.0, 1.0, 0.0
+        load_factor, pv_factor, offset, extra = 1.0, 1.0, 0.0, 0.0
         dead: set[int] = set()
         holiday = False
         variation: Variation | None = None
         for e in effects:
             if not e.powered:
                 return _State(powered=False, plain=False)
-            load_factor *= e.load_factor
+            if e.load_factor > 1.0:
+                extra += e.load_factor - 1.0
+            else:
+                load_factor *= e.load_factor
             pv_factor *= e.pv_factor
             offset += e.offset_w
             dead |= e.dead_phases
@@ -278,9 +287,31 @@ class MeterModel:
             dead_share = 1.0 - sum(
                 w for i, w in enumerate(self.params.phase_weights, 1) if i in dead
             )
+        if extra:
+            extra *= self.reference_w(variation)
         return _State(
-            True, load_factor, pv_factor, offset, dead_share, holiday, variation, plain=False
+            True,
+            load_factor,
+            pv_factor,
+            offset,
+            extra,
+            dead_share,
+            holiday,
+            variation,
+            plain=False,
         )
+
+    def reference_w(self, var: Variation | None = None) -> float:
+        """The meter's usual peak, W: its average load at the profile's busiest hour, plus
+        its electric heating at full power if it heats electrically (not appliance cycles
+        or EV charging: those are what a fault must stand out from). A load factor above
+        1 adds (factor - 1) x this: a spike of x 8 is about 7 x the evening peak on top of
+        the normal load (3.7-9 kW for a household without heating), sustained high x 4 is
+        3 x it (1.6-3.9 kW: a heater or a grow room left on)."""
+        ref = self.params.mean_kw * 1000.0 * max(self._shapes[0])
+        if var is not None and self._heat_u < var.heating_share:
+            ref += self._heat_w_max
+        return ref
 
     def _load_w(self, k: int, holiday: bool = False, var: Variation | None = None) -> float:
         """Consumption in step ``k``: profile shape x per-step noise, plus appliance bursts;
@@ -370,7 +401,7 @@ class MeterModel:
             return self._load_w(k) - self._pv_w(k)
         if not st.powered:
             return 0.0
-        load = self._load_w(k, st.holiday, st.variation) * st.load_factor
+        load = (self._load_w(k, st.holiday, st.variation) + st.extra_w) * st.load_factor
         if st.dead_share is not None:
             load *= st.dead_share
         return load - self._pv_w(k) * st.pv_factor - st.offset_w
@@ -440,6 +471,7 @@ class MeterModel:
             shapes, _inner = self._shapes, _INNER
             holiday, var = st.holiday, st.variation
             lf, pf, off, ds = st.load_factor, st.pv_factor, st.offset_w, st.dead_share
+            xw = st.extra_w
             plan_day = plan_hour = -1
             today = yesterday = None
             hour_f = 1.0
@@ -473,7 +505,7 @@ class MeterModel:
                 if (h & 0xFFFFFFFF) * _INV_2_32 < 0.04 * level:
                     load += burst_kw
                 if var is None:
-                    power = load * 1000.0 * lf
+                    power = (load * 1000.0 + xw) * lf
                 else:
                     extra = 0.0
                     for start, end, watts in (
@@ -484,7 +516,9 @@ class MeterModel:
                     ):
                         if start <= k < end:
                             extra += watts
-                    power = (load * 1000.0 + (extra + today.heat_w * (0.8 + 0.4 * noise))) * lf  # type: ignore[union-attr]
+                    power = (
+                        load * 1000.0 + (extra + today.heat_w * (0.8 + 0.4 * noise)) + xw  # type: ignore[union-attr]
+                    ) * lf
                 if ds is not None:
                     power *= ds
                 pv = self._pv_w(k) if pv_kw != 0.0 and _PV_MINUTE[minute] != 0.0 else 0.0

@@ -75,15 +75,22 @@ def window(rs: list[dict[str, Any]], t0: float, t1: float) -> list[dict[str, Any
 # -- the faults ------------------------------------------------------------------------------
 
 
-def test_sustained_high_multiplies_every_interval_for_hours() -> None:
+def reference_kw(meter_id: str) -> float:
+    """The meter's reference peak (what a load factor above 1 adds multiples of), kW."""
+    return Fleet(Scenario(), **SMALL_FLEET).meters[meter_id].reference_w() / 1000.0
+
+
+def test_sustained_high_adds_an_extra_load_to_every_interval_for_hours() -> None:
     spec = SustainedHigh(meters=["m-000001"], at="1h")
     got, truth = run([spec], duration="9h")
     base, _ = run(duration="9h")
     inside = deltas(window(got["m-000001"], T0 + HOUR, T0 + 7 * HOUR))
     normal = deltas(window(base["m-000001"], T0 + HOUR, T0 + 7 * HOUR))
     assert len(inside) == 24  # six hours of 15-minute intervals
+    extra_kw = 3 * reference_kw("m-000001")  # (4 - 1) x its reference peak
+    assert 1.0 < extra_kw < 4.0  # a heater left on: a few kW, whatever the hour
     for g, b in zip(inside, normal, strict=True):
-        assert g == pytest.approx(4 * b, abs=0.004)  # the registers are rounded to 1 Wh
+        assert g == pytest.approx(b + extra_kw / 4, abs=0.002)  # registers: 1 Wh
     after = deltas(window(got["m-000001"], T0 + 7 * HOUR, T0 + 9 * HOUR))
     normal_after = deltas(window(base["m-000001"], T0 + 7 * HOUR, T0 + 9 * HOUR))
     assert after == pytest.approx(normal_after, abs=0.0015)  # rounding of both ends
@@ -132,15 +139,17 @@ def test_zero_use_stops_the_registers_while_readings_keep_coming() -> None:
     )
 
 
-def test_a_consumption_spike_by_default_fills_a_whole_interval_eightfold() -> None:
+def test_a_consumption_spike_by_default_fills_a_whole_interval_with_its_extra_load() -> None:
     # Started off the interval grid: 30 minutes always cover one whole 15-minute interval.
     spec = ConsumptionSpike(meters=["m-000004"], at="1h07m")
     got, truth = run([spec], duration="3h")
     base, _ = run(duration="3h")
     g = deltas(window(got["m-000004"], T0 + HOUR, T0 + 2 * HOUR))
     b = deltas(window(base["m-000004"], T0 + HOUR, T0 + 2 * HOUR))
-    assert g[1] == pytest.approx(8 * b[1], abs=0.008)  # 01:15-01:30, wholly inside
-    assert b[0] < g[0] < 8 * b[0]  # 01:00-01:15: partly
+    extra_kwh = 7 * reference_kw("m-000004") / 4  # (8 - 1) x its peak, 15 minutes
+    assert extra_kwh > 0.75  # more than 3 kW on top of the night's load
+    assert g[1] == pytest.approx(b[1] + extra_kwh, abs=0.002)  # 01:15-01:30, wholly inside
+    assert b[0] < g[0] < b[0] + extra_kwh  # 01:00-01:15: partly
     (rec,) = truth
     assert rec["params"] == {"factor": 8.0}
     assert rec["end_s"] - rec["start_s"] == 1800

@@ -162,17 +162,23 @@ def test_comms_dropout_with_last_will(run_on_wire: RunOnWire) -> None:
     assert statuses(msgs, "m-000002") == [b"offline", b"online"]
 
 
-def test_consumption_spike_multiplies_interval_consumption(run_on_wire: RunOnWire) -> None:
+def test_consumption_spike_adds_an_extra_load_to_interval_consumption(
+    run_on_wire: RunOnWire,
+) -> None:
     msgs, truth = run_on_wire(
         faults=[ConsumptionSpike(meters=["m-000001"], at="1h", duration="15m", factor=8)]
     )
     got, base = by_ts(readings(msgs, "m-000001")), baseline("m-000001")
+    # (8 - 1) x the meter's reference peak on top of its load (simulators/faults.py).
+    extra_w = 7 * Fleet(**SMALL_FLEET).meters["m-000001"].reference_w()
 
     def delta(rs: dict[str, dict[str, Any]]) -> float:
         return rs[ts("01:15")]["energy_import_kwh"] - rs[ts("01:00")]["energy_import_kwh"]
 
-    assert delta(got) == pytest.approx(8 * delta(base), rel=0.02)
-    assert got[ts("01:00")]["power_w"] == pytest.approx(8 * base[ts("01:00")]["power_w"], abs=1)
+    assert delta(got) == pytest.approx(delta(base) + extra_w / 4000, abs=0.002)
+    assert got[ts("01:00")]["power_w"] == pytest.approx(
+        base[ts("01:00")]["power_w"] + extra_w, abs=1
+    )
     assert got[ts("01:30")]["power_w"] == base[ts("01:30")]["power_w"]  # over after 15 min
     rec = only(truth)
     assert (rec["type"], rec["params"]) == ("consumption_spike", {"factor": 8.0})

@@ -29,17 +29,39 @@ readings (never instantaneous power), as a rate in kW over the interval. Prosume
 
 Events (meter subject, judged per interval in the readings' own time):
 
-- `consumption_spike` (minor): a one-slot interval above spike_factor x its slot's
-  level, above level + SPIKE_SIGMAS sigma, at least SPIKE_MIN_KWH above the level (3 kW
-  for 15 minutes: an oven or a washer's heater is everyday life, and a meter whose
-  baseline is about 0 does not fire on a kettle), and above PEAK_MARGIN x the meter's
-  usual high (a fading maximum of its interval kW over every slot: a household that
-  charges a car or runs a 3.5 kW appliance most days learns that it does). Cleared by
-  the next judged interval below the limit.
-- `sustained_high_consumption` (major): intervals above sustained_high_factor x
-  baseline (and HIGH_SIGMAS sigma and HIGH_MIN_KW above it) for sustained_high_hours;
-  a run continues while intervals stay above the midpoint (1 + factor) / 2 x baseline.
-  Cleared at an interval back below 1 + (factor - 1) / 4 x baseline (1.5 x for 3).
+- `consumption_spike` (minor): what a utility calls a spike is a short burst far above
+  the meter's own usual: a fault, an illegal load, a meter error. The noise of normal
+  life is not: a washing machine (1.2-2.2 kW for 45-120 min) is many times a household's
+  night baseline, a car charges at 3.7 or 7.4 kW for 2-4 h. Two guards tell them apart:
+  size and shape. An *excursion* starts at a one-slot interval that is more than half
+  the spike limit above its slot's level *and* above the meter's rate in the interval
+  before (a jump, not a level that a slot boundary or a slowly learned car moves past);
+  the spike limit is max((spike_factor - 1) x level, SPIKE_SIGMAS sigma, SPIKE_MIN_KW x
+  the interval: 3 kW, an oven's worth). It lasts until the consumption falls below half
+  the highest rate it reached, and it is a spike if some interval of it was above the
+  full limit and it was over within SPIKE_MAX_NS (a 30-minute burst touches at most
+  three 15-minute intervals; an hourly meter: one interval): a car, a heater, a long
+  cycle stays up longer. So the event is known, and raised and cleared at once, when the
+  consumption is back, one interval after the burst, with the excursion's start and its
+  highest rate (value, kW). Hot path: a few float comparisons an interval, as before
+  (no per-slot high: the state has no room for one, see state.py). Its start
+  (as minus epoch seconds) and highest rate (as -rate - 1 once above the limit) live in
+  the state's zero_exp / zero_sig, which a zero run alone uses (and a jump ends any zero
+  run); between excursions zero_sig holds the rate of the last interval.
+- `sustained_high_consumption` (major): a run starts at an interval above
+  sustained_high_factor x baseline (and HIGH_SIGMAS sigma and HIGH_MIN_KW above it), and
+  goes on while intervals stay above the midpoint (1 + factor) / 2 x baseline and
+  HIGH_MIN_KW above it (a low night baseline doubles with everyday use); one interval
+  below is tolerated (a slot boundary, a dip of the load; high_since is then stored
+  negated), a second one ends the run.
+  Raised once it lasts sustained_high_hours if the interval is above PEAK_MARGIN x the
+  meter's usual high (a fading maximum of its interval kW over every slot, learned
+  slowly from the intervals of a run, so that hours of a heater left on are still above
+  it while a car charged most evenings is learned within a week); a run within
+  that usual high (a household that charges its car, 2-4 h on most evenings, learns it)
+  only once it has lasted HIGH_LONG_RUN_H too: longer than a charge. A heater left on
+  stays on. Cleared at an interval back below 1 + (factor - 1) / 4 x baseline (1.5 x
+  for 3).
 - `zero_consumption` (major): the register still for zero_consumption_hours on a meter
   whose baseline for those hours is clearly above 0 (at least ZERO_MIN_KW on average and
   above its own spread). Cleared by the first interval with consumption.
@@ -69,13 +91,15 @@ from meter_gateway.gateway.events.state import (
 )
 
 __all__ = [
+    "HIGH_LONG_RUN_H",
     "HIGH_MIN_KW",
     "HIGH_SIGMAS",
     "LEARN_SAMPLES",
     "MIN_SLOT_SAMPLES",
     "N_SLOTS",
     "PEAK_MARGIN",
-    "SPIKE_MIN_KWH",
+    "SPIKE_MAX_NS",
+    "SPIKE_MIN_KW",
     "SPIKE_SIGMAS",
     "ZERO_MIN_KW",
     "Consumption",
@@ -109,14 +133,20 @@ _CLIP_SIGMAS = 3.0  # Hampel bound for learning
 _SIGMA_OF_MEAN_DEV = 1.2533  # sigma / mean absolute deviation for a normal distribution
 _SIGMA_FLOOR_KW = 0.02  # the least spread a slot is taken to have (register resolution)
 SPIKE_SIGMAS = 5.0
-SPIKE_MIN_KWH = 0.75  # at least this much above the interval baseline (3 kW for 15 min)
+SPIKE_MIN_KW = 3.0  # at least this much above the baseline, on average over the interval
+# An excursion that lasts longer is no spike: a 30-minute burst spans at most three
+# 15-minute intervals; a car's charge, a heater or a long appliance cycle lasts longer.
+SPIKE_MAX_NS = 46 * 60 * _NS
 HIGH_SIGMAS = 3.0
 HIGH_MIN_KW = 0.25  # ... and at least 250 W above it on average
+HIGH_LONG_RUN_H = 4.75  # a run within the meter's usual high: longer than a car's charge
 ZERO_MIN_KW = 0.05  # "normally consumes": at least 50 W on average in those hours
 # The meter's own usual high: a spike is also above PEAK_MARGIN x that, so a household
 # that runs a 4 kW appliance or charges a car now and then does not report every run.
 PEAK_MARGIN = 1.25
 _PEAK_FADE_PER_H = 0.002  # half-life about two weeks
+_PEAK_RUN_GAIN = 1 / 32  # how fast it learns from the intervals of a high run
+_UNKNOWN_KW = 1e9  # the rate before an interval when it is not known (after a gap)
 _ZERO_KWH = 0.0005  # below half a watt-hour the register did not move
 _MAX_SPREAD_NS = 14 * 24 * _HOUR_NS  # a longer silence is not judged at all
 _ONE_SLOT_NS = _HOUR_NS + 60 * _NS  # an "hourly" interval may be a minute long
@@ -143,11 +173,12 @@ class Consumption:
     def __init__(self, config: EventsConfig, book: Book) -> None:
         self._book = book
         self._warmup_h = config.baseline_warmup_days * 24
-        self._spike = config.spike_factor
+        self._spike_m1 = config.spike_factor - 1
         self._high = config.sustained_high_factor
         self._high_mid = (1 + config.sustained_high_factor) / 2
         self._high_near = 1 + (config.sustained_high_factor - 1) / 4
         self._high_ns = int(config.sustained_high_hours * _HOUR_NS)
+        self._high_long_ns = max(self._high_ns, int(HIGH_LONG_RUN_H * _HOUR_NS))
         self._low = config.sustained_low_factor
         self._low_near = (1 + config.sustained_low_factor) / 2
         self._low_rate = 4 / config.sustained_low_hours  # 1 / the time constant, per hour
@@ -169,6 +200,8 @@ class Consumption:
             # Power or link was gone during this interval: nothing to learn or judge;
             # the sustained conditions count again from here.
             st.high_since = st.zero_since = st.low_since = 0
+            st.zero_exp = 0.0  # an excursion cut by an outage is not judged
+            st.zero_sig = _UNKNOWN_KW  # nor is a jump from the rate before it
             return
         base = st.base
         if base is None:
@@ -186,10 +219,33 @@ class Consumption:
                     if sig < _SIGMA_FLOOR_KW:
                         sig = _SIGMA_FLOOR_KW
                     sig *= dur_h
-                    if kwh > self._spike_limit(exp, sig) and kwh > PEAK_MARGIN * st.peak_kw * dur_h:
-                        self._raise_spike(st, a, ts, kwh, exp, now_ns)
-                    elif st.open & SPIKE:
-                        self._clear_spike(st, ts, now_ns)
+                    ex = kwh - exp
+                    # The spike limit: how far above the level, kWh.
+                    lim = self._spike_m1 * exp
+                    if SPIKE_SIGMAS * sig > lim:
+                        lim = SPIKE_SIGMAS * sig
+                    if SPIKE_MIN_KW * dur_h > lim:
+                        lim = SPIKE_MIN_KW * dur_h
+                    p = st.zero_sig
+                    if st.zero_exp < 0.0:
+                        # An excursion is on (p: its highest rate, kW; below 0 once it
+                        # was above the spike limit): it ends when the consumption drops
+                        # below half that rate. A car's charge or a heater stays up.
+                        top = -p - 1.0 if p < 0.0 else p
+                        if kwh <= 0.5 * top * dur_h:
+                            self._end_excursion(st, a, p < 0.0, top, dur_ns, now_ns)
+                        else:
+                            x = kwh / dur_h
+                            if x > top:
+                                top = x
+                            st.zero_sig = -top - 1.0 if p < 0.0 or ex > lim else top
+                    else:
+                        # An excursion starts with a jump from the rate before (p, kW).
+                        pre = 0.0 if st.zero_since else p
+                        if ex > 0.5 * lim and kwh - pre * dur_h > 0.5 * lim:
+                            st.zero_exp = -a / _NS  # its start, in s
+                            x = kwh / dur_h
+                            st.zero_sig = -x - 1.0 if ex > lim else x
                     if (
                         st.open & _JUDGED
                         or st.high_since
@@ -226,15 +282,22 @@ class Consumption:
             rate = kwh / dur_h
             peak = st.peak_kw
             if rate > peak:
-                st.peak_kw = peak + 0.5 * (rate - peak)
+                # Within a high run it learns slowly: a car charging most evenings is
+                # learned within a week, a heater left on is still above it after hours.
+                st.peak_kw = peak + (_PEAK_RUN_GAIN if st.high_since else 0.5) * (rate - peak)
             else:
                 st.peak_kw = peak - peak * _PEAK_FADE_PER_H * dur_h
+            if st.zero_exp >= 0.0 and not st.zero_since and kwh >= _ZERO_KWH:
+                st.zero_sig = rate  # the rate before the next interval (spike excursions)
             d = x - lvl
             base[slot] = lvl + d / n
             base[_DEV + slot] = dev + ((d if d >= 0 else -d) - dev) / n
             st.learned_h += dur_h
             return
         # Spread over the hours it covers (a gap, back-fill after a silence).
+        if not st.zero_since:
+            st.zero_exp = 0.0  # an excursion whose end was not seen is not judged,
+            st.zero_sig = _UNKNOWN_KW  # nor a jump from an unknown rate
         if st.learned_h < self._warmup_h or dur_ns > _MAX_SPREAD_NS:
             return
         exp = sig = 0.0
@@ -249,39 +312,36 @@ class Consumption:
             exp += base[j] * w
             sig += max(_SIGMA_OF_MEAN_DEV * base[_DEV + j], _SIGMA_FLOOR_KW) * w
             t = end
-        if st.open & SPIKE and kwh <= self._spike_limit(exp, sig):
-            self._clear_spike(st, ts, now_ns)
         self._judge(st, a, ts, kwh, exp, sig, now_ns)
 
     # -- judging (exp, sig: the interval's baseline and its spread, in kWh) -------------------
 
-    def _spike_limit(self, exp: float, sig: float) -> float:
-        return exp + max((self._spike - 1) * exp, SPIKE_SIGMAS * sig, SPIKE_MIN_KWH)
-
-    def _raise_spike(
-        self, st: MeterState, a: int, ts: int, kwh: float, exp: float, now_ns: int
+    def _end_excursion(
+        self, st: MeterState, end: int, confirmed: bool, top: float, dur_ns: int, now_ns: int
     ) -> None:
-        if st.open & SPIKE:
-            return
+        """An excursion ended at ``end``: a spike if it went above the spike limit and was
+        over within SPIKE_MAX_NS (or one interval of an hourly meter). Raised and cleared
+        at once, from the excursion's start, its value the highest rate in kW. The start
+        is kept in ``zero_exp`` as minus epoch seconds and the highest rate in
+        ``zero_sig`` (as -rate - 1 once above the limit): both are free while no zero run
+        is on, and an excursion (a jump far above the baseline) ends any zero run."""
+        start = round(-st.zero_exp * 1000.0) * 1_000_000  # readings carry at most ms
+        st.zero_exp = 0.0
+        if not confirmed or end - start > max(SPIKE_MAX_NS, dur_ns) or st.open & SPIKE:
+            return  # a long excursion is a charge, a cycle or a sustained high, no spike
+        minutes = (end - start) / _NS / 60
         self._book.raise_meter(
             st,
             "consumption_spike",
-            a,
+            start,
             now_ns,
-            {
-                "cause": "consumption",
-                "kwh": round(kwh, 4),
-                "baseline_kwh": round(exp, 4),
-                "interval_s": round((ts - a) / _NS, 3),
-            },
-            f"{st.meter_id}: {kwh:.3f} kWh in {(ts - a) / _NS / 60:.0f} min,"
-            f" baseline {exp:.3f} kWh",
-            value=round(kwh, 4),
+            {"cause": "consumption", "peak_kw": round(top, 3), "minutes": round(minutes, 1)},
+            f"{st.meter_id}: {top:.2f} kW, far above its baseline and its rate before,"
+            f" for {minutes:.0f} min",
+            value=round(top, 3),
         )
-
-    def _clear_spike(self, st: MeterState, ts: int, now_ns: int) -> None:
         self._book.clear_meter(
-            st, "consumption_spike", ts, now_ns, f"{st.meter_id}: consumption back to normal"
+            st, "consumption_spike", end, now_ns, f"{st.meter_id}: consumption back to normal"
         )
 
     def _judge(
@@ -302,9 +362,16 @@ class Consumption:
                     f"{st.meter_id}: consumption back near baseline",
                 )
         elif st.high_since:
-            if kwh > self._high_mid * exp:
-                if ts - st.high_since >= self._high_ns:
-                    self._raise(st, "sustained_high_consumption", st.high_since, ts, now_ns)
+            # A run goes on while intervals stay above the midpoint and HIGH_MIN_KW above
+            # the baseline; one interval below is tolerated (a slot boundary, a dip of
+            # the load): high_since < 0 marks it, a second one ends the run.
+            since = st.high_since if st.high_since > 0 else -st.high_since
+            if kwh > self._high_mid * exp and kwh - exp > HIGH_MIN_KW * (ts - a) / _HOUR_NS:
+                st.high_since = since
+                if self._high_enough(st, ts - since, kwh, ts - a):
+                    self._raise(st, "sustained_high_consumption", since, ts, now_ns)
+            elif st.high_since > 0:
+                st.high_since = -since
             else:
                 st.high_since = 0
         if (
@@ -314,7 +381,7 @@ class Consumption:
             and kwh - exp > max(HIGH_SIGMAS * sig, HIGH_MIN_KW * (ts - a) / _HOUR_NS)
         ):
             st.high_since = a
-            if ts - a >= self._high_ns:  # a spread interval can be long enough alone
+            if self._high_enough(st, ts - a, kwh, ts - a):  # a spread one may be, alone
                 self._raise(st, "sustained_high_consumption", a, ts, now_ns)
         # zero_consumption
         if kwh < _ZERO_KWH:
@@ -367,6 +434,15 @@ class Consumption:
                     now_ns,
                     f"{st.meter_id}: consumption back near baseline",
                 )
+
+    def _high_enough(self, st: MeterState, run_ns: int, kwh: float, dur_ns: int) -> bool:
+        """A high run is raised after sustained_high_hours if its interval is above the
+        meter's usual high (PEAK_MARGIN x its fading maximum); within it (a car charging,
+        2-4 h on most evenings of an EV household, which the usual high learns) only once
+        it has lasted HIGH_LONG_RUN_H as well."""
+        if run_ns < self._high_ns:
+            return False
+        return run_ns >= self._high_long_ns or kwh > PEAK_MARGIN * st.peak_kw * dur_ns / _HOUR_NS
 
     def _raise(self, st: MeterState, type_: str, start: int, ts: int, now_ns: int) -> None:
         hours = (ts - start) / _HOUR_NS
