@@ -58,6 +58,12 @@ gives the median and range. Each drain also reports the CPU time the consumer, t
 broker and the database used meanwhile, in % of one core: on a 2-core machine the
 gateway and VictoriaMetrics share the cores, so the database's work bounds the rate.
 
+`--all-formats`: every consumer subscribes to every format's default topic at once
+(`json`, `json-batch`, `meter-event`, `lwt`, and the device formats `tasmota`, Tasmota's
+`lwt`, `shelly` (two filters), `shelly-online`, `sparkplug-b`: ALL_FORMATS below) while
+the messages are the same; the cost of routing among them. For one run of the single
+case only: `--all-formats --repeat 1 --batches 0`.
+
 `--profile FILE` runs the gateway drains with the spool under cProfile and writes the
 stats to FILE (the rates are then not representative).
 """
@@ -118,6 +124,19 @@ GATEWAYS = {
     "memory": GatewayKind(spool=False, detectors=True, label="memory"),
 }
 TOPICS = ("meters/+/reading", "concentrators/+/readings")
+#: --all-formats: every format on its default topic (README "Reading formats").
+ALL_FORMATS = (
+    ("meters/+/reading", "json"),
+    ("concentrators/+/readings", "json-batch"),
+    ("meters/+/event", "meter-event"),
+    ("meters/+/status", "lwt"),
+    ("tele/+/SENSOR", "tasmota"),
+    ("tele/+/LWT", "lwt"),
+    ("+/status/#", "shelly"),
+    ("+/events/rpc", "shelly"),
+    ("+/online", "shelly-online"),
+    ("spBv1.0/#", "sparkplug-b"),
+)
 SESSION_EXPIRY_S = 3600
 
 
@@ -279,7 +298,7 @@ def _client(client_id: str = "") -> paho.Client:
     return paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
 
 
-def paho_session(broker: Mosquitto, receive_maximum: int) -> None:
+def paho_session(broker: Mosquitto, receive_maximum: int, topics: tuple[str, ...] = TOPICS) -> None:
     """Create the bare subscriber's persistent session, subscribed, then leave."""
     c = _client(PAHO_CLIENT_ID)
     subscribed = threading.Event()
@@ -288,7 +307,7 @@ def paho_session(broker: Mosquitto, receive_maximum: int) -> None:
         broker.host, broker.port, clean_start=False, properties=_connect_props(receive_maximum)
     )
     c.loop_start()
-    c.subscribe([(t, 1) for t in TOPICS])
+    c.subscribe([(t, 1) for t in topics])
     if not subscribed.wait(10):
         raise RuntimeError("bare subscriber: no SUBACK")
     c.disconnect()
@@ -388,17 +407,26 @@ def paho_drain(broker: Mosquitto, n: int, receive_maximum: int, meter: CpuMeter)
 
 
 def gateway_config(
-    broker: Mosquitto, vm: VictoriaMetrics, workdir: Path, name: str, kind: GatewayKind
+    broker: Mosquitto,
+    vm: VictoriaMetrics,
+    workdir: Path,
+    name: str,
+    kind: GatewayKind,
+    all_formats: bool = False,
 ) -> Config:
-    """One of the gateways: its own client id (session), data_dir and database."""
+    """One of the gateways: its own client id (session), data_dir and database; with
+    `all_formats`, subscribed to ALL_FORMATS instead of the default subscriptions."""
+    mqtt: dict[str, object] = {
+        "host": broker.host,
+        "port": broker.port,
+        "client_id": f"meter-gateway-{GATEWAY_ID}-{name}",
+    }
+    if all_formats:
+        mqtt["subscriptions"] = [{"topic": t, "format": f} for t, f in ALL_FORMATS]
     return Config.model_validate(
         {
             "gateway": {"id": GATEWAY_ID, "data_dir": str(workdir / f"gateway-{name}")},
-            "mqtt": {
-                "host": broker.host,
-                "port": broker.port,
-                "client_id": f"meter-gateway-{GATEWAY_ID}-{name}",
-            },
+            "mqtt": mqtt,
             # Any free port: two runs of this benchmark may overlap.
             "http": {"listen": "127.0.0.1:0"},
             "storage": {
@@ -677,6 +705,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, default=2_000, help="100-reading batch messages")
     ap.add_argument("--repeat", type=int, default=3, help="repeat both cases K times")
     ap.add_argument(
+        "--all-formats",
+        action="store_true",
+        help="subscribe every consumer to every format's default topic (ALL_FORMATS)",
+    )
+    ap.add_argument(
         "--profile", metavar="FILE", help="cProfile the gateway drains with the spool into FILE"
     )
     args = ap.parse_args(argv)
@@ -692,6 +725,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-mqtt-", dir=disk_tempdir()) as tmp:
         work = Path(tmp)
         print("MQTT ingest benchmark: pre-load the broker, then drain (QoS 1)")
+        if args.all_formats:
+            topics = ", ".join(f"{t} ({f})" for t, f in ALL_FORMATS)
+            print(f"  all formats subscribed: {topics}")
         for line in environment(work):
             print("  " + line)
         print()
@@ -710,12 +746,14 @@ def main(argv: list[str] | None = None) -> int:
         ):
             dbs = {"spool": vm_spool, "nodetect": vm_nodetect, "memory": vm_memory}
             configs = {
-                name: gateway_config(broker, dbs[name], work, name, kind)
+                name: gateway_config(broker, dbs[name], work, name, kind, args.all_formats)
                 for name, kind in GATEWAYS.items()
             }
             meters = {name: CpuMeter(broker, dbs[name]) for name in GATEWAYS}
             rx_max = configs["spool"].mqtt.receive_maximum
-            paho_session(broker, rx_max)
+            paho_session(
+                broker, rx_max, tuple(t for t, _ in ALL_FORMATS) if args.all_formats else TOPICS
+            )
             for name, kind in GATEWAYS.items():
                 uvloop.run(gateway_session(configs[name], kind.spool))
             for rep in range(args.repeat):

@@ -14,8 +14,8 @@ Mapping to the canonical reading (meter id: the topic's `+` level, the device to
   (three phases). A list of one is that number. Other lengths (two channels of one
   device) are not one meter's phases: the reading is rejected with the reason.
 - `Factor` -> `power_factor`; for a list, the system's factor sum(Power) /
-  sum(ApparentPower) when those are given, else the field is left out.
-- `Frequency` (Hz; some chips) -> `frequency_hz`.
+  sum(ApparentPower) when those are given, else the mean of the phases' factors.
+- `Frequency` (Hz; some chips) -> `frequency_hz`; a per-phase list -> its mean.
 - `Today`, `Yesterday`, `ApparentPower`, `ReactivePower`, ... are not kept.
 
 Time: Tasmota's `Time` is the device's LOCAL time without an offset unless
@@ -111,11 +111,19 @@ def _energy(energy: dict[str, Any], reading: dict[str, Any]) -> str | None:
             and sum(s) > 0
         ):
             reading["power_factor"] = round(sum(p) / sum(s), 4)
+        elif factor and all(_is_number(x) for x in factor):
+            # No per-phase powers to weigh them by: the phases' mean factor.
+            reading["power_factor"] = round(sum(factor) / len(factor), 4)
+        else:
+            reading["power_factor"] = factor  # the validator names the field
     elif factor is not None:
         reading["power_factor"] = factor
     freq = energy.get("Frequency")
+    if type(freq) is list and freq and all(_is_number(x) for x in freq):
+        # Three-phase drivers report it per phase: one grid, one frequency (their mean).
+        freq = round(sum(freq) / len(freq), 4)
     if freq is not None:
-        reading["frequency_hz"] = freq[0] if type(freq) is list and len(freq) == 1 else freq
+        reading["frequency_hz"] = freq
     return None
 
 

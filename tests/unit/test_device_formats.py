@@ -82,6 +82,24 @@ def test_tasmota_time_with_an_offset_is_used_and_utc_can_be_chosen(monkeypatch):
     assert FORMATS["tasmota"](TASMOTA_DOC, "t1").readings[0]["ts"] == "2026-11-27T08:15:00Z"
 
 
+def test_tasmota_per_phase_frequency_and_factors_without_powers():
+    payload = orjson.dumps(
+        {
+            "Time": "2026-11-27T08:15:00+00:00",
+            "ENERGY": {
+                "Total": 5000.5,
+                "Factor": [0.9, 0.8, 0.7],
+                "Voltage": [229.8, 231.2, 230.4],
+                "Frequency": [50.01, 50.01, 50.04],
+            },
+        }
+    )
+    (r,) = FORMATS["tasmota"](payload, "pzem3").readings
+    assert r["frequency_hz"] == 50.02  # one grid: the phases' mean
+    assert r["power_factor"] == 0.8
+    valid(FORMATS["tasmota"](payload, "pzem3"))
+
+
 def test_tasmota_three_phase_arrays():
     payload = orjson.dumps(
         {
