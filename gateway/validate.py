@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from meter_gateway.config.schema import ValidationConfig
-from meter_gateway.gateway.reading import CURRENT_FIELDS, VOLTAGE_FIELDS, Reading
+from meter_gateway.gateway.reading import CURRENT_FIELDS, FIELDS, VOLTAGE_FIELDS, Reading
 from meter_gateway.protocols.formats import short_repr
 
 __all__ = ["Flag", "Invalid", "MeterRules", "Validator", "format_ts"]
@@ -318,8 +318,28 @@ class _MeterState:
         self.last_ts = -1
         self.last_import: float | None = None
         self.last_export: float | None = None
-        # ts_ns -> fingerprint, oldest first (dicts keep insertion order).
-        self.recent: dict[int, int] = {}
+        # ts_ns -> fingerprint << 16 | its fields' mask (a list of them when partial
+        # readings of one time complement each other), oldest first.
+        self.recent: dict[int, int | list[int]] = {}
+
+
+# Which storage fields a reading carries, as bits: partial readings of one time (a
+# Shelly's power and its energy counters in two messages) complement each other.
+_FIELD_BIT = {name: 1 << i for i, name in enumerate(FIELDS)}
+_MASKS: dict[tuple[str, ...], int] = {}
+_MASK_BITS = 16
+_MASK_MASK = (1 << _MASK_BITS) - 1
+
+
+def _fields_mask(keys: tuple[str, ...]) -> int:
+    m = _MASKS.get(keys)
+    if m is None:
+        m = 0
+        for k in keys:
+            m |= _FIELD_BIT.get(k, 0)
+        if len(_MASKS) < 4096:  # a few dozen field sets in practice; bounded anyway
+            _MASKS[keys] = m
+    return m
 
 
 class MeterRules:
@@ -343,26 +363,34 @@ class MeterRules:
             st = self._meters[r.meter_id] = _MeterState()
         values = r.values
         ts = r.ts_ns
-        fp = hash((tuple(values), tuple(values.values())))
+        keys = tuple(values)
+        fp = hash((keys, tuple(values.values())))
+        entry = fp << _MASK_BITS | _fields_mask(keys)
         recent = st.recent
         seen = recent.get(ts)
         if seen is not None:
-            if seen == fp:
+            earlier = seen if type(seen) is list else [seen]
+            if any(e >> _MASK_BITS == fp for e in earlier):
                 self.duplicates += 1
                 return None
-            flags.append(
-                Flag(
-                    "duplicate_conflict",
-                    r.meter_id,
-                    ts,
-                    f"{r.meter_id} sent different values for {format_ts(ts)}",
+            mask = entry & _MASK_MASK
+            if any(e & mask for e in earlier):
+                flags.append(
+                    Flag(
+                        "duplicate_conflict",
+                        r.meter_id,
+                        ts,
+                        f"{r.meter_id} sent different values for {format_ts(ts)}",
+                    )
                 )
-            )
-            recent[ts] = fp
-            return r._replace(quality="suspect")
-        recent[ts] = fp
-        if len(recent) > self._window:
-            del recent[next(iter(recent))]
+                recent[ts] = entry
+                return r._replace(quality="suspect")
+            # Other fields of the same time: the rest of one reading, judged as such.
+            recent[ts] = [*earlier, entry]
+        else:
+            recent[ts] = entry
+            if len(recent) > self._window:
+                del recent[next(iter(recent))]
 
         imp = values.get("energy_import_kwh")
         exp = values.get("energy_export_kwh")

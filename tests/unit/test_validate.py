@@ -119,6 +119,22 @@ def test_duplicates_identical_dropped_different_flagged():
     assert flags == [Flag("duplicate_conflict", "m-1", 100 * 10**9, flags[0].message)]
 
 
+def test_partial_readings_of_one_time_complement_each_other():
+    # A Shelly sends power and its energy counters in two messages with one time.
+    rules, flags = MeterRules(), []
+    power = reading(100, power_w=400.0, voltage_l1_v=230.0)
+    energy = reading(100, energy_import_kwh=12.5)
+    assert rules.judge(power, flags).quality == "actual"
+    assert rules.judge(energy, flags).quality == "actual"
+    assert flags == []
+    assert rules.judge(energy, flags) is None  # a redelivery of either is a duplicate
+    assert rules.judge(power, flags) is None
+    assert rules.duplicates == 2
+    # The same field again with another value is a conflict, partial or not.
+    assert rules.judge(reading(100, power_w=999.0), flags).quality == "suspect"
+    assert [f.kind for f in flags] == ["duplicate_conflict"]
+
+
 def test_out_of_order_is_accepted_and_checked_against_later_registers():
     rules, flags = MeterRules(), []
     rules.judge(reading(200, energy_import_kwh=20.0), flags)
