@@ -215,7 +215,11 @@ async def run_demo(
                 + yaml.safe_dump(
                     {
                         "gateway": {"id": "gw-demo", "data_dir": str(workdir / "var")},
-                        "mqtt": {"host": broker.host, "port": broker.port},
+                        "mqtt": {
+                            "host": broker.host,
+                            "port": broker.port,
+                            "subscriptions": DEMO_SUBSCRIPTIONS,
+                        },
                         "storage": {**storage, "flush_interval_s": 0.5},
                         "modbus": {"devices": modbus.device_configs(interval_s=2)},
                         "http": {"listen": "127.0.0.1:0"},
@@ -231,6 +235,10 @@ async def run_demo(
             _say(f"demo: the gateway's status page: http://127.0.0.1:{gw.http.port}/")
             publisher = MqttPublisher(BrokerOptions(host=broker.host, port=broker.port))
             publisher.connect()
+            # Three devices people already have, metering one more simulated meter over
+            # the same day: a Tasmota plug, a Shelly Pro 3EM, a Sparkplug B edge node.
+            devices, device_msgs = device_traffic(fleet.start, sim_span, seed)
+            await asyncio.to_thread(lambda: [publisher.publish(m) for m in device_msgs])
             stop = threading.Event()
             latest: dict[str, RunStats] = {}
             fleet_task = asyncio.create_task(
@@ -312,6 +320,13 @@ async def run_demo(
         )
         _say(f"  rejected: {sum(p.rejected.values()):,} {dict(p.rejected.most_common(6)) or ''}")
         _say(f"  meter signals: {dict(p.signals) or 'none'}")
+        _say(
+            "  devices (one meter each, the same day): "
+            + ", ".join(
+                f"{fmt} {mid} ({'readings stored' if mid in p.last_seen else 'NOTHING STORED'})"
+                for fmt, mid in devices
+            )
+        )
         _say(f"  events: {_events_summary(gw.events.counts)}")
         _say(f"  dead-letter files: {cfg.gateway.data_dir / 'dead-letter'}")
         _say(f"  the gateway's configuration: {config_file}")
@@ -349,6 +364,48 @@ async def run_demo(
             ]
             _say(f"  reliability indices of the simulated day: {shlex.join(report)}")
         return 0 if stored_db == handed else 1
+
+
+# The default subscriptions and those of the devices the demo adds.
+DEMO_SUBSCRIPTIONS = [
+    {"topic": "meters/+/reading", "format": "json"},
+    {"topic": "concentrators/+/readings", "format": "json-batch"},
+    {"topic": "meters/+/event", "format": "meter-event"},
+    {"topic": "meters/+/status", "format": "lwt"},
+    {"topic": "tele/+/SENSOR", "format": "tasmota"},
+    {"topic": "tele/+/LWT", "format": "lwt"},
+    {"topic": "+/events/rpc", "format": "shelly"},
+    {"topic": "+/online", "format": "shelly-online"},
+    {"topic": "spBv1.0/#", "format": "sparkplug-b"},
+]
+
+
+def device_traffic(start: float, span: float, seed: int) -> tuple[list[tuple[str, str]], list[Any]]:
+    """A three-phase meter over `span` seconds of 15-minute readings as a Tasmota, a
+    Shelly and a Sparkplug B device put it on the wire: ((format, meter id) of each, the
+    messages in time order)."""
+    from meter_gateway.simulators.devices import ShellyDevice, SparkplugEdge, TasmotaDevice
+    from meter_gateway.simulators.fleet import Message
+    from meter_gateway.simulators.meter import MeterModel
+
+    model = MeterModel("demo-devices", seed=seed, phases=3, start=start)
+    tasmota, shelly = TasmotaDevice("plug-demo"), ShellyDevice("shellypro3em-demo")
+    edge = SparkplugEdge("edge-demo", "meter-1")
+    out = []
+    t = start
+    while t <= start + span + 1e-6:
+        model.advance(t)
+        r = model.reading()
+        msgs = [tasmota.sensor(r), shelly.notify(r)]
+        msgs += edge.birth(r) if t == start else [edge.data(r)]
+        out += [Message(t, m.topic, m.payload, "reading", retain=m.retain) for m in msgs]
+        t += 900.0
+    ids = [
+        ("Tasmota", tasmota.meter_id),
+        ("Shelly", shelly.meter_id),
+        ("Sparkplug B", edge.meter_id),
+    ]
+    return ids, out
 
 
 def _events_summary(counts: Any) -> str:

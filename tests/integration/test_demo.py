@@ -21,3 +21,6 @@ async def test_demo_runs_to_its_summary(tmp_path, capsys):
     # The gateway ran from the configuration the demo leaves behind.
     assert load_config(tmp_path / "gateway.yaml", env={}).storage.url.startswith("http://")
     assert "--database influxdb1" in err  # where the reliability report can run
+    # The devices people already have, mixed in: each one's readings are stored.
+    devices = next(line for line in err.splitlines() if line.strip().startswith("devices"))
+    assert devices.count("(readings stored)") == 3, devices
