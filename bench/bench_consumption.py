@@ -28,23 +28,16 @@ The data is in a temporary folder unless `--dir` names one (then it is kept).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from meter_gateway.config.schema import Config
-from meter_gateway.gateway.replay import Replay, ReplaySummary
 from meter_gateway.simulators.fleet import Fleet
 from meter_gateway.simulators.meter import rfc3339
-from meter_gateway.simulators.replayfile import write_replay_file
 from meter_gateway.simulators.scenario import Scenario, load_scenario
 from meter_gateway.simulators.score import (
     CONSUMPTION_EVENTS,
@@ -55,10 +48,10 @@ from meter_gateway.simulators.score import (
     read_events,
     score,
 )
-from meter_gateway.simulators.topology import write_csv
 from meter_gateway.simulators.truth import read_truth
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import replaybench
 from report import print_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,16 +59,6 @@ DAY_S = 86_400
 WEEK_S = 7 * DAY_S
 # The fault types the consumption detectors are scored on.
 CONSUMPTION_FAULTS = {f for f, e in EXPECTED_EVENTS.items() if e in CONSUMPTION_EVENTS}
-
-
-@contextlib.contextmanager
-def _folder(path: Path | None) -> Iterator[Path]:
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-consumption-") as tmp:
-        yield Path(tmp)
 
 
 def scaled(scenario: Scenario, meters: int | None, weeks: int | None) -> Scenario:
@@ -112,50 +95,6 @@ def scaled(scenario: Scenario, meters: int | None, weeks: int | None) -> Scenari
             moved.append(f)
         faults = moved
     return scenario.model_copy(update={"fleet": fleet.model_copy(update=update), "faults": faults})
-
-
-def generate(scenario: Scenario, folder: Path, reuse: bool) -> tuple[Path, Fleet, float | None]:
-    """The replay file (with truth and topology beside it) and the seconds it took."""
-    fleet = Fleet(scenario)
-    out = folder / "traffic.jsonl.gz"
-    truth, topology = folder / "traffic.truth.jsonl", folder / "traffic.topology.csv"
-    if reuse and out.exists() and truth.exists() and topology.exists():
-        return out, fleet, None
-    write_csv(fleet.topology, topology)
-    t0 = time.perf_counter()
-    stats = write_replay_file(
-        fleet,
-        out,
-        truth,
-        on_progress=lambda s, t: print(
-            f"  generating: sim {rfc3339(t)}, {s.by_kind['reading']:,} readings",
-            file=sys.stderr,
-        ),
-        progress_every_s=30.0,
-    )
-    wall = time.perf_counter() - t0
-    print(stats.summary(), file=sys.stderr)
-    return out, fleet, wall
-
-
-def replay(path: Path, folder: Path) -> tuple[ReplaySummary, Config]:
-    config = Config.model_validate(
-        {
-            "gateway": {"id": "gw-bench", "data_dir": str(folder / "var-nostore")},
-            "topology": {"file": str(path.with_name("traffic.topology.csv"))},
-        }
-    )
-    with (folder / "events-nostore.jsonl").open("wb") as out:
-        r = Replay(
-            config,
-            store=False,
-            events_out=out,
-            progress=lambda line: print("  " + line, file=sys.stderr),
-            progress_every_s=30.0,
-        )
-        if r.summary.detectors != "on":
-            sys.exit(f"bench_consumption: detectors {r.summary.detectors}")
-        return asyncio.run(r.run([path])), config
 
 
 def _holidays(truth: list[dict[str, Any]]) -> list[tuple[float, float]]:
@@ -216,13 +155,14 @@ def main() -> int:
 
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.platform()}")
     scenario = scaled(load_scenario(args.scenario), args.meters, args.weeks)
-    with _folder(args.dir) as folder:
-        path, fleet, gen_s = generate(scenario, folder, args.reuse)
+    with replaybench.folder(args.dir, "bench-consumption-") as folder:
+        fleet = Fleet(scenario)
+        path, gen_s = replaybench.generate(fleet, folder, args.reuse, progress_every_s=30.0)
         if fleet.end is None:
             sys.exit("bench_consumption: the scenario needs a duration")
         meters = len(fleet.meters)
         days = (fleet.end - fleet.start) / DAY_S
-        nostore, config = replay(path, folder)
+        nostore, config = replaybench.replay(path, folder, store=False, progress_every_s=30.0)
         print(nostore.text(), file=sys.stderr)
         warmup_s = config.events.baseline_warmup_days * DAY_S
         judge_from = fleet.start + warmup_s

@@ -21,90 +21,24 @@ The data is in a temporary folder unless `--dir` names one (then it is kept).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import os
 import platform
 import sys
-import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from meter_gateway.config.schema import Config
-from meter_gateway.gateway.replay import Replay, ReplaySummary
+from meter_gateway.gateway.replay import ReplaySummary
 from meter_gateway.simulators.fleet import Fleet
 from meter_gateway.simulators.meter import rfc3339
-from meter_gateway.simulators.replayfile import write_replay_file
 from meter_gateway.simulators.scenario import load_scenario
 from meter_gateway.simulators.score import Score, read_events, score
-from meter_gateway.simulators.topology import write_csv
 from meter_gateway.simulators.truth import read_truth
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import replaybench
 from report import print_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY_S = 86_400
-
-
-@contextlib.contextmanager
-def _folder(path: Path | None) -> Iterator[Path]:
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-detectors-") as tmp:
-        yield Path(tmp)
-
-
-def generate(scenario_path: Path, folder: Path, reuse: bool) -> tuple[Path, Fleet, float | None]:
-    """The replay file (with truth and topology beside it) and the seconds it took."""
-    fleet = Fleet(load_scenario(scenario_path))
-    out = folder / "traffic.jsonl.gz"
-    truth, topology = folder / "traffic.truth.jsonl", folder / "traffic.topology.csv"
-    if reuse and out.exists() and truth.exists() and topology.exists():
-        return out, fleet, None
-    write_csv(fleet.topology, topology)
-    t0 = time.perf_counter()
-    stats = write_replay_file(
-        fleet,
-        out,
-        truth,
-        on_progress=lambda s, t: print(
-            f"  generating: sim {rfc3339(t)}, {s.by_kind['reading']:,} readings",
-            file=sys.stderr,
-        ),
-        progress_every_s=10.0,
-    )
-    wall = time.perf_counter() - t0
-    print(stats.summary(), file=sys.stderr)
-    return out, fleet, wall
-
-
-def replay(
-    path: Path, folder: Path, *, store: bool, storage: dict[str, Any] | None = None
-) -> ReplaySummary:
-    name = "store" if store else "nostore"
-    config = Config.model_validate(
-        {
-            "gateway": {"id": "gw-bench", "data_dir": str(folder / f"var-{name}")},
-            "topology": {"file": str(path.with_name("traffic.topology.csv"))},
-            "storage": storage or {},
-        }
-    )
-    with (folder / f"events-{name}.jsonl").open("wb") as out:
-        r = Replay(
-            config,
-            store=store,
-            events_out=out,
-            progress=lambda line: print("  " + line, file=sys.stderr),
-            progress_every_s=10.0,
-        )
-        if r.summary.detectors != "on":
-            sys.exit(f"bench_detectors: detectors {r.summary.detectors}")
-        return asyncio.run(r.run([path]))
 
 
 def print_score(s: Score, show: int) -> None:
@@ -141,11 +75,12 @@ def main() -> int:
     args = ap.parse_args()
 
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.platform()}")
-    with _folder(args.dir) as folder:
-        path, fleet, gen_s = generate(args.scenario, folder, args.reuse)
+    with replaybench.folder(args.dir, "bench-detectors-") as folder:
+        fleet = Fleet(load_scenario(args.scenario))
+        path, gen_s = replaybench.generate(fleet, folder, args.reuse)
         meters = len(fleet.meters)
         days = (fleet.end - fleet.start) / DAY_S if fleet.end is not None else 0.0
-        nostore = replay(path, folder, store=False)
+        nostore, _ = replaybench.replay(path, folder, store=False)
         print(nostore.text(), file=sys.stderr)
         s = score(
             read_truth(path.with_name("traffic.truth.jsonl")),
@@ -161,7 +96,7 @@ def main() -> int:
             from meter_gateway.simulators.services import VictoriaMetrics
 
             with VictoriaMetrics(folder / "victoria") as vm:
-                stored = replay(path, folder, store=True, storage={"url": vm.url})
+                stored, _ = replaybench.replay(path, folder, store=True, storage={"url": vm.url})
                 print(stored.text(), file=sys.stderr)
 
         print(
