@@ -55,6 +55,7 @@ from meter_gateway.gateway.events.event import Event
 from meter_gateway.storage.spool.segment import (
     Record,
     ScanResult,
+    append_durably,
     encode_record,
     read_records,
     scan_segment,
@@ -371,7 +372,7 @@ class Outbox:
         try:
             fd = self._open(seg.path, new=offset == 0)
             await asyncio.to_thread(
-                _append, fd, offset, data, self.directory if offset == 0 else None
+                append_durably, fd, offset, data, self.directory if offset == 0 else None
             )
         except OSError as exc:
             self._close_fd()
@@ -722,26 +723,6 @@ def _read_payloads(run: list[Record]) -> list[list[str] | Exception]:
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             out.append(exc)
     return out
-
-
-def _append(fd: int, offset: int, data: bytes, directory: Path | None) -> None:
-    """Append records and make them durable; on failure cut back what was written."""
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fdatasync(fd)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, offset)
-        raise
-    if directory is not None:
-        # A new file: its name too, so that it is found after a power cut.
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def _read_int(path: Path) -> int | None:

@@ -12,6 +12,7 @@ the next start. The payload is the record's line-protocol lines joined by newlin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import zlib
@@ -22,6 +23,7 @@ __all__ = [
     "RECORD_HEADER",
     "Record",
     "ScanResult",
+    "append_durably",
     "encode_record",
     "read_record",
     "read_records",
@@ -118,3 +120,27 @@ def scan_segment(path: Path, expect_seq: int | None) -> ScanResult:
     out.good_bytes = pos
     out.bad_bytes = size - pos
     return out
+
+
+def append_durably(fd: int, offset: int, data: bytes, directory: Path | None = None) -> None:
+    """Append records at `offset` of an open segment and make them durable (blocking:
+    run it in a thread). On failure the file is cut back to `offset`, so no torn record
+    is left behind. `directory`: the segment is new, so its name is made durable too
+    (without it, a power cut could lose the whole file, records and all)."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        # The data and the file's new size (fdatasync flushes what reading it back
+        # needs), without the timestamps fsync would also write.
+        os.fdatasync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, offset)
+        raise
+    if directory is not None:
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

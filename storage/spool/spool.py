@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from meter_gateway.storage.spool.segment import (
     Record,
+    append_durably,
     encode_record,
     read_record,
     read_records,
@@ -300,7 +301,10 @@ class Spool:
             path, offset = self.directory / f"{seq:020d}{SEGMENT_SUFFIX}", 0
         try:
             fd = self._open(path)
-            await asyncio.to_thread(_append, fd, offset, data)
+            # A new segment's name is made durable with its first record.
+            await asyncio.to_thread(
+                append_durably, fd, offset, data, self.directory if offset == 0 else None
+            )
         except OSError as exc:
             if offset == 0:
                 self._close_fd()
@@ -536,18 +540,3 @@ class Spool:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = self._fd_path = None
-
-
-def _append(fd: int, offset: int, data: bytes) -> None:
-    """Append a record and make it durable; on failure leave the file as it was."""
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        # The data and the file's new size (fdatasync flushes what reading it back
-        # needs), without the timestamps fsync would also write.
-        os.fdatasync(fd)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, offset)  # leave no torn record behind
-        raise

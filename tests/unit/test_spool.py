@@ -164,15 +164,15 @@ async def test_a_full_disk_keeps_the_lines_and_pauses(tmp_path, caplog, monkeypa
 
     from meter_gateway.storage.spool import spool as spool_module
 
-    real_append = spool_module._append
+    real_append = spool_module.append_durably
     full = True
 
-    def append(path: Path, offset: int, data: bytes) -> None:
+    def append(fd: int, offset: int, data: bytes, directory: Path | None = None) -> None:
         if full:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_append(path, offset, data)
+        real_append(fd, offset, data, directory)
 
-    monkeypatch.setattr(spool_module, "_append", append)
+    monkeypatch.setattr(spool_module, "append_durably", append)
     spool, tasks, _ = await started(tmp_path)
     seq = spool.add(line(1))
     with pytest.raises(TimeoutError):
