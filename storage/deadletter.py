@@ -37,6 +37,8 @@ from typing import Any
 
 import orjson
 
+from meter_gateway.storage.spool.segment import append_durably
+
 __all__ = [
     "LEDGER_NAME",
     "DeadLetterLine",
@@ -213,19 +215,14 @@ class DeadLetterStore:
         for day, line in batch:
             by_day.setdefault(day, []).append(line)
         for day, lines in by_day.items():
-            fd = os.open(self.path_for(day), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            path = self.path_for(day)
+            new = not path.exists()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
             try:
                 start = os.fstat(fd).st_size
-                try:
-                    data = memoryview(b"".join(lines))
-                    while data:  # a short write (disk nearly full) writes the rest or fails
-                        data = data[os.write(fd, data) :]
-                    os.fsync(fd)
-                except OSError:
-                    # Leave no torn line behind: the whole batch is written again later.
-                    with contextlib.suppress(OSError):
-                        os.ftruncate(fd, start)
-                    raise
+                # A new day's file: its name is made durable too (a power cut must not
+                # lose the file with the records the broker was told are safe).
+                append_durably(fd, start, b"".join(lines), self.directory if new else None)
             finally:
                 os.close(fd)
 
