@@ -21,7 +21,8 @@ registered with `full_topic=True`: subscribe to `spBv1.0/#` (or one group's
   the metrics that could be read are kept); the edge node must be asked to rebirth.
 - NDEATH: `offline` for the node and every device of it known; DDEATH: `offline`
   for the device. A NDEATH whose `bdSeq` is not the one of the node's last NBIRTH
-  is a stale last will from an earlier session and is ignored (as the spec says).
+  is a stale last will from an earlier session and is ignored (as the Sparkplug B
+  specification says).
 - Other types (NCMD, DCMD, STATE) are ignored.
 - Time: each metric's `timestamp` (ms), else the payload's, else the arrival time.
   Metrics of one message with different timestamps make one reading per timestamp.
