@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-__all__ = ["arrival_ts", "clock"]
+__all__ = ["arrival_ts", "clock", "is_number"]
 
 #: The clock for arrival times (seconds since the epoch); tests replace it.
 clock: Callable[[], float] = time.time
@@ -30,6 +30,17 @@ clock: Callable[[], float] = time.time
 def arrival_ts() -> float:
     """Now, as epoch seconds: the time of a reading whose payload has none."""
     return clock()
+
+
+# Beyond any meter's register: a larger integer is left as sent, and validation names it.
+_MAX_INT = 10**15
+
+
+def is_number(v: object) -> bool:
+    """A JSON number the formats may do arithmetic with (sum, scale): a float, or an
+    integer small enough that turning it into one cannot overflow."""
+    t = type(v)
+    return t is float or (t is int and -_MAX_INT < v < _MAX_INT)  # type: ignore[operator]
 
 
 # Imported last: the modules use the above.

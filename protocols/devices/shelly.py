@@ -75,7 +75,7 @@ _WH = {  # em1data, emdata
 
 def _kwh(v: object) -> object:
     # Not a number: left as it is, for the validator to name the field.
-    return v / 1000 if type(v) in (int, float) else v  # type: ignore[operator]
+    return v / 1000 if devices.is_number(v) else v  # type: ignore[operator]
 
 
 def _fields(status: dict[str, Any]) -> dict[str, Any]:

@@ -59,8 +59,7 @@ _SUMMED = (("Total", "energy_import_kwh"), ("ExportActive", "energy_export_kwh")
 _PHASES = (("Voltage", "voltage_v"), ("Current", "current_a"))
 
 
-def _is_number(v: object) -> bool:
-    return type(v) in (int, float)
+_is_number = devices.is_number
 
 
 def _ts(time_field: object) -> Any:

@@ -258,3 +258,126 @@ def _fuzz_one(tmp_path_factory: Any, fmt: str, payload: bytes, topic_id: str | N
     for r in dl.records[before[1] :]:
         assert r["reason"]
         assert not PYTHON_TEXT.search(r["reason"]), r["reason"]
+
+
+# -- the device formats: Tasmota, Shelly, Sparkplug B -------------------------------------------
+from meter_gateway.protocols.devices.protobuf import encode_field  # noqa: E402
+
+_energy_keys = st.sampled_from(
+    [
+        "Total",
+        "ExportActive",
+        "Power",
+        "ApparentPower",
+        "Factor",
+        "Voltage",
+        "Current",
+        "Frequency",
+        "Today",
+    ]
+)
+_tasmota_docs = (
+    st.fixed_dictionaries(
+        {"ENERGY": st.dictionaries(_energy_keys, _json | st.lists(_json, max_size=4), max_size=8)},
+        optional={"Time": _json, "StatusSNS": _json},
+    )
+    | _json
+)
+_shelly_keys = st.sampled_from(
+    [
+        "id",
+        "voltage",
+        "current",
+        "act_power",
+        "aprt_power",
+        "pf",
+        "freq",
+        "total_act_energy",
+        "total_act_ret_energy",
+        "a_voltage",
+        "total_act_power",
+        "method",
+        "params",
+        "ts",
+        "aenergy",
+    ]
+)
+_shelly_docs = (
+    st.dictionaries(_shelly_keys, _json, max_size=10)
+    | st.fixed_dictionaries(
+        {
+            "method": st.just("NotifyStatus"),
+            "params": st.dictionaries(
+                st.sampled_from(["ts", "em:0", "emdata:0", "em1:0", "em1data:0"]),
+                _json | st.dictionaries(_shelly_keys, _json, max_size=6),
+                max_size=4,
+            ),
+        }
+    )
+    | _json
+)
+# Sparkplug B payloads: metrics with any mix of known field numbers and wire values.
+_pb_value = (
+    st.integers(0, 2**64 - 1)
+    | st.floats(allow_nan=True)
+    | st.binary(max_size=12)
+    | (st.text(max_size=12))
+)
+_metric = st.lists(st.tuples(st.integers(1, 18), _pb_value), max_size=8).map(
+    lambda fs: b"".join(encode_field(n, v) for n, v in fs)
+)
+_sparkplug = st.lists(
+    st.tuples(st.sampled_from([1, 2, 3, 2, 2]), _metric | _pb_value), max_size=6
+).map(lambda fs: b"".join(encode_field(n, v) for n, v in fs)) | st.binary(max_size=200)
+_sparkplug_topics = st.sampled_from(
+    [
+        "spBv1.0/meters/NBIRTH/edge-1",
+        "spBv1.0/meters/NDATA/edge-1",
+        "spBv1.0/meters/DBIRTH/edge-1/m-1",
+        "spBv1.0/meters/DDATA/edge-1/m-1",
+        "spBv1.0/meters/NDEATH/edge-1",
+        "spBv1.0/meters/DDEATH/edge-1/m-1",
+        "spBv1.0/meters/STATE",
+        "spBv1.0/x",
+    ]
+)
+
+
+def _device_one(tmp_path_factory: Any, fmt: str, payload: bytes, topic: str, tid: Any) -> None:
+    """No exception escapes; every rejection is kept with a reason in words."""
+    if fmt not in _PIPELINES:
+        _PIPELINES[fmt] = make_pipeline(tmp_path_factory.mktemp(fmt))
+    pipeline, _, dl = _PIPELINES[fmt]
+    before, bugs = len(dl.records), pipeline.internal_errors
+    pipeline.handle_message(topic, payload, FORMATS[fmt], tid)
+    assert pipeline.internal_errors == bugs, dl.records[-1]["reason"]
+    for r in dl.records[before:]:
+        assert r["reason"]
+        assert not PYTHON_TEXT.search(r["reason"]), r["reason"]
+
+
+@FUZZ
+@given(doc=_tasmota_docs, topic_id=_meter_ids)
+def test_fuzz_tasmota(tmp_path_factory, doc, topic_id):
+    _device_one(tmp_path_factory, "tasmota", _encode(doc), f"tele/{topic_id}/SENSOR", topic_id)
+
+
+@FUZZ
+@given(doc=_shelly_docs, topic_id=_meter_ids, component=st.sampled_from(["em:0", "em1data:0"]))
+def test_fuzz_shelly(tmp_path_factory, doc, topic_id, component):
+    topic = f"{topic_id}/status/{component}"
+    _device_one(tmp_path_factory, "shelly", _encode(doc), topic, topic_id)
+
+
+@FUZZ
+@given(payload=_sparkplug, topic=_sparkplug_topics)
+def test_fuzz_sparkplug(tmp_path_factory, payload, topic):
+    # Sparkplug B reads the whole topic (message type, node, device).
+    _device_one(tmp_path_factory, "sparkplug-b", payload, topic, topic)
+
+
+@FUZZ
+@given(payload=st.binary(max_size=300), topic_id=_meter_ids)
+def test_fuzz_device_bytes(tmp_path_factory, payload, topic_id):
+    for fmt in ("tasmota", "shelly", "shelly-online"):
+        _device_one(tmp_path_factory, fmt, payload, f"x/{topic_id}/y", topic_id)

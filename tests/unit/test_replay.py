@@ -7,12 +7,18 @@ test runs the real Engine when the gateway has one.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import json
+import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from meter_gateway.config.schema import Config
 from meter_gateway.gateway.cli import main
@@ -393,3 +399,32 @@ async def test_the_real_engine_when_there_is_one(tmp_path: Path) -> None:
     assert sum(summary.rejected.values()) == 0
     raised = {(e["type"], e.get("meter_id")) for e in events if e["state"] == "raised"}
     assert ("power_outage", "m-000001") in raised
+
+
+# -- hostile files: whatever a line holds, replay goes on and says why it refused it ----------
+_values = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+_line = st.dictionaries(
+    st.sampled_from(
+        ["meter_id", "ts", "_at", "type", "status", "power_w", "voltage_v", "energy_import_kwh"]
+    ),
+    _values | st.lists(_values, max_size=3) | st.sampled_from([START, "m-1", "last_gasp"]),
+    max_size=6,
+)
+_raw = _line.map(lambda d: json.dumps(d).encode()) | st.binary(max_size=60).filter(
+    lambda b: b"\n" not in b
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(lines=st.lists(_raw, min_size=1, max_size=12))
+def test_any_file_replays_to_its_end_and_every_refusal_has_a_reason(lines: list[bytes]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        path = write_lines(folder / "hostile.jsonl", lines)
+        summary, _ = asyncio.run(replay(folder, [path]))
+        assert summary.lines == len(lines)
+        for r in dead_letters(folder):
+            assert r["reason"], r
+            assert r["topic"].startswith("replay:hostile.jsonl:")
+            assert "internal error" not in r["reason"], r
+            assert not re.search(r"Traceback|Error\b|<\w+ object at", r["reason"]), r
