@@ -781,8 +781,8 @@ def _selection(args: Any) -> Selection:
     return Selection(since=args.since, reason=args.reason, source=args.source)
 
 
-def run_list(args: Any) -> int:
-    """`meter-gateway dead-letter list ...`: the exit code."""
+def _open_store(args: Any) -> tuple[Any, Path] | int:
+    """Logging set up, the configuration and its dead-letter folder; or the exit code."""
     from meter_gateway.gateway.logs import setup_logging
 
     setup_logging(getattr(args, "log_level", "warning"), "text")
@@ -795,6 +795,15 @@ def run_list(args: Any) -> int:
             f"dead-letter: no dead-letter store at {directory} (gateway.data_dir)", file=sys.stderr
         )
         return EXIT_FAILED
+    return cfg, directory
+
+
+def run_list(args: Any) -> int:
+    """`meter-gateway dead-letter list ...`: the exit code."""
+    opened = _open_store(args)
+    if isinstance(opened, int):
+        return opened
+    _, directory = opened
     try:
         groups, unreadable = group_reasons(select(directory, _selection(args)))
     except OSError as exc:
@@ -811,18 +820,11 @@ def run_list(args: Any) -> int:
 def run_replay(args: Any) -> int:
     """`meter-gateway dead-letter replay ...`: the exit code."""
     from meter_gateway.config.topology import TopologyError
-    from meter_gateway.gateway.logs import setup_logging
 
-    setup_logging(getattr(args, "log_level", "warning"), "text")
-    cfg = _load(args)
-    if cfg is None:
-        return EXIT_CONFIG
-    directory = Path(cfg.gateway.data_dir) / "dead-letter"
-    if not directory.is_dir():
-        print(
-            f"dead-letter: no dead-letter store at {directory} (gateway.data_dir)", file=sys.stderr
-        )
-        return EXIT_FAILED
+    opened = _open_store(args)
+    if isinstance(opened, int):
+        return opened
+    cfg, directory = opened
     # Each record still rejected is in the summary: the pipeline's per-rejection warnings
     # would only repeat it.
     pipeline_log = logging.getLogger("meter_gateway.pipeline")
