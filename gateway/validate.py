@@ -364,8 +364,12 @@ class MeterRules:
         values = r.values
         ts = r.ts_ns
         keys = tuple(values)
-        fp = hash((keys, tuple(values.values())))
-        entry = fp << _MASK_BITS | _fields_mask(keys)
+        mask = _MASKS.get(keys)
+        if mask is None:
+            mask = _fields_mask(keys)
+        # The field set (as its mask, hashed once) and the values: one reading.
+        fp = hash((mask, tuple(values.values())))
+        entry = fp << _MASK_BITS | mask
         recent = st.recent
         seen = recent.get(ts)
         if seen is not None:
@@ -373,7 +377,6 @@ class MeterRules:
             if any(e >> _MASK_BITS == fp for e in earlier):
                 self.duplicates += 1
                 return None
-            mask = entry & _MASK_MASK
             if any(e & mask for e in earlier):
                 flags.append(
                     Flag(
