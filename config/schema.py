@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
@@ -30,6 +31,9 @@ from meter_gateway.storage.influxdb.config import StorageConfig, header_token, h
 __all__ = [
     "MAX_TEXT",
     "Config",
+    "CustomersConfig",
+    "DailyConfig",
+    "EstimationConfig",
     "EventsConfig",
     "GatewayConfig",
     "HttpConfig",
@@ -42,6 +46,7 @@ __all__ = [
     "ValidationConfig",
     "host_problem",
     "shown",
+    "zone_problem",
 ]
 
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -51,6 +56,16 @@ _DAY = 86_400
 class GatewayConfig(Section):
     id: str = Field("gw-01", description="used in client ids, topics and tags")
     data_dir: Path = Field(Path("./var"), description="spool, dead-letter, detector state")
+    timezone: str = Field(
+        "UTC", description="IANA zone of the customers' local days (daily figures, billing)"
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        if zone_problem(v):
+            raise ValueError(zone_problem(v))
+        return v
 
     @field_validator("id")
     @classmethod
@@ -109,6 +124,76 @@ class EventsConfig(Section):
         return v
 
 
+def zone_problem(name: str) -> str | None:
+    """Why `name` is no IANA time zone this machine knows, or None."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return f"{name!r} is not an IANA time zone (e.g. UTC, Europe/Berlin, Asia/Shanghai)"
+    return None
+
+
+def _clock_time(v: str) -> str:
+    if not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", v):
+        raise ValueError("a local time of day as HH:MM, e.g. 23:00")
+    return v
+
+
+class EstimationConfig(Section):
+    """VEE estimation: gaps in a meter's interval registers are filled and flagged."""
+
+    enabled: bool = Field(True, description="fill gaps with estimates (quality=estimated)")
+    interval_s: int = Field(
+        900, ge=60, le=3600, description="the register grid: estimates and daily demand"
+    )
+    max_linear_gap_h: float = Field(
+        3, gt=0, le=24 * 7, description="gaps up to this long: linear interpolation"
+    )
+    max_gap_days: float = Field(
+        7, gt=0, le=31, description="longer gaps are not estimated (left as missing)"
+    )
+
+    @field_validator("interval_s")
+    @classmethod
+    def _divides_hour(cls, v: int) -> int:
+        if 3600 % v or v % 60:
+            raise ValueError("whole minutes that divide an hour (60, 300, 900, 1800, 3600)")
+        return v
+
+
+class DailyConfig(Section):
+    """Daily load characteristics per meter (measurement meter_daily), per local day."""
+
+    enabled: bool = True
+    night_start: str = Field("23:00", description="local start of the night hours")
+    night_end: str = Field("07:00", description="local end of the night hours")
+    base_load_share: float = Field(
+        0.1, gt=0, le=1, description="base load: mean of this lowest share of the day's demands"
+    )
+    settle_s: float = Field(
+        900, ge=0, le=_DAY, description="a day is first computed this long after it ends"
+    )
+    recompute_every_s: float = Field(
+        300, gt=0, le=_DAY, description="how often days changed by late data are recomputed"
+    )
+
+    _times = field_validator("night_start", "night_end")(classmethod(lambda cls, v: _clock_time(v)))
+
+
+class CustomersConfig(Section):
+    """Thresholds of the customer tags (`meter-gateway report customers`)."""
+
+    high_standby_kw: float = Field(0.3, gt=0, le=10_000, description="mean base load at least")
+    night_heavy_share: float = Field(0.5, gt=0, le=1, description="night share of use at least")
+    peak_top_share: float = Field(
+        0.1, gt=0, le=1, description="peak contributors: this top share by mean daily peak"
+    )
+    outage_sensitive_min: int = Field(
+        3, ge=0, le=10_000, description="more than this many sustained interruptions (CEMIn)"
+    )
+    prosumer_min_export_kwh: float = Field(1.0, ge=0, le=1e9, description="exported at least")
+
+
 class HttpConfig(Section):
     listen: str = "127.0.0.1:9108"
     token: str | None = Field(None, repr=False)
@@ -161,6 +246,9 @@ class Config(Section):
     events: EventsConfig = EventsConfig()
     http: HttpConfig = HttpConfig()
     validation: ValidationConfig = ValidationConfig()
+    estimation: EstimationConfig = EstimationConfig()
+    daily: DailyConfig = DailyConfig()
+    customers: CustomersConfig = CustomersConfig()
 
     @property
     def client_id(self) -> str:

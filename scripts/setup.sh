@@ -20,6 +20,8 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The status page is checked in a real headless browser (Playwright drives it).
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# Local days (daily figures, billing) are judged in gateway.timezone: the IANA database.
+[ -f /usr/share/zoneinfo/Europe/Berlin ] || need+=(tzdata)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need[*]}" >&2

@@ -1,0 +1,1 @@
+"""VEE estimation and daily load characteristics of each meter's interval registers."""
