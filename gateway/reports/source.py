@@ -20,13 +20,26 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from meter_gateway.gateway.reports.reliability import EventPoint, Window
 from meter_gateway.storage.influxdb.config import StorageConfig
 
-__all__ = ["SourceError", "flux_queries", "influxql_queries", "read_points"]
+__all__ = [
+    "SourceError",
+    "flux_queries",
+    "flux_string",
+    "ident",
+    "influxql_queries",
+    "literal",
+    "read_points",
+    "rfc3339",
+    "rfc3339_ns",
+    "run_flux",
+    "run_influxql",
+    "series_rows",
+]
 
 _NS = 1_000_000_000
 MEASUREMENT = "meter_event"
@@ -48,20 +61,20 @@ def read_points(cfg: StorageConfig, window: Window, read_until_s: float) -> list
 # -- InfluxDB 1.x: InfluxQL ------------------------------------------------------------------
 
 
-def _ident(name: str) -> str:
+def ident(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _literal(text: str) -> str:
+def literal(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def influxql_queries(window: Window, read_until_s: float, rp: str | None = None) -> list[str]:
     """The two InfluxQL queries (times as integer nanoseconds, which InfluxQL takes)."""
-    source = (f"{_ident(rp)}." if rp else "") + _ident(MEASUREMENT)
-    where = f"{_ident('type')} = {_literal(EVENT_TYPE)}"
+    source = (f"{ident(rp)}." if rp else "") + ident(MEASUREMENT)
+    where = f"{ident('type')} = {literal(EVENT_TYPE)}"
     lo, hi = int(window.from_s * _NS), int(read_until_s * _NS)
-    fields = ", ".join(_ident(f) for f in _FIELDS)
+    fields = ", ".join(ident(f) for f in _FIELDS)
     return [
         f"SELECT {fields} FROM {source} WHERE {where} AND time >= {lo} AND time < {hi} "
         f'GROUP BY "meter_id"',
@@ -74,26 +87,43 @@ def influxql_queries(window: Window, read_until_s: float, rp: str | None = None)
 def _read_v1(cfg: StorageConfig, window: Window, read_until_s: float) -> list[EventPoint]:
     points: list[EventPoint] = []
     for q in influxql_queries(window, read_until_s, cfg.retention_policy):
-        body = _get_v1(cfg, q)
-        for result in body.get("results", []):
-            if "error" in result:
-                hint = (
-                    f"; check storage.database ({cfg.database!r})"
-                    if "database not found" in str(result["error"])
-                    else ""
-                )
-                raise SourceError(
-                    f"InfluxDB at {cfg.url} refused the query: {result['error']}{hint}"
-                )
-            for series in result.get("series", []):
-                meter = (series.get("tags") or {}).get("meter_id") or ""
-                cols = series["columns"]
-                for row in series.get("values", []):
-                    rec = dict(zip(cols, row, strict=False))
-                    point = _point(rec.get("time"), meter, rec)
-                    if point is not None:
-                        points.append(point)
+        for series in run_influxql(cfg, [q])[0]:
+            meter = (series.get("tags") or {}).get("meter_id") or ""
+            for rec in series_rows(series):
+                point = _point(rec.get("time"), meter, rec)
+                if point is not None:
+                    points.append(point)
     return points
+
+
+def run_influxql(cfg: StorageConfig, statements: list[str]) -> list[list[dict[str, Any]]]:
+    """The statements in one `GET /query` (joined by ";"); per statement, its series.
+
+    Raises SourceError naming the URL and what to check when the database cannot be
+    read or refuses a statement.
+    """
+    body = _get_v1(cfg, ";\n".join(statements))
+    out: list[list[dict[str, Any]]] = [[] for _ in statements]
+    for i, result in enumerate(body.get("results", [])):
+        if "error" in result:
+            hint = (
+                f"; check storage.database ({cfg.database!r})"
+                if "database not found" in str(result["error"])
+                else ""
+            )
+            raise SourceError(f"InfluxDB at {cfg.url} refused the query: {result['error']}{hint}")
+        index = result.get("statement_id", i)
+        if isinstance(index, int) and 0 <= index < len(out):
+            out[index] = list(result.get("series", []))
+    if "error" in body:
+        raise SourceError(f"InfluxDB at {cfg.url} refused the query: {body['error']}")
+    return out
+
+
+def series_rows(series: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of one InfluxQL series as dicts of column -> value."""
+    cols = series["columns"]
+    return [dict(zip(cols, row, strict=False)) for row in series.get("values", [])]
 
 
 def _get_v1(cfg: StorageConfig, q: str) -> dict[str, Any]:
@@ -118,26 +148,33 @@ def _get_v1(cfg: StorageConfig, q: str) -> dict[str, Any]:
 # -- InfluxDB 2.x / 1.8+: Flux ---------------------------------------------------------------
 
 
-def _flux_string(text: str) -> str:
+def flux_string(text: str) -> str:
     return json.dumps(text)  # a Flux string literal escapes as JSON does (\" \\ \n)
 
 
-def _rfc3339(t_s: float) -> str:
+def rfc3339(t_s: float) -> str:
     return datetime.fromtimestamp(t_s, UTC).isoformat().replace("+00:00", "Z")
+
+
+def rfc3339_ns(t_ns: int) -> str:
+    """An RFC 3339 UTC time to the nanosecond (whole seconds without a fraction)."""
+    s, ns = divmod(t_ns, _NS)
+    base = datetime.fromtimestamp(s, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{ns:09d}Z" if ns else f"{base}Z"
 
 
 def flux_queries(window: Window, read_until_s: float, bucket: str) -> list[str]:
     """The two Flux queries, each giving rows of _time, meter_id, state, event_id, duration_s."""
-    head = f"from(bucket: {_flux_string(bucket)})"
+    head = f"from(bucket: {flux_string(bucket)})"
     filters = (
-        f"  |> filter(fn: (r) => r._measurement == {_flux_string(MEASUREMENT)} "
-        f"and r.type == {_flux_string(EVENT_TYPE)})\n"
+        f"  |> filter(fn: (r) => r._measurement == {flux_string(MEASUREMENT)} "
+        f"and r.type == {flux_string(EVENT_TYPE)})\n"
         '  |> filter(fn: (r) => r._field == "state" or r._field == "event_id" '
         'or r._field == "duration_s")\n'
         '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
         '  |> keep(columns: ["_time", "meter_id", "state", "event_id", "duration_s"])\n'
     )
-    start, until = _rfc3339(window.from_s), _rfc3339(read_until_s)
+    start, until = rfc3339(window.from_s), rfc3339(read_until_s)
     return [
         f"{head}\n  |> range(start: {start}, stop: {until})\n{filters}",
         f"{head}\n  |> range(start: 1970-01-01T00:00:00Z, stop: {start})\n{filters}"
@@ -148,24 +185,40 @@ def flux_queries(window: Window, read_until_s: float, bucket: str) -> list[str]:
 
 
 def _read_v2(cfg: StorageConfig, window: Window, read_until_s: float) -> list[EventPoint]:
+    points: list[EventPoint] = []
+    for rows in run_flux(cfg, flux_queries(window, read_until_s, cfg.bucket)):
+        for rec in rows:
+            point = _point(rec.get("_time_ns"), str(rec.get("meter_id") or ""), rec)
+            if point is not None:
+                points.append(point)
+    return points
+
+
+def run_flux(cfg: StorageConfig, queries: list[str]) -> list[list[dict[str, Any]]]:
+    """Each Flux query through influxdb-client; per query, its rows (every table's records).
+
+    A row is the record's values plus `_time_ns` (its `_time` as integer nanoseconds,
+    None without one). Raises SourceError naming the URL and what to check.
+    """
     import urllib3
     from influxdb_client import InfluxDBClient
     from influxdb_client.rest import ApiException
 
-    points: list[EventPoint] = []
+    out: list[list[dict[str, Any]]] = []
     client = InfluxDBClient(
         url=cfg.url, token=cfg.token or "", org=cfg.org or "-", timeout=int(cfg.timeout_s * 1000)
     )
     try:
         api = client.query_api()
-        for q in flux_queries(window, read_until_s, cfg.bucket):
+        for q in queries:
+            rows: list[dict[str, Any]] = []
             for table in api.query(q, org=cfg.org or "-"):
                 for rec in table.records:
                     t = rec.get_time()
-                    ns = None if t is None else int(t.timestamp() * _NS)
-                    point = _point(ns, str(rec.values.get("meter_id") or ""), rec.values)
-                    if point is not None:
-                        points.append(point)
+                    row = dict(rec.values)
+                    row["_time_ns"] = None if t is None else _ns_of(t)
+                    rows.append(row)
+            out.append(rows)
     except ApiException as exc:
         body = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else exc.body
         problem = _http_problem(cfg, int(exc.status or 0), str(body or exc.reason))
@@ -176,7 +229,13 @@ def _read_v2(cfg: StorageConfig, window: Window, read_until_s: float) -> list[Ev
         raise SourceError(_unreachable(cfg, reason)) from None
     finally:
         client.close()
-    return points
+    return out
+
+
+def _ns_of(t: datetime) -> int:
+    """A datetime as integer epoch nanoseconds, exact to the microsecond."""
+    delta = t - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta // timedelta(microseconds=1)) * 1000
 
 
 # -- shared ----------------------------------------------------------------------------------
