@@ -37,6 +37,7 @@ import dataclasses
 import gzip
 import logging
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -51,6 +52,7 @@ from meter_gateway.gateway.events.event import Event, event_line
 from meter_gateway.gateway.pipeline import Pipeline
 from meter_gateway.gateway.reading import Reading
 from meter_gateway.gateway.validate import Flag, MeterRules, Validator, format_ts
+from meter_gateway.gateway.vee.service import VeeService
 from meter_gateway.protocols.formats import (
     Decoded,
     Rejection,
@@ -174,6 +176,7 @@ class ReplaySummary:
     first_ns: int = 0
     watermark_ns: int = 0
     elapsed_s: float = 0.0
+    daily: dict[str, float] = field(default_factory=dict)  # VEE counts; empty when off
 
     @property
     def rate(self) -> float:
@@ -216,6 +219,14 @@ class ReplaySummary:
                 states = ", ".join(f"{s} {n:,}" for s, n in sorted(by_type[type_].items()))
                 out.append(f"    {type_}: {states}")
             out.append(f"  still raised at the end: {self.still_raised:,}")
+        if self.daily:
+            d = self.daily
+            out.append(
+                f"  daily: {d['meter_days']:,.0f} meter-days computed "
+                f"({d['days_computed']:,.0f} day computations), "
+                f"{d['estimates_written']:,.0f} estimates written, "
+                f"{d['estimates_replaced']:,.0f} replaced by late actuals"
+            )
         return "\n".join(out)
 
 
@@ -312,6 +323,21 @@ class Replay:
             encoder: Any = ReadingEncoder(st.precision, topology)
         else:
             self.sink, encoder = _NullSink(), _NullEncoder()
+        # VEE on the recording's clock, its interval store in a folder of its own: a
+        # replay must not touch the live gateway's days. Only when storing: its
+        # estimates and daily figures go nowhere else.
+        self.vee: VeeService | None = None
+        self._vee_dir: tempfile.TemporaryDirectory[str] | None = None
+        if store and (config.estimation.enabled or config.daily.enabled):
+            self._vee_dir = tempfile.TemporaryDirectory(prefix="meter-gateway-replay-")
+            self.vee = VeeService(
+                config,
+                topology,
+                folder=Path(self._vee_dir.name),
+                add_line=self.sink.add,
+                prefix=encoder.prefix,
+                precision_divisor=self._precision,
+            )
         self.pipeline = Pipeline(
             validator=Validator(config.validation),
             rules=MeterRules(config.validation.duplicate_window),
@@ -342,6 +368,8 @@ class Replay:
     def _on_reading(self, r: Reading) -> None:
         if self.engine is not None:
             self.engine.reading(r, self.now)
+        if self.vee is not None:
+            self.vee.reading(r)
 
     def _on_signal(self, sig: Signal, topic: str) -> None:
         if self.engine is not None:
@@ -440,6 +468,8 @@ class Replay:
     def _tick(self, now: int) -> None:
         """The detectors' clock moves on (at most once per second of recorded time)."""
         self._next_tick = now + NS
+        if self.vee is not None and self.vee.due(now):
+            self.vee.compute(now)
         if self.engine is None:
             if self._factory is None or now <= 0:
                 return
@@ -453,7 +483,8 @@ class Replay:
         wall0 = time.monotonic()
         tasks = [asyncio.create_task(self.dead_letter.run(), name="dead-letter")]
         if self.writer is not None:
-            tasks.append(asyncio.create_task(self.writer.run(), name="storage-writer"))
+            self._writer_task = asyncio.create_task(self.writer.run(), name="storage-writer")
+            tasks.append(self._writer_task)
         next_progress = wall0 + self._progress_every
         try:
             for path in files:
@@ -473,6 +504,8 @@ class Replay:
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
+            if self._vee_dir is not None:
+                self._vee_dir.cleanup()
         self._fill_summary(time.monotonic() - wall0)
         return self.summary
 
@@ -481,10 +514,22 @@ class Replay:
         _ = self.pipeline.durable  # drops what is done from the pipeline's ack queue
         await asyncio.sleep(0)
         if self.writer is not None and self.writer.paused:
-            await self.writer.wait_resumed()  # the database is behind: wait, lose nothing
+            # The database is behind: wait, lose nothing; but a writer that died (a bug)
+            # never resumes, so its error ends the replay instead of hanging it.
+            resumed = asyncio.ensure_future(self.writer.wait_resumed())
+            await asyncio.wait([resumed, self._writer_task], return_when=asyncio.FIRST_COMPLETED)
+            if not resumed.done():
+                resumed.cancel()
+                self._writer_task.result()
 
     async def _finish(self, tasks: list[asyncio.Task[None]]) -> None:
         self.pipeline.flush_logs(final=True)
+        if self.vee is not None:
+            # The recording is over: nothing more will come for the days that ended,
+            # so they are computed now, settled or not.
+            end = max(self.now, self.watermark) + int(self.config.daily.settle_s * NS)
+            self.vee.compute(end)
+            self.summary.daily = dict(self.vee.stats)
         if self.writer is not None:
             self.writer.close()
             writer_task = tasks[-1]

@@ -187,6 +187,11 @@ class CommsDropout(_FaultBase):
     backfill: bool = Field(
         False, description="deliver the missed readings, oldest first, when comms return"
     )
+    backfill_after: Duration | None = Field(
+        None,
+        description="with backfill: deliver them this long after comms return, as a "
+        "concentrator does when it reads the meters' load profiles after midnight",
+    )
 
 
 class ConsumptionSpike(_FaultBase):

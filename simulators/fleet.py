@@ -67,6 +67,8 @@ class _Wire:
     malformed: list[str] = field(default_factory=list)
     held: list[tuple[bytes, bool]] = field(default_factory=list)  # (payload, broken JSON)
     backlog: list[tuple[bytes, bool]] = field(default_factory=list)  # kept while silent
+    # (when, readings): back-fill held past the return of comms (`backfill_after`)
+    deferred: list[tuple[float, list[tuple[bytes, bool]]]] = field(default_factory=list)
 
 
 def default_start(interval_s: float, duration_s: float | None, now: float | None = None) -> float:
@@ -249,6 +251,9 @@ class Fleet:
             elif f.type == "comms_dropout":
                 w.silent -= 1
                 w.backfill -= p["backfill"]
+                if p["backfill"] and p.get("backfill_after") and w.backlog:
+                    w.deferred.append((t + p["backfill_after"], list(w.backlog)))
+                    w.backlog.clear()
                 if w.silent == 0 and p["lwt"] and (msg := self._status(t, m, True)):
                     step.messages.append(msg)
             elif f.type == "duplicates":
@@ -284,6 +289,8 @@ class Fleet:
                 w.backlog += frags
                 continue
             out: list[tuple[bytes, bool]] = []
+            while w.deferred and (w.deferred[0][0] <= t or final):
+                out += w.deferred.pop(0)[1]
             if w.backlog:
                 out += w.backlog  # late, oldest first, as a concentrator back-fills
                 w.backlog.clear()
