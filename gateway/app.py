@@ -15,8 +15,9 @@ from meter_gateway.gateway.events import Condition, Event
 from meter_gateway.gateway.events.service import EventService
 from meter_gateway.gateway.http import StatusServer
 from meter_gateway.gateway.pipeline import Pipeline, Sink
-from meter_gateway.gateway.reading import canonical_from_fields
+from meter_gateway.gateway.reading import Reading, canonical_from_fields
 from meter_gateway.gateway.validate import Flag, MeterRules, Validator
+from meter_gateway.gateway.vee.service import VeeService
 from meter_gateway.protocols.formats import Signal
 from meter_gateway.protocols.mqtt.source import LOOP_WINDOW_S, MqttSource
 from meter_gateway.storage.deadletter import DeadLetterStore, dead_letter_record
@@ -89,6 +90,20 @@ class _MemorySink:
         return None
 
 
+def _both(
+    first: Callable[[Reading], None] | None, second: Callable[[Reading], None] | None
+) -> Callable[[Reading], None] | None:
+    """One hook for the pipeline: each stored reading to the detectors and to VEE."""
+    if first is None or second is None:
+        return first or second
+
+    def both(r: Reading) -> None:
+        first(r)
+        second(r)
+
+    return both
+
+
 class Gateway:
     """`await start()`, then `await stop()` (drains); or `await run(stop_event)`."""
 
@@ -148,17 +163,35 @@ class Gateway:
             mqtt_client=lambda: self.mqtt.paho_client,
             hold_for_event=lambda seq: self.pipeline.hold_for_event(seq),
         )
-        detect = config.events.enabled
+        encoder = ReadingEncoder(st.precision, topology)
+        # VEE: registers -> estimates for gaps and daily figures per local day, into
+        # the spool like readings (derived: a crash recomputes them from data_dir).
+        self.vee: VeeService | None = None
+        if config.estimation.enabled or config.daily.enabled:
+            self.vee = VeeService(
+                config,
+                topology,
+                folder=config.gateway.data_dir / "intervals",
+                add_line=sink.add,
+                prefix=encoder.prefix,
+                precision_divisor=self._precision,
+            )
+            # The samples of the readings in a group commit are in the interval store
+            # (in the OS) before those readings are acknowledged: a kill -9 loses none.
+            self.spool.before_commit = self.vee.store.flush
         self.pipeline = Pipeline(
             validator=Validator(config.validation),
             rules=MeterRules(config.validation.duplicate_window),
-            encoder=ReadingEncoder(st.precision, topology),
+            encoder=encoder,
             sink=sink,
             dead_letter=self.dead_letter,
             max_payload_bytes=config.mqtt.max_payload_bytes,
             on_signal=self._signal,
             on_flag=self._flag,
-            on_reading=self.events.reading if detect else None,
+            on_reading=_both(
+                self.events.reading if config.events.enabled else None,
+                self.vee.reading if self.vee is not None else None,
+            ),
             events=self.events.outbox,
         )
         self.mqtt = MqttSource(
@@ -184,6 +217,7 @@ class Gateway:
         self.rate = RateMeter(lambda: sum(self.pipeline.received.values()))
         self.http = StatusServer(self)
         self._source_tasks: list[asyncio.Task[None]] = []
+        self._vee_task: asyncio.Task[None] | None = None
         self._sink_tasks: list[asyncio.Task[None]] = []
 
     # -- hooks for the detectors ---------------------------------------------------------------
@@ -330,6 +364,9 @@ class Gateway:
             self._sink_tasks += [self._spool_task, self._feed_task]
         self.events.start()
         self._sink_tasks += self.events.tasks
+        self._vee_task: asyncio.Task[None] | None = None
+        if self.vee is not None:
+            self._vee_task = asyncio.create_task(self.vee.run(), name="daily")
         self._rate_task = asyncio.create_task(self.rate.run(self._report), name="rate")
         self._watch_task = asyncio.create_task(self._watch(), name="watch")
         self._source_tasks = [asyncio.create_task(self.mqtt.run(), name="mqtt-source")]
@@ -350,6 +387,11 @@ class Gateway:
                 await task
         deadline = time.monotonic() + self.shutdown_timeout_s
         await self.events.stop()  # before the spool closes: its database drainer adds to it
+        if self._vee_task is not None and self.vee is not None:
+            self._vee_task.cancel()  # a day being computed is computed again on the next start
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._vee_task
+            self.vee.close()
         if self._sink is self.spool:
             await self.spool.close()  # everything taken is on disk now
             self.writer.flush_eagerly()

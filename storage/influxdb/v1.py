@@ -32,7 +32,9 @@ class V1Client:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout, auth=self._auth)
         try:
-            async with self._session.post(self._url, params=self._params, data=payload(body)) as resp:
+            async with self._session.post(
+                self._url, params=self._params, data=payload(body)
+            ) as resp:
                 if resp.status // 100 == 2:
                     return
                 text = await resp.text(errors="replace")

@@ -93,6 +93,9 @@ class Spool:
         self._feed_lines = feed_lines  # lines handed to the writer at most at once
         self._on_note = on_note or (lambda note: None)
         self._on_pause = on_pause or (lambda paused, why: None)
+        # Called (on the loop) before each group commit is written: what derives from
+        # the lines being committed reaches the OS before they are acknowledged.
+        self.before_commit: Callable[[], None] | None = None
         self._pending: list[str] = []
         self._next_seq = 1  # the record being built
         self.durable = 0  # last record on disk
@@ -291,6 +294,8 @@ class Spool:
     async def _commit(self) -> bool:
         if not self._pending:
             return True
+        if self.before_commit is not None:
+            self.before_commit()
         lines, self._pending = self._pending, []
         seq = self._next_seq
         self._next_seq += 1

@@ -10,11 +10,12 @@ back-filled a day after comms return (estimated first, then replaced), or never
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import subprocess
 import sys
 from collections import defaultdict
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -142,7 +143,8 @@ def expected_day(
     peak, peak_t = -math.inf, 0
     for i in range(len(grid) - 1):
         r0, r1 = regs[i], regs[i + 1]
-        assert r0 is not None and r1 is not None, (day, grid[i])
+        assert r0 is not None, (day, grid[i])
+        assert r1 is not None, (day, grid[i + 1])
         e = r1[0] - r0[0]
         energies.append(e)
         actual += r0[1] and r1[1]
@@ -213,7 +215,7 @@ def test_every_estimate_is_flagged_and_late_actuals_replace_them(month: Month) -
     want = set()
     for meter_id, raw in month.raw.items():
         times = sorted(raw)
-        for a, b in zip(times, times[1:], strict=False):
+        for a, b in itertools.pairwise(times):
             if b - a > STEP:
                 want.update((meter_id, t) for t in range(a + STEP, b, STEP) if t < until)
     got = {(r["meter_id"], r["time"]): r for r in estimated}
@@ -221,11 +223,13 @@ def test_every_estimate_is_flagged_and_late_actuals_replace_them(month: Month) -
     for (meter_id, t), r in got.items():
         assert r["estimation_method"] == "linear"
         value, is_actual = _register(month.raw[meter_id], sorted(month.raw[meter_id]), t)
-        assert not is_actual and _close(r["energy_import_kwh"], value)
+        assert not is_actual
+        assert _close(r["energy_import_kwh"], value)
     # The gaps back-filled a day late were estimated first (like day: 6 h), then the
     # actuals came: those points hold the actual values, flagged actual, no method.
     late = [f for f in month.truth if f["params"].get("backfill_after")]
-    assert late and month.summary.daily["estimates_replaced"] > 0
+    assert late
+    assert month.summary.daily["estimates_replaced"] > 0
     for f in late:
         meter_id = f["meters"][0]
         rows = month.db.query(
@@ -294,7 +298,8 @@ def test_billing_consumption_is_the_register_delta(month: Month) -> None:
         for m in meters:
             raw, times = month.raw[m], sorted(month.raw[m])
             regs = [_register(raw, times, t) for t in bounds]
-            assert regs[0] is not None and regs[1] is not None
+            assert regs[0] is not None
+            assert regs[1] is not None
             want += regs[1][0] - regs[0][0]
             flagged |= not (regs[0][1] and regs[1][1])
         assert got[customer]["import_kwh"] == pytest.approx(want, abs=2e-3), customer

@@ -1,0 +1,486 @@
+"""VEE in the running gateway: samples in, estimates and daily figures out.
+
+    pipeline (each stored reading) -> `reading` -> interval store (a file per local day)
+    clock -> `plan` (which days) -> `work` (estimates, figures; in a thread) -> `commit`
+          -> lines into the spool: `meter_reading` estimates, `meter_daily` points
+
+A local day of `gateway.timezone` is computed once it has ended and `daily.settle_s`
+has passed (concentrators back-fill after midnight), then again whenever its file has
+grown since (late data): a day is dirty exactly when its file's size differs from the
+size it had when last computed, which survives restarts without a dirty list. A meter
+whose gap spans several days is recomputed on each of them when one changes.
+
+Estimates are written on the meter's own series (same tags as its readings), so a
+late actual at the same time is the same point and replaces it: actual always wins,
+nothing is stored twice. The replacing actual also gets `estimation_method=""` so no
+method is left on an actual reading. Estimates are recomputed, never accumulated: a
+gap that late data narrows gets fewer estimates, and the slots now actual hold the
+actual values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time as _time
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from datetime import time as dtime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from meter_gateway.config.schema import Config
+from meter_gateway.gateway.reading import Reading
+from meter_gateway.gateway.vee.daily import DaySample, daily_fields, daily_figures
+from meter_gateway.gateway.vee.estimate import Estimate, Sample, estimate_gaps
+from meter_gateway.gateway.vee.localday import day_bounds, day_of
+from meter_gateway.gateway.vee.store import IntervalStore, day_range
+from meter_gateway.storage.lineprotocol import encode_point
+
+__all__ = ["VeeService"]
+
+log = logging.getLogger("meter_gateway.vee")
+
+NS = 1_000_000_000
+_DAY_NS = 86_400 * NS
+
+
+class _Meter:
+    """What the hot path keeps per meter: its last sample, and whether it is on file."""
+
+    __slots__ = ("cell", "exp", "imp", "last_ts", "n", "source", "written")
+
+    def __init__(self, n: int, source: str) -> None:
+        self.n = n
+        self.source = source
+        self.last_ts = 0
+        self.imp: float | None = None
+        self.exp: float | None = None
+        self.cell = -1  # the grid interval of last_ts
+        self.written = True
+
+
+@dataclass
+class Job:
+    """Days to compute, planned on the event loop, worked in a thread."""
+
+    now_ns: int
+    close: list[date]  # days that end now (first computation)
+    dirty: list[date]  # closed days whose files changed
+    sizes: dict[date, int]  # file sizes when planned: a day is clean at these
+    closed_through: date
+
+
+@dataclass
+class Result:
+    lines: list[str] = field(default_factory=list)
+    gaps: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    days: int = 0
+    meter_days: int = 0
+    estimates: int = 0
+    seconds: float = 0.0
+
+
+class VeeService:
+    """Estimation and daily characteristics of every meter's registers."""
+
+    def __init__(
+        self,
+        config: Config,
+        topology: Mapping[str, Any],
+        *,
+        folder: Path,
+        add_line: Callable[[str], object],
+        prefix: Callable[[str, str], str],
+        precision_divisor: int,
+    ) -> None:
+        self.config = config
+        est, daily = config.estimation, config.daily
+        self.estimate = est.enabled
+        self.daily = daily.enabled
+        self.tz = ZoneInfo(config.gateway.timezone)
+        self.interval_s = est.interval_s
+        self._interval_ns = est.interval_s * NS
+        self._max_linear_s = est.max_linear_gap_h * 3600
+        self._max_gap_s = est.max_gap_days * 86_400
+        # Days read around a computed day: like days (a week back, Tue/Wed/Thu a few
+        # more) and both ends of the longest gap estimated.
+        self._reach = max(8, math.ceil(est.max_gap_days) + 1)
+        self._keep_days = math.ceil(config.validation.max_age_s / 86_400) + self._reach + 1
+        self._night = (_hhmm(daily.night_start), _hhmm(daily.night_end))
+        self._base_share = daily.base_load_share
+        self._settle_ns = int(daily.settle_s * NS)
+        self._every_ns = int(daily.recompute_every_s * NS)
+        # The grid's phase: local offsets are whole quarter hours (a few zones' half
+        # hours), so one offset modulo the interval holds for every instant.
+        offset = datetime.now(self.tz).utcoffset() or timedelta(0)
+        self._phase = int(offset.total_seconds()) % self.interval_s
+        self._topology = topology
+        self._add_line = add_line
+        self._prefix = prefix
+        self._div = precision_divisor
+        self.store = IntervalStore(folder, self.tz)
+        self._meters: dict[str, _Meter] = {}
+        self._state_path = folder / "state.json"
+        self.closed_through: date | None = None
+        self._computed: dict[date, int] = {}  # day -> its file size when last computed
+        self._gaps: dict[int, list[tuple[int, int]]] = {}  # meter -> estimated gaps (a, b)
+        self._next_ns = 0
+        self.stats: dict[str, float] = {
+            "days_computed": 0,
+            "meter_days": 0,
+            "estimates_written": 0,
+            "estimates_replaced": 0,
+            "last_compute_s": 0.0,
+        }
+        self._load_state()
+
+    # -- the hot path ------------------------------------------------------------------------
+    def reading(self, r: Reading) -> None:
+        """A stored reading: its registers are kept when the figures may need them."""
+        values = r.values
+        imp = values.get("energy_import_kwh")
+        exp = values.get("energy_export_kwh")
+        if imp is None and exp is None:
+            return
+        m = self._meters.get(r.meter_id)
+        if m is None or m.source != r.source:
+            m = self._meter(r.meter_id, r.source)
+        ts = r.ts_ns
+        if ts > m.last_ts:
+            cell = (ts // NS + self._phase) // self.interval_s
+            if cell != m.cell:
+                # A grid boundary lies between the last sample and this one: both are
+                # what interpolating that boundary needs; the samples between are not.
+                if not m.written and m.last_ts:
+                    self.store.append(m.n, m.last_ts, m.imp, m.exp)
+                self.store.append(m.n, ts, imp, exp)
+                m.written = True
+                m.cell = cell
+            else:
+                m.written = False
+            m.last_ts, m.imp, m.exp = ts, imp, exp
+        else:
+            # Late (back-fill) or a corrected value: always kept.
+            self.store.append(m.n, ts, imp, exp)
+            if ts == m.last_ts:
+                m.imp, m.exp, m.written = imp, exp, True
+        # After a restart a back-fill may look in order: judged by time, not arrival.
+        if self._gaps:
+            gaps = self._gaps.get(m.n)
+            if gaps:
+                self._replaces(gaps, r, ts)
+
+    def _replaces(self, gaps: list[tuple[int, int]], r: Reading, ts: int) -> None:
+        """An actual at the time of an estimate: the same point (same series and time)
+        replaces it in the database; the method it carried goes too."""
+        if ts % NS or (ts // NS + self._phase) % self.interval_s:
+            return  # not on the grid: no estimate was there
+        for a, b in gaps:
+            if a < ts < b:
+                line = self._prefix(r.meter_id, r.source) + 'estimation_method="" '
+                self._add_line(line + str(ts // self._div))
+                self.stats["estimates_replaced"] += 1
+                return
+
+    def _meter(self, meter_id: str, source: str) -> _Meter:
+        n = self.store.meter(meter_id, source)
+        old = self._meters.get(meter_id)
+        m = _Meter(n, source)
+        if old is not None:
+            m.last_ts, m.imp, m.exp, m.cell, m.written = (
+                old.last_ts,
+                old.imp,
+                old.exp,
+                old.cell,
+                old.written,
+            )
+        self._meters[meter_id] = m
+        return m
+
+    # -- when -------------------------------------------------------------------------------
+    def due(self, now_ns: int) -> bool:
+        return now_ns >= self._next_ns
+
+    def plan(self, now_ns: int) -> Job | None:
+        """On the loop: which days to compute now; None when none."""
+        self._next_ns = now_ns + self._every_ns
+        for m in self._meters.values():  # the last samples, so silent meters' count
+            if not m.written and m.last_ts:
+                self.store.append(m.n, m.last_ts, m.imp, m.exp)
+                m.written = True
+        self.store.flush()
+        today = day_of(now_ns, self.tz)
+        if self.closed_through is None:
+            # A first start: days before it are computed only where data for them arrives.
+            self.closed_through = today - timedelta(days=1)
+            self._save_state()
+        close = []
+        d = self.closed_through + timedelta(days=1)
+        while day_bounds(d, self.tz)[1] + self._settle_ns <= now_ns:
+            close.append(d)
+            d += timedelta(days=1)
+        closed_through = close[-1] if close else self.closed_through
+        oldest = today - timedelta(days=self._keep_days)
+        dirty = [
+            day
+            for day in self.store.days()
+            if oldest <= day <= self.closed_through
+            and self.store.size(day) != self._computed.get(day)
+        ]
+        if not close and not dirty:
+            return None
+        sizes = {day: self.store.size(day) for day in [*close, *dirty]}
+        return Job(now_ns, close, dirty, sizes, closed_through)
+
+    # -- the work (a thread may run it: it reads files and the job only) ----------------------
+    def work(self, job: Job) -> Result:
+        t0 = _time.monotonic()
+        res = Result()
+        days = sorted({*job.close, *job.dirty})
+        reach = timedelta(days=self._reach)
+        wanted = {d for day in days for d in day_range(day - reach, day + reach)}
+        files = set(self.store.days())
+        per_day = {d: self.store.read([d]) for d in sorted(wanted & files)}
+        done: set[tuple[date, int]] = set()
+        follow: dict[date, set[int]] = {}
+        for day in days:
+            meters = self._meters_around(day, per_day)
+            self._day(day, meters, per_day, res, done, follow, job.closed_through)
+        # Gaps spanning closed days outside this job: those days again, for those meters.
+        for day, meters in sorted(follow.items()):
+            extra = set(day_range(day - reach, day + reach)) & files
+            for d in extra - per_day.keys():
+                per_day[d] = self.store.read([d])
+            self._day(
+                day,
+                meters - {n for d, n in done if d == day},
+                per_day,
+                res,
+                done,
+                None,
+                job.closed_through,
+            )
+        res.days = len(days)
+        res.seconds = _time.monotonic() - t0
+        return res
+
+    def _meters_around(self, day: date, per_day: dict[date, dict[int, list[Sample]]]) -> set[int]:
+        reach = timedelta(days=self._reach)
+        out: set[int] = set()
+        for d in day_range(day - reach, day + reach):
+            out.update(per_day.get(d, {}))
+        return out
+
+    def _day(
+        self,
+        day: date,
+        meters: set[int],
+        per_day: dict[date, dict[int, list[Sample]]],
+        res: Result,
+        done: set[tuple[date, int]],
+        follow: dict[date, set[int]] | None,
+        closed_through: date,
+    ) -> None:
+        start, end = day_bounds(day, self.tz)
+        reach = timedelta(days=self._reach)
+        window = day_range(day - reach, day + reach)
+        store = self.store
+        for n in sorted(meters):
+            if (day, n) in done:
+                continue
+            done.add((day, n))
+            actual: list[Sample] = []
+            for d in window:
+                actual.extend(per_day.get(d, {}).get(n, ()))
+            if not actual:
+                continue
+            ts = [s.ts_ns for s in actual]
+            estimates: list[Estimate] = []
+            if self.estimate:
+                estimates = estimate_gaps(
+                    actual,
+                    start,
+                    end + 1,  # the day's closing boundary too: the figures need it
+                    tz=self.tz,
+                    interval_s=self.interval_s,
+                    max_linear_gap_s=self._max_linear_s,
+                    max_gap_s=self._max_gap_s,
+                )
+            meter_id, source = store.meter_ids[n], store.sources[n]
+            written = [e for e in estimates if e.ts_ns < end]
+            if written:
+                prefix = self._prefix(meter_id, source)
+                for e in written:
+                    res.lines.append(prefix + self._estimate_fields(e))
+                res.estimates += len(written)
+            # Gaps touching the day: remembered (a late actual inside clears its
+            # method), and other closed days they span are recomputed for this meter.
+            lo, hi = bisect_left(ts, start), bisect_right(ts, end)
+            for i in range(max(lo - 1, 0), min(hi + 1, len(ts) - 1)):
+                a, b = ts[i], ts[i + 1]
+                if b - a <= self._interval_ns or b <= start or a >= end:
+                    continue
+                if estimates and any(a < e.ts_ns < b for e in estimates):
+                    res.gaps.setdefault(n, []).append((a, b))
+                if follow is not None and b - a <= self._max_gap_s * NS:
+                    for other in day_range(day_of(a, self.tz), day_of(b, self.tz)):
+                        if other != day and other <= closed_through:
+                            follow.setdefault(other, set()).add(n)
+            if self.daily:
+                res.lines.append(self._daily_line(day, meter_id, actual, ts, estimates, start, end))
+                res.meter_days += 1
+
+    def _estimate_fields(self, e: Estimate) -> str:
+        parts = []
+        if e.imp is not None:
+            parts.append(f"energy_import_kwh={e.imp!r}")
+        if e.exp is not None:
+            parts.append(f"energy_export_kwh={e.exp!r}")
+        parts.append(f'quality="estimated",estimation_method="{e.method}"')
+        return ",".join(parts) + f" {e.ts_ns // self._div}"
+
+    def _daily_line(
+        self,
+        day: date,
+        meter_id: str,
+        actual: list[Sample],
+        ts: list[int],
+        estimates: list[Estimate],
+        start: int,
+        end: int,
+    ) -> str:
+        # The samples around the day: the last before it and the first after it bound
+        # its first and last intervals.
+        lo = max(bisect_left(ts, start) - 1, 0)
+        hi = bisect_right(ts, end) + 1
+        samples = [DaySample(s.ts_ns, s.imp, s.exp, False) for s in actual[lo:hi]]
+        if estimates:
+            samples.extend(DaySample(e.ts_ns, e.imp, e.exp, True) for e in estimates)
+            samples.sort(key=lambda s: s.ts_ns)
+        fig = daily_figures(
+            day,
+            self.tz,
+            samples,
+            interval_s=self.interval_s,
+            night_start=self._night[0],
+            night_end=self._night[1],
+            base_load_share=self._base_share,
+        )
+        place = self._topology.get(meter_id)
+        tags = {
+            "meter_id": meter_id,
+            "customer_id": getattr(place, "customer_id", None),
+            "transformer_id": getattr(place, "transformer_id", None),
+            "feeder_id": getattr(place, "feeder_id", None),
+        }
+        return encode_point("meter_daily", tags, daily_fields(fig, self.tz), start // self._div)
+
+    # -- back on the loop ---------------------------------------------------------------------
+    def commit(self, job: Job, res: Result) -> None:
+        """Hand the lines to the spool; remember what is computed."""
+        for line in res.lines:
+            self._add_line(line)
+        for day, size in job.sizes.items():
+            self._computed[day] = size
+        self.closed_through = job.closed_through
+        horizon = job.now_ns - (self._reach + 1) * _DAY_NS
+        for n, gaps in res.gaps.items():
+            kept = [g for g in self._gaps.get(n, []) if g[1] >= horizon and g not in gaps]
+            self._gaps[n] = kept + gaps
+        oldest = day_of(job.now_ns, self.tz) - timedelta(days=self._keep_days)
+        self._computed = {d: s for d, s in self._computed.items() if d >= oldest}
+        self.store.prune(oldest)
+        self._save_state()
+        st = self.stats
+        st["days_computed"] += res.days
+        st["meter_days"] += res.meter_days
+        st["estimates_written"] += res.estimates
+        st["last_compute_s"] = res.seconds
+        if res.days:
+            log.info(
+                "daily: computed %d day(s) (%s), %d meter-days, %d estimates, in %.2f s",
+                res.days,
+                ", ".join(d.isoformat() for d in sorted({*job.close, *job.dirty})[:5]),
+                res.meter_days,
+                res.estimates,
+                res.seconds,
+            )
+
+    def compute(self, now_ns: int) -> Result | None:
+        """Plan, work and commit in one go (replay: on the recording's clock)."""
+        job = self.plan(now_ns)
+        if job is None:
+            return None
+        res = self.work(job)
+        self.commit(job, res)
+        return res
+
+    async def run(self, clock: Callable[[], int] = _time.time_ns, every_s: float = 1.0) -> None:
+        """Live: records to the OS every second; days computed in a thread when due."""
+        while True:
+            await asyncio.sleep(every_s)
+            self.store.flush()
+            now = clock()
+            if not self.due(now):
+                continue
+            job = self.plan(now)
+            if job is None:
+                continue
+            try:
+                res = await asyncio.to_thread(self.work, job)
+            except Exception:  # a bug must not stop ingest; the day is tried again
+                log.exception("daily: computing %s failed", job.close or job.dirty)
+                continue
+            self.commit(job, res)
+
+    def close(self) -> None:
+        """On stop: every sample to the OS, the state saved."""
+        self.store.close()
+        self._save_state()
+
+    # -- state --------------------------------------------------------------------------------
+    def _load_state(self) -> None:
+        try:
+            raw = orjson.loads(self._state_path.read_bytes())
+            ct = raw.get("closed_through")
+            self.closed_through = date.fromisoformat(ct) if ct else None
+            self._computed = {date.fromisoformat(d): int(s) for d, s in raw["computed"].items()}
+            ids = self.store.meter_ids
+            index = {m: i for i, m in enumerate(ids)}
+            self._gaps = {
+                index[m]: [(int(a), int(b)) for a, b in gaps]
+                for m, gaps in raw.get("gaps", {}).items()
+                if m in index
+            }
+        except FileNotFoundError:
+            return
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            # Derived state only: every closed day is then recomputed from its file.
+            log.warning(
+                "daily: %s unreadable (%s): closed days will be recomputed", self._state_path, exc
+            )
+            self._computed = {}
+
+    def _save_state(self) -> None:
+        ids = self.store.meter_ids
+        body = {
+            "closed_through": self.closed_through.isoformat() if self.closed_through else None,
+            "computed": {d.isoformat(): s for d, s in sorted(self._computed.items())},
+            "gaps": {ids[n]: gaps for n, gaps in self._gaps.items() if gaps},
+        }
+        tmp = self._state_path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(body))
+        os.replace(tmp, self._state_path)
+
+
+def _hhmm(text: str) -> dtime:
+    h, m = text.split(":")
+    return dtime(int(h), int(m))

@@ -1,0 +1,163 @@
+"""VEE in the gateway: which samples are kept, when days are computed, what is written,
+and what survives a restart, a corrupt state file and a full disk."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+from meter_gateway.config.schema import Config
+from meter_gateway.gateway.reading import Reading
+from meter_gateway.gateway.vee.service import VeeService
+from meter_gateway.gateway.vee.store import RECORD
+from meter_gateway.storage.lineprotocol import ReadingEncoder
+
+NS = 1_000_000_000
+DAY = date(2026, 11, 2)
+START = int(datetime(2026, 11, 2, tzinfo=UTC).timestamp())  # UTC: a plain 96-interval day
+END = START + 86_400
+
+
+class Lines(list[str]):
+    def add(self, line: str) -> int:
+        self.append(line)
+        return len(self)
+
+    def of(self, measurement: str) -> list[str]:
+        return [x for x in self if x.startswith(measurement + ",")]
+
+
+def service(folder: Path, lines: Lines, **daily: object) -> VeeService:
+    config = Config.model_validate(
+        {"daily": {"settle_s": 0, "recompute_every_s": 60, **daily}, "storage": {"precision": "s"}}
+    )
+    encoder = ReadingEncoder("s")
+    return VeeService(
+        config,
+        {},
+        folder=folder,
+        add_line=lines.add,
+        prefix=encoder.prefix,
+        precision_divisor=NS,
+    )
+
+
+def reading(t: int, kwh: float, meter: str = "m1") -> Reading:
+    return Reading(meter, t * NS, "mqtt", {"energy_import_kwh": kwh, "power_w": 100.0})
+
+
+def feed_day(vee: VeeService, *, skip: range = range(0), every: int = 900) -> None:
+    """A day at 0.1 kWh per 15 minutes (0.4 kW), from 1000 kWh, and its next midnight."""
+    for t in range(START, END + 901, every):
+        if t not in skip:
+            vee.reading(reading(t, 1000 + (t - START) / 9000))
+
+
+def fields(line: str) -> dict[str, str]:
+    body = line.split(" ")[1]
+    return dict(kv.split("=", 1) for kv in body.split(","))
+
+
+def test_a_closed_day_gets_its_figures_and_its_gap_estimated(tmp_path: Path) -> None:
+    lines = Lines()
+    vee = service(tmp_path, lines)
+    vee.plan(START * NS)  # first start: nothing before today is closed
+    feed_day(vee, skip=range(START + 3600, START + 3 * 3600, 900))  # 01:00..02:45 missing
+    assert vee.compute((END - 60) * NS) is None  # the day has not ended
+    res = vee.compute((END + 1) * NS)
+    assert res is not None
+    assert res.days == 1
+    estimates = lines.of("meter_reading")
+    assert len(estimates) == 8
+    first = fields(estimates[0])
+    assert first["quality"] == '"estimated"'
+    assert first["estimation_method"] == '"linear"'
+    assert float(first["energy_import_kwh"]) == pytest.approx(1000.4)
+    assert estimates[0].endswith(f" {START + 3600}")
+    daily = lines.of("meter_daily")
+    assert len(daily) == 1
+    f = fields(daily[0])
+    assert float(f["energy_import_kwh"]) == pytest.approx(9.6)
+    assert float(f["completeness"]) == pytest.approx(87 / 96)  # 9 intervals touch the gap
+    assert f["intervals_estimated"] == "9i"
+    assert daily[0].endswith(f" {START}")
+
+
+def test_a_late_actual_replaces_its_estimate_and_recomputes_the_day(tmp_path: Path) -> None:
+    lines = Lines()
+    vee = service(tmp_path, lines)
+    vee.plan(START * NS)
+    feed_day(vee, skip=range(START + 3600, START + 3 * 3600, 900))
+    vee.compute((END + 1) * NS)
+    lines.clear()
+    # The concentrator back-fills one slot: its method goes, the day is computed again
+    # with one estimate fewer.
+    t = START + 3600 + 900
+    vee.reading(reading(t, 1000 + 3600 / 9000 + 0.1))
+    assert lines == [f'meter_reading,meter_id=m1,source=mqtt estimation_method="" {t}']
+    lines.clear()
+    res = vee.compute((END + 120) * NS)
+    assert res is not None
+    assert res.days == 1
+    assert len(lines.of("meter_reading")) == 7
+    assert all(f" {t}" not in x for x in lines.of("meter_reading"))
+    assert vee.stats["estimates_replaced"] == 1
+
+
+def test_a_meter_reporting_every_2_s_keeps_2_samples_an_interval(tmp_path: Path) -> None:
+    lines = Lines()
+    vee = service(tmp_path, lines)
+    vee.plan(START * NS)
+    for t in range(START - 2, START + 3601, 2):  # 1,800 readings over an hour
+        vee.reading(reading(t, 1000 + (t - START) / 9000))
+    vee.store.flush()
+    records = (tmp_path / f"{DAY.isoformat()}.bin").stat().st_size // RECORD.size
+    assert 6 <= records <= 10  # around 4 boundaries, not 1,800
+    kept = vee.store.read([DAY])[0]
+    assert [s.ts_ns // NS for s in kept][:3] == [START, START + 898, START + 900]
+
+
+def test_state_survives_a_restart_and_a_corrupt_state_recomputes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lines = Lines()
+    vee = service(tmp_path, lines)
+    vee.plan(START * NS)
+    feed_day(vee)
+    vee.compute((END + 1) * NS)
+    vee.close()
+    again = service(tmp_path, Lines())
+    assert again.closed_through == DAY
+    assert again.compute((END + 600) * NS) is None  # nothing changed: nothing to do
+    (tmp_path / "state.json").write_bytes(b"{not json")
+    lines = Lines()
+    third = service(tmp_path, lines)
+    assert "unreadable" in caplog.text
+    third.closed_through = DAY
+    res = third.compute((END + 900) * NS)
+    assert res is not None
+    assert len(lines.of("meter_daily")) == 1
+
+
+def test_a_full_disk_keeps_samples_until_it_has_room(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "meter_gateway.vee")
+    lines = Lines()
+    vee = service(tmp_path, lines)
+    vee.plan(START * NS)
+    path = tmp_path / f"{DAY.isoformat()}.bin"
+    os.symlink("/dev/full", path)  # every write fails with ENOSPC
+    feed_day(vee)
+    vee.store.flush()  # never raises: it runs inside the spool's commit
+    assert vee.store.problem is not None
+    assert "No space left" in caplog.text
+    path.unlink()  # room again
+    vee.store.flush()
+    assert vee.store.problem is None
+    assert len(vee.store.read([DAY])[0]) == 96
+    assert "writable again" in caplog.text
