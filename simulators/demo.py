@@ -140,6 +140,12 @@ async def run_demo(
 
     from meter_gateway.config.loader import load_config
     from meter_gateway.gateway.app import Gateway
+    from meter_gateway.gateway.reports.reliability import Window
+    from meter_gateway.simulators.demo_customers import (
+        EventListener,
+        customer_lines,
+        customer_tags,
+    )
     from meter_gateway.simulators.fleet import Fleet, default_start
     from meter_gateway.simulators.meter import rfc3339
     from meter_gateway.simulators.modbus.server import MeterFleet
@@ -232,6 +238,10 @@ async def run_demo(
             gw = Gateway(cfg)
             await gw.start()
             await asyncio.wait_for(gw.mqtt.wait_connected(), 30)
+            # A utility system's view: every event the gateway publishes.
+            listener = await asyncio.to_thread(
+                EventListener, broker.host, broker.port, cfg.events.topic_prefix
+            )
             _say(f"demo: the gateway's status page: http://127.0.0.1:{gw.http.port}/")
             publisher = MqttPublisher(BrokerOptions(host=broker.host, port=broker.port))
             publisher.connect()
@@ -277,6 +287,7 @@ async def run_demo(
                 last = gw.pipeline.messages
                 await asyncio.sleep(0.5)
             await gw.stop()
+            heard = listener.close()
         finally:
             await modbus.stop()
         if vm is not None:
@@ -290,6 +301,9 @@ async def run_demo(
         db_label = "VictoriaMetrics" if vm is not None else "InfluxDB"
         p = gw.pipeline
         handed = sum(p.stored.values())
+        # Points beside the readings: the estimates of gaps no actual has filled yet.
+        estimated = int(gw.vee.stats["estimates_standing"]) if gw.vee is not None else 0
+        stored_db -= estimated
         _say("")
         _say("demo summary")
         complete = stats.sim_t >= fleet.end - 1e-6 if fleet.end is not None else True
@@ -312,7 +326,9 @@ async def run_demo(
         )
         _say(
             f"  stored (read back from {db_label}): {stored_db:,} of {handed:,} valid "
-            f"readings" + ("  -- all stored" if stored_db == handed else "  -- MISSING SOME")
+            f"readings"
+            + ("  -- all stored" if stored_db == handed else "  -- MISSING SOME")
+            + (f"; and {estimated:,} estimated intervals (quality=estimated)" if estimated else "")
         )
         _say(
             f"  duplicates dropped: {p.duplicates:,}; flagged suspect: "
@@ -328,6 +344,11 @@ async def run_demo(
             )
         )
         _say(f"  events: {_events_summary(gw.events.counts)}")
+        if gw.vee is not None:
+            window = Window(fleet.start, max(stats.sim_t, fleet.start + fleet.interval_s))
+            tags = customer_tags(cfg, gw.topology, gw.vee, heard, window)
+            for line in customer_lines(tags):
+                _say(line)
         _say(f"  dead-letter files: {cfg.gateway.data_dir / 'dead-letter'}")
         _say(f"  the gateway's configuration: {config_file}")
         if vm is not None:

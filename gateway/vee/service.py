@@ -38,7 +38,7 @@ import orjson
 
 from meter_gateway.config.schema import Config
 from meter_gateway.gateway.reading import Reading
-from meter_gateway.gateway.vee.daily import DaySample, daily_fields, daily_figures
+from meter_gateway.gateway.vee.daily import DailyFigures, DaySample, daily_fields, daily_figures
 from meter_gateway.gateway.vee.estimate import Estimate, Sample, estimate_gaps
 from meter_gateway.gateway.vee.localday import day_bounds, day_of
 from meter_gateway.gateway.vee.store import IntervalStore, day_range
@@ -81,7 +81,8 @@ class Job:
 @dataclass
 class Result:
     lines: list[str] = field(default_factory=list)
-    gaps: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    # (meter, time, line) of each estimate: the commit drops those an actual overtook
+    estimates_out: list[tuple[int, int, str]] = field(default_factory=list)
     days: int = 0
     meter_days: int = 0
     estimates: int = 0
@@ -131,13 +132,19 @@ class VeeService:
         self._state_path = folder / "state.json"
         self.closed_through: date | None = None
         self._computed: dict[date, int] = {}  # day -> its file size when last computed
-        self._gaps: dict[int, list[tuple[int, int]]] = {}  # meter -> estimated gaps (a, b)
+        # meter -> times of the estimates standing in the database (an actual at one of
+        # them replaces it); bounded by the days a late reading can still reach
+        self._slots: dict[int, set[int]] = {}
+        # (meter, time) of samples taken while a computation is out: their estimates,
+        # computed without them, must not be written after them
+        self._inflight: set[tuple[int, int]] | None = None
         self._next_ns = 0
         self.stats: dict[str, float] = {
             "days_computed": 0,
             "meter_days": 0,
             "estimates_written": 0,
             "estimates_replaced": 0,
+            "estimates_standing": 0,
             "last_compute_s": 0.0,
         }
         self._load_state()
@@ -172,23 +179,18 @@ class VeeService:
             self.store.append(m.n, ts, imp, exp)
             if ts == m.last_ts:
                 m.imp, m.exp, m.written = imp, exp, True
-        # After a restart a back-fill may look in order: judged by time, not arrival.
-        if self._gaps:
-            gaps = self._gaps.get(m.n)
-            if gaps:
-                self._replaces(gaps, r, ts)
-
-    def _replaces(self, gaps: list[tuple[int, int]], r: Reading, ts: int) -> None:
-        """An actual at the time of an estimate: the same point (same series and time)
-        replaces it in the database; the method it carried goes too."""
-        if ts % NS or (ts // NS + self._phase) % self.interval_s:
-            return  # not on the grid: no estimate was there
-        for a, b in gaps:
-            if a < ts < b:
+        if self._inflight is not None:
+            self._inflight.add((m.n, ts))
+        # Judged by time, not by arrival: after a restart a back-fill may look in order.
+        if self._slots:
+            slots = self._slots.get(m.n)
+            if slots and ts in slots:
+                # The same point (same series and time) replaces the estimate in the
+                # database; the method it carried goes too.
+                slots.discard(ts)
                 line = self._prefix(r.meter_id, r.source) + 'estimation_method="" '
                 self._add_line(line + str(ts // self._div))
                 self.stats["estimates_replaced"] += 1
-                return
 
     def _meter(self, meter_id: str, source: str) -> _Meter:
         n = self.store.meter(meter_id, source)
@@ -209,14 +211,18 @@ class VeeService:
     def due(self, now_ns: int) -> bool:
         return now_ns >= self._next_ns
 
-    def plan(self, now_ns: int) -> Job | None:
-        """On the loop: which days to compute now; None when none."""
-        self._next_ns = now_ns + self._every_ns
-        for m in self._meters.values():  # the last samples, so silent meters' count
+    def plan_flush(self) -> None:
+        """Every meter's last sample on file too (a silent meter's last one counts)."""
+        for m in self._meters.values():
             if not m.written and m.last_ts:
                 self.store.append(m.n, m.last_ts, m.imp, m.exp)
                 m.written = True
         self.store.flush()
+
+    def plan(self, now_ns: int) -> Job | None:
+        """On the loop: which days to compute now; None when none."""
+        self._next_ns = now_ns + self._every_ns
+        self.plan_flush()
         today = day_of(now_ns, self.tz)
         if self.closed_through is None:
             # A first start: days before it are computed only where data for them arrives.
@@ -238,6 +244,7 @@ class VeeService:
         if not close and not dirty:
             return None
         sizes = {day: self.store.size(day) for day in [*close, *dirty]}
+        self._inflight = set()
         return Job(now_ns, close, dirty, sizes, closed_through)
 
     # -- the work (a thread may run it: it reads files and the job only) ----------------------
@@ -290,73 +297,62 @@ class VeeService:
         closed_through: date,
     ) -> None:
         start, end = day_bounds(day, self.tz)
-        reach = timedelta(days=self._reach)
-        window = day_range(day - reach, day + reach)
         store = self.store
         for n in sorted(meters):
             if (day, n) in done:
                 continue
             done.add((day, n))
-            actual: list[Sample] = []
-            for d in window:
-                actual.extend(per_day.get(d, {}).get(n, ()))
-            if not actual:
+            got = self._meter_day(day, n, per_day)
+            if got is None:
                 continue
-            ts = [s.ts_ns for s in actual]
-            estimates: list[Estimate] = []
-            if self.estimate:
-                estimates = estimate_gaps(
-                    actual,
-                    start,
-                    end + 1,  # the day's closing boundary too: the figures need it
-                    tz=self.tz,
-                    interval_s=self.interval_s,
-                    max_linear_gap_s=self._max_linear_s,
-                    max_gap_s=self._max_gap_s,
-                )
+            ts, estimates, fig = got
             meter_id, source = store.meter_ids[n], store.sources[n]
             written = [e for e in estimates if e.ts_ns < end]
             if written:
                 prefix = self._prefix(meter_id, source)
                 for e in written:
-                    res.lines.append(prefix + self._estimate_fields(e))
-                res.estimates += len(written)
-            # Gaps touching the day: remembered (a late actual inside clears its
-            # method), and other closed days they span are recomputed for this meter.
+                    res.estimates_out.append((n, e.ts_ns, prefix + self._estimate_fields(e)))
+            # Gaps touching the day: other closed days they span are recomputed for
+            # this meter (a gap that ended today changes yesterday's estimates).
             lo, hi = bisect_left(ts, start), bisect_right(ts, end)
             for i in range(max(lo - 1, 0), min(hi + 1, len(ts) - 1)):
                 a, b = ts[i], ts[i + 1]
                 if b - a <= self._interval_ns or b <= start or a >= end:
                     continue
-                if estimates and any(a < e.ts_ns < b for e in estimates):
-                    res.gaps.setdefault(n, []).append((a, b))
                 if follow is not None and b - a <= self._max_gap_s * NS:
                     for other in day_range(day_of(a, self.tz), day_of(b, self.tz)):
                         if other != day and other <= closed_through:
                             follow.setdefault(other, set()).add(n)
-            if self.daily:
-                res.lines.append(self._daily_line(day, meter_id, actual, ts, estimates, start, end))
+            if fig is not None:
+                res.lines.append(self._daily_line(day, meter_id, fig, start))
                 res.meter_days += 1
 
-    def _estimate_fields(self, e: Estimate) -> str:
-        parts = []
-        if e.imp is not None:
-            parts.append(f"energy_import_kwh={e.imp!r}")
-        if e.exp is not None:
-            parts.append(f"energy_export_kwh={e.exp!r}")
-        parts.append(f'quality="estimated",estimation_method="{e.method}"')
-        return ",".join(parts) + f" {e.ts_ns // self._div}"
-
-    def _daily_line(
-        self,
-        day: date,
-        meter_id: str,
-        actual: list[Sample],
-        ts: list[int],
-        estimates: list[Estimate],
-        start: int,
-        end: int,
-    ) -> str:
+    def _meter_day(
+        self, day: date, n: int, per_day: dict[date, dict[int, list[Sample]]]
+    ) -> tuple[list[int], list[Estimate], DailyFigures | None] | None:
+        """One meter's day: its sample times around it, the estimates of its gaps, its
+        figures (None when daily figures are off); None when it has no sample near."""
+        start, end = day_bounds(day, self.tz)
+        reach = timedelta(days=self._reach)
+        actual: list[Sample] = []
+        for d in day_range(day - reach, day + reach):
+            actual.extend(per_day.get(d, {}).get(n, ()))
+        if not actual:
+            return None
+        ts = [s.ts_ns for s in actual]
+        estimates: list[Estimate] = []
+        if self.estimate:
+            estimates = estimate_gaps(
+                actual,
+                start,
+                end + 1,  # the day's closing boundary too: the figures need it
+                tz=self.tz,
+                interval_s=self.interval_s,
+                max_linear_gap_s=self._max_linear_s,
+                max_gap_s=self._max_gap_s,
+            )
+        if not self.daily:
+            return ts, estimates, None
         # The samples around the day: the last before it and the first after it bound
         # its first and last intervals.
         lo = max(bisect_left(ts, start) - 1, 0)
@@ -374,6 +370,34 @@ class VeeService:
             night_end=self._night[1],
             base_load_share=self._base_share,
         )
+        return ts, estimates, fig
+
+    def figures(self, days: list[date]) -> list[tuple[str, DailyFigures]]:
+        """Every meter's figures of those days as they stand now, also of a day not over
+        yet (what `meter-gateway demo` sums up); nothing is written."""
+        self.plan_flush()
+        reach = timedelta(days=self._reach)
+        files = set(self.store.days())
+        wanted = {d for day in days for d in day_range(day - reach, day + reach)} & files
+        per_day = {d: self.store.read([d]) for d in sorted(wanted)}
+        out = []
+        for day in days:
+            for n in sorted(self._meters_around(day, per_day)):
+                got = self._meter_day(day, n, per_day)
+                if got is not None and got[2] is not None:
+                    out.append((self.store.meter_ids[n], got[2]))
+        return out
+
+    def _estimate_fields(self, e: Estimate) -> str:
+        parts = []
+        if e.imp is not None:
+            parts.append(f"energy_import_kwh={e.imp!r}")
+        if e.exp is not None:
+            parts.append(f"energy_export_kwh={e.exp!r}")
+        parts.append(f'quality="estimated",estimation_method="{e.method}"')
+        return ",".join(parts) + f" {e.ts_ns // self._div}"
+
+    def _daily_line(self, day: date, meter_id: str, fig: DailyFigures, start: int) -> str:
         place = self._topology.get(meter_id)
         tags = {
             "meter_id": meter_id,
@@ -386,15 +410,27 @@ class VeeService:
     # -- back on the loop ---------------------------------------------------------------------
     def commit(self, job: Job, res: Result) -> None:
         """Hand the lines to the spool; remember what is computed."""
+        overtaken = self._inflight or set()
+        self._inflight = None
+        for n, ts, line in res.estimates_out:
+            if (n, ts) in overtaken:
+                continue  # its actual came while this was computed: actual wins
+            self._add_line(line)
+            self._slots.setdefault(n, set()).add(ts)
+            res.estimates += 1
         for line in res.lines:
             self._add_line(line)
         for day, size in job.sizes.items():
             self._computed[day] = size
         self.closed_through = job.closed_through
-        horizon = job.now_ns - (self._reach + 1) * _DAY_NS
-        for n, gaps in res.gaps.items():
-            kept = [g for g in self._gaps.get(n, []) if g[1] >= horizon and g not in gaps]
-            self._gaps[n] = kept + gaps
+        horizon = job.now_ns - self._keep_days * _DAY_NS
+        for n, slots in list(self._slots.items()):
+            old = {t for t in slots if t < horizon}
+            if old:
+                slots -= old
+            if not slots:
+                del self._slots[n]
+        self.stats["estimates_standing"] = sum(len(s) for s in self._slots.values())
         oldest = day_of(job.now_ns, self.tz) - timedelta(days=self._keep_days)
         self._computed = {d: s for d, s in self._computed.items() if d >= oldest}
         self.store.prune(oldest)
@@ -437,6 +473,7 @@ class VeeService:
             try:
                 res = await asyncio.to_thread(self.work, job)
             except Exception:  # a bug must not stop ingest; the day is tried again
+                self._inflight = None
                 log.exception("daily: computing %s failed", job.close or job.dirty)
                 continue
             self.commit(job, res)
@@ -455,9 +492,9 @@ class VeeService:
             self._computed = {date.fromisoformat(d): int(s) for d, s in raw["computed"].items()}
             ids = self.store.meter_ids
             index = {m: i for i, m in enumerate(ids)}
-            self._gaps = {
-                index[m]: [(int(a), int(b)) for a, b in gaps]
-                for m, gaps in raw.get("gaps", {}).items()
+            self._slots = {
+                index[m]: {int(t) for t in slots}
+                for m, slots in raw.get("estimates", {}).items()
                 if m in index
             }
         except FileNotFoundError:
@@ -474,7 +511,7 @@ class VeeService:
         body = {
             "closed_through": self.closed_through.isoformat() if self.closed_through else None,
             "computed": {d.isoformat(): s for d, s in sorted(self._computed.items())},
-            "gaps": {ids[n]: gaps for n, gaps in self._gaps.items() if gaps},
+            "estimates": {ids[n]: sorted(slots) for n, slots in self._slots.items() if slots},
         }
         tmp = self._state_path.with_suffix(".tmp")
         tmp.write_bytes(orjson.dumps(body))

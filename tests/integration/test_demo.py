@@ -24,3 +24,9 @@ async def test_demo_runs_to_its_summary(tmp_path, capsys):
     # The devices people already have, mixed in: each one's readings are stored.
     devices = next(line for line in err.splitlines() if line.strip().startswith("devices"))
     assert devices.count("(readings stored)") == 3, devices
+    # The customer services' view: standby loads ranked, the outage-sensitive named
+    # (c-000015: four sustained interruptions of its own in the demo's day).
+    standby = next(line for line in err.splitlines() if "highest standby load" in line)
+    assert standby.count(" kW") == 5, standby
+    sensitive = next(line for line in err.splitlines() if "outage-sensitive" in line)
+    assert "c-000015" in sensitive, sensitive
