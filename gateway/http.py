@@ -142,6 +142,7 @@ def status_snapshot(gw: Gateway) -> dict[str, Any]:
             ],
             "backlog": {name: gw.events.outbox.backlog(name) for name in gw.events.destinations},
         },
+        "daily": gw.vee.status() if gw.vee is not None else None,
     }
     if gw.modbus is not None:
         out["modbus"] = {
@@ -311,6 +312,12 @@ def page_view(s: Mapping[str, Any]) -> dict[str, Any]:
         )
     if s["internal_errors"]:
         attention.append(f"{s['internal_errors']:,} internal errors (bugs): see the log")
+    daily = s.get("daily")
+    if daily and daily["store_problem"]:
+        attention.append(
+            f"Daily figures: cannot write the interval store ({daily['store_problem']}): "
+            "samples wait in memory; free the disk"
+        )
     if s["dead_letter"]["write_errors"]:
         attention.append(
             f"dead-letter store: {s['dead_letter']['write_errors']:,} write errors (disk?)"
@@ -533,6 +540,39 @@ def page_view(s: Mapping[str, Any]) -> dict[str, Any]:
     sections.append(
         _section("signals", "Meter reports", _count_rows(s["signals"]), head=["report", "count"])
     )
+    if daily:
+        done = daily["closed_through"]
+        sections.append(
+            _section(
+                "daily",
+                "Daily figures and estimates",
+                [
+                    _row("local days of", daily["timezone"]),
+                    _row("days closed through", done or "none yet"),
+                    _row(
+                        "computed this run",
+                        f"{daily['days_computed']:,.0f} day computations, "
+                        f"{daily['meter_days']:,.0f} meter-days; the last took "
+                        f"{daily['last_compute_s'] * 1000:,.0f} ms",
+                    ),
+                    _row(
+                        "estimates",
+                        f"{daily['estimates_written']:,.0f} written, "
+                        f"{daily['estimates_replaced']:,.0f} replaced by late actuals, "
+                        f"{daily['estimates_standing']:,.0f} standing"
+                        if daily["estimation"]
+                        else "off (estimation.enabled: false)",
+                    ),
+                    _row(
+                        "interval store",
+                        f"FAILING: {daily['store_problem']}"
+                        if daily["store_problem"]
+                        else daily["store"],
+                        cls="bad" if daily["store_problem"] else "",
+                    ),
+                ],
+            )
+        )
     sections.append(
         _section(
             "dead-letter",
@@ -975,6 +1015,8 @@ class _Collector(Collector):
             g.add_metric([], value)
             yield g
         yield from _event_metrics(gw)
+        if gw.vee is not None:
+            yield from _daily_metrics(gw.vee.status())
         if gw.modbus is not None:
             yield from _modbus_metrics(gw)
 
@@ -1025,6 +1067,36 @@ def _event_metrics(gw: Gateway) -> Iterator[Any]:
     for name in gw.events.destinations:
         backlog.add_metric([name], gw.events.outbox.backlog(name))
     yield backlog
+
+
+def _daily_metrics(d: Mapping[str, Any]) -> Iterator[Any]:
+    """Daily figures and estimates (VEE)."""
+    counters = {
+        "daily_meter_days": (
+            "Meter-days of daily figures computed (meter_daily points).",
+            "meter_days",
+        ),
+        "estimates_written": ("Estimated register points written for gaps.", "estimates_written"),
+        "estimates_replaced": (
+            "Estimates replaced by the actual reading arriving late.",
+            "estimates_replaced",
+        ),
+    }
+    for name, (doc, key) in counters.items():
+        c = CounterMetricFamily(f"meter_gateway_{name}", doc)
+        c.add_metric([], float(d[key]))
+        yield c
+    g = GaugeMetricFamily(
+        "meter_gateway_estimates_standing", "Estimates no actual has replaced yet."
+    )
+    g.add_metric([], float(d["estimates_standing"]))
+    yield g
+    g = GaugeMetricFamily(
+        "meter_gateway_interval_store_failing",
+        "1 while the interval store (daily figures) cannot be written.",
+    )
+    g.add_metric([], float(d["store_problem"] is not None))
+    yield g
 
 
 def _modbus_metrics(gw: Gateway) -> Iterator[Any]:

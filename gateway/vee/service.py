@@ -478,6 +478,20 @@ class VeeService:
                 continue
             self.commit(job, res)
 
+    def status(self) -> dict[str, Any]:
+        """For the status page and the metrics."""
+        return {
+            "timezone": self.config.gateway.timezone,
+            "estimation": self.estimate,
+            "daily": self.daily,
+            "meters": len(self._meters),
+            "closed_through": self.closed_through.isoformat() if self.closed_through else None,
+            **self.stats,
+            "store": str(self.store.folder),
+            "store_problem": self.store.problem,
+            "samples_dropped": self.store.dropped,
+        }
+
     def close(self) -> None:
         """On stop: every sample to the OS, the state saved."""
         self.store.close()
