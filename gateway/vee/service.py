@@ -73,7 +73,9 @@ class Job:
 
     now_ns: int
     close: list[date]  # days that end now (first computation)
-    dirty: list[date]  # closed days whose files changed
+    # closed days whose files changed -> the meters whose samples did (None: any may have,
+    # e.g. after a restart: the whole day)
+    dirty: dict[date, set[int] | None]
     sizes: dict[date, int]  # file sizes when planned: a day is clean at these
     closed_through: date
 
@@ -130,7 +132,7 @@ class VeeService:
         self.store = IntervalStore(folder, self.tz)
         self._meters: dict[str, _Meter] = {}
         self._state_path = folder / "state.json"
-        self.closed_through: date | None = None
+        self._closed: date | None = None
         self._computed: dict[date, int] = {}  # day -> its file size when last computed
         # meter -> times of the estimates standing in the database (an actual at one of
         # them replaces it); bounded by the days a late reading can still reach
@@ -138,6 +140,10 @@ class VeeService:
         # (meter, time) of samples taken while a computation is out: their estimates,
         # computed without them, must not be written after them
         self._inflight: set[tuple[int, int]] | None = None
+        self._closed_end_ns = 0  # where the last closed day ends (the hot path compares)
+        # closed day -> meters with new samples in it since the last plan (in memory
+        # only: after a restart a grown day file is computed whole)
+        self._dirty: dict[date, set[int]] = {}
         self._next_ns = 0
         self.stats: dict[str, float] = {
             "days_computed": 0,
@@ -148,6 +154,16 @@ class VeeService:
             "last_compute_s": 0.0,
         }
         self._load_state()
+
+    @property
+    def closed_through(self) -> date | None:
+        """The last local day computed at its close (None before the first plan)."""
+        return self._closed
+
+    @closed_through.setter
+    def closed_through(self, day: date | None) -> None:
+        self._closed = day
+        self._closed_end_ns = day_bounds(day, self.tz)[1] if day is not None else 0
 
     # -- the hot path ------------------------------------------------------------------------
     def reading(self, r: Reading) -> None:
@@ -168,15 +184,21 @@ class VeeService:
                 # what interpolating that boundary needs; the samples between are not.
                 if not m.written and m.last_ts:
                     self.store.append(m.n, m.last_ts, m.imp, m.exp)
-                self.store.append(m.n, ts, imp, exp)
+                d = self.store.append(m.n, ts, imp, exp)
                 m.written = True
                 m.cell = cell
+                if m.last_ts < self._closed_end_ns and self.closed_through is not None:
+                    # The meter's last sample is in a closed day (it was silent as the day
+                    # closed): the days from there to this one lacked what comes now.
+                    self._returned(m, d, ts)
             else:
                 m.written = False
             m.last_ts, m.imp, m.exp = ts, imp, exp
         else:
             # Late (back-fill) or a corrected value: always kept.
-            self.store.append(m.n, ts, imp, exp)
+            d = self.store.append(m.n, ts, imp, exp)
+            if self.closed_through is not None and d <= self.closed_through:
+                self._mark(d, m.n, ts)
             if ts == m.last_ts:
                 m.imp, m.exp, m.written = imp, exp, True
         if self._inflight is not None:
@@ -211,12 +233,41 @@ class VeeService:
     def due(self, now_ns: int) -> bool:
         return now_ns >= self._next_ns
 
+    def _returned(self, m: _Meter, d: date, ts: int) -> None:
+        closed = self.closed_through
+        assert closed is not None
+        if not m.last_ts:
+            if d <= closed:
+                self._mark(d, m.n, ts)  # a first sample (this run) for a closed day
+            return
+        for day in day_range(day_of(m.last_ts, self.tz), min(d, closed)):
+            self._mark(day, m.n, ts)
+
+    def _mark(self, day: date, n: int, ts: int) -> None:
+        """A closed day got a sample of meter n: that meter's day is computed again, and
+        the neighbouring day too when the sample is within an interval of midnight (a
+        day's first and last boundaries come from the samples around them)."""
+        days = [day]
+        start, end = day_bounds(day, self.tz)
+        if ts - start <= self._interval_ns:
+            days.append(day - timedelta(days=1))
+        if end - ts <= self._interval_ns and day < (self.closed_through or day):
+            days.append(day + timedelta(days=1))
+        for d in days:
+            meters = self._dirty.get(d)
+            if meters is None:
+                meters = self._dirty[d] = set()
+            meters.add(n)
+
     def plan_flush(self) -> None:
         """Every meter's last sample on file too (a silent meter's last one counts)."""
+        closed = self.closed_through
         for m in self._meters.values():
             if not m.written and m.last_ts:
-                self.store.append(m.n, m.last_ts, m.imp, m.exp)
+                d = self.store.append(m.n, m.last_ts, m.imp, m.exp)
                 m.written = True
+                if closed is not None and d <= closed:
+                    self._mark(d, m.n, m.last_ts)
         self.store.flush()
 
     def plan(self, now_ns: int) -> Job | None:
@@ -235,12 +286,16 @@ class VeeService:
             d += timedelta(days=1)
         closed_through = close[-1] if close else self.closed_through
         oldest = today - timedelta(days=self._keep_days)
-        dirty = [
-            day
+        marked, self._dirty = self._dirty, {}
+        dirty = {
+            day: marked.get(day)
             for day in self.store.days()
             if oldest <= day <= self.closed_through
             and self.store.size(day) != self._computed.get(day)
-        ]
+        }
+        for day, meters in marked.items():  # a neighbour's sample changed these
+            if day not in dirty and oldest <= day <= self.closed_through:
+                dirty[day] = meters
         if not close and not dirty:
             return None
         sizes = {day: self.store.size(day) for day in [*close, *dirty]}
@@ -251,46 +306,31 @@ class VeeService:
     def work(self, job: Job) -> Result:
         t0 = _time.monotonic()
         res = Result()
-        days = sorted({*job.close, *job.dirty})
         reach = timedelta(days=self._reach)
-        wanted = {d for day in days for d in day_range(day - reach, day + reach)}
-        files = set(self.store.days())
-        per_day = {d: self.store.read([d]) for d in sorted(wanted & files)}
+        todo: dict[date, set[int] | None] = dict.fromkeys(job.close)
+        todo.update(job.dirty)
+        win = _Window(self.store, set(self.store.days()))
+        win.load({d for day in todo for d in day_range(day - reach, day + reach)})
         done: set[tuple[date, int]] = set()
         follow: dict[date, set[int]] = {}
-        for day in days:
-            meters = self._meters_around(day, per_day)
-            self._day(day, meters, per_day, res, done, follow, job.closed_through)
+        for day in sorted(todo):
+            meters = todo[day]
+            if meters is None:
+                meters = win.meters_around(day, reach)
+            self._day(day, meters, win, res, done, follow, job.closed_through)
         # Gaps spanning closed days outside this job: those days again, for those meters.
         for day, meters in sorted(follow.items()):
-            extra = set(day_range(day - reach, day + reach)) & files
-            for d in extra - per_day.keys():
-                per_day[d] = self.store.read([d])
-            self._day(
-                day,
-                meters - {n for d, n in done if d == day},
-                per_day,
-                res,
-                done,
-                None,
-                job.closed_through,
-            )
-        res.days = len(days)
+            win.load(set(day_range(day - reach, day + reach)))
+            self._day(day, meters, win, res, done, None, job.closed_through)
+        res.days = len(todo)
         res.seconds = _time.monotonic() - t0
         return res
-
-    def _meters_around(self, day: date, per_day: dict[date, dict[int, list[Sample]]]) -> set[int]:
-        reach = timedelta(days=self._reach)
-        out: set[int] = set()
-        for d in day_range(day - reach, day + reach):
-            out.update(per_day.get(d, {}))
-        return out
 
     def _day(
         self,
         day: date,
         meters: set[int],
-        per_day: dict[date, dict[int, list[Sample]]],
+        win: _Window,
         res: Result,
         done: set[tuple[date, int]],
         follow: dict[date, set[int]] | None,
@@ -302,7 +342,7 @@ class VeeService:
             if (day, n) in done:
                 continue
             done.add((day, n))
-            got = self._meter_day(day, n, per_day)
+            got = self._meter_day(day, n, win)
             if got is None:
                 continue
             ts, estimates, fig = got
@@ -328,18 +368,14 @@ class VeeService:
                 res.meter_days += 1
 
     def _meter_day(
-        self, day: date, n: int, per_day: dict[date, dict[int, list[Sample]]]
+        self, day: date, n: int, win: _Window
     ) -> tuple[list[int], list[Estimate], DailyFigures | None] | None:
-        """One meter's day: its sample times around it, the estimates of its gaps, its
-        figures (None when daily figures are off); None when it has no sample near."""
+        """One meter's day: its sample times, the estimates of its gaps, its figures
+        (None when daily figures are off); None when it has no sample near the day."""
         start, end = day_bounds(day, self.tz)
-        reach = timedelta(days=self._reach)
-        actual: list[Sample] = []
-        for d in day_range(day - reach, day + reach):
-            actual.extend(per_day.get(d, {}).get(n, ()))
+        actual, ts = win.series(n)
         if not actual:
             return None
-        ts = [s.ts_ns for s in actual]
         estimates: list[Estimate] = []
         if self.estimate:
             estimates = estimate_gaps(
@@ -377,13 +413,12 @@ class VeeService:
         yet (what `meter-gateway demo` sums up); nothing is written."""
         self.plan_flush()
         reach = timedelta(days=self._reach)
-        files = set(self.store.days())
-        wanted = {d for day in days for d in day_range(day - reach, day + reach)} & files
-        per_day = {d: self.store.read([d]) for d in sorted(wanted)}
+        win = _Window(self.store, set(self.store.days()))
+        win.load({d for day in days for d in day_range(day - reach, day + reach)})
         out = []
         for day in days:
-            for n in sorted(self._meters_around(day, per_day)):
-                got = self._meter_day(day, n, per_day)
+            for n in sorted(win.meters_around(day, reach)):
+                got = self._meter_day(day, n, win)
                 if got is not None and got[2] is not None:
                     out.append((self.store.meter_ids[n], got[2]))
         return out
@@ -530,6 +565,40 @@ class VeeService:
         tmp = self._state_path.with_suffix(".tmp")
         tmp.write_bytes(orjson.dumps(body))
         os.replace(tmp, self._state_path)
+
+
+class _Window:
+    """The day files one computation reads, and each meter's samples across them (built
+    once per meter: its days are computed one after the other)."""
+
+    def __init__(self, store: IntervalStore, files: set[date]) -> None:
+        self._store = store
+        self._files = files
+        self.per_day: dict[date, Mapping[int, list[Sample]]] = {}
+        self._series: dict[int, tuple[list[Sample], list[int]]] = {}
+
+    def load(self, days: set[date]) -> None:
+        new = sorted((days & self._files) - self.per_day.keys())
+        for d in new:
+            self.per_day[d] = self._store.day(d)
+        if new:
+            self._series.clear()  # more days: each meter's series is longer now
+
+    def meters_around(self, day: date, reach: timedelta) -> set[int]:
+        out: set[int] = set()
+        for d in day_range(day - reach, day + reach):
+            out.update(self.per_day.get(d, ()))
+        return out
+
+    def series(self, n: int) -> tuple[list[Sample], list[int]]:
+        """Meter n's samples over every loaded day, sorted (days are disjoint in time)."""
+        got = self._series.get(n)
+        if got is None:
+            actual: list[Sample] = []
+            for d in sorted(self.per_day):
+                actual.extend(self.per_day[d].get(n, ()))
+            got = self._series[n] = (actual, [s.ts_ns for s in actual])
+        return got
 
 
 def _hhmm(text: str) -> dtime:

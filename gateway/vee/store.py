@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import date, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -61,6 +61,13 @@ class IntervalStore:
         self._load_meters()
         self._buffers: dict[date, bytearray] = {}
         self._fds: dict[date, int] = {}  # days written lately, their files kept open
+        # day -> bytes of its file: kept here, not asked of the disk (plans ask often)
+        self._sizes: dict[date, int] = {}
+        for p in folder.glob("????-??-??.bin"):
+            try:
+                self._sizes[date.fromisoformat(p.stem)] = p.stat().st_size
+            except (ValueError, OSError):
+                continue
         self.problem: str | None = None  # why the last flush failed, while it does
         self.dropped = 0  # days of buffered samples dropped while the disk refused them
         # day -> (file size, samples by meter, records): see `read`
@@ -183,6 +190,7 @@ class IntervalStore:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, start)
             raise
+        self._sizes[d] = start + done
 
     def _bound(self) -> None:
         total = sum(len(b) for b in self._buffers.values())
@@ -201,33 +209,29 @@ class IntervalStore:
 
     def size(self, d: date) -> int:
         """Bytes of the day's file, with what is still buffered."""
-        try:
-            on_disk = (self.folder / f"{d.isoformat()}.bin").stat().st_size
-        except FileNotFoundError:
-            on_disk = 0
-        return on_disk + len(self._buffers.get(d, b""))
+        return self._sizes.get(d, 0) + len(self._buffers.get(d, b""))
 
     def days(self) -> list[date]:
         """Every day with a file, oldest first."""
-        out = []
-        for p in self.folder.glob("????-??-??.bin"):
-            try:
-                out.append(date.fromisoformat(p.stem))
-            except ValueError:
-                continue
-        return sorted(out)
+        return sorted(self._sizes)
 
     def prune(self, before: date) -> None:
         """Delete the files of days before `before` (older than any estimate needs)."""
         for d in self.days():
             if d < before:
                 self._cache.pop(d, None)
+                self._sizes.pop(d, None)
                 fd = self._fds.pop(d, None)
                 if fd is not None:
                     os.close(fd)
                 (self.folder / f"{d.isoformat()}.bin").unlink(missing_ok=True)
 
     # -- reading -------------------------------------------------------------------------
+    def day(self, d: date) -> Mapping[int, list[Sample]]:
+        """One day's samples by meter, sorted, one per time: the cached lists themselves
+        (read-only for the caller; no copy, as `read` makes)."""
+        return self._parsed(d)
+
     def read(self, days: Iterable[date], meters: set[int] | None = None) -> dict[int, list[Sample]]:
         """The samples of those days by meter, sorted by time, one per time (last wins).
 
@@ -247,23 +251,32 @@ class IntervalStore:
             size = path.stat().st_size
         except FileNotFoundError:
             return {}
+        size -= size % RECORD.size  # a torn last record is left out
         hit = self._cache.get(d)
         if hit is not None and hit[0] == size:
             return hit[1]
+        # A file that grew (the current day, a back-filled one) is parsed from where the
+        # cached part ends: appending costs what was appended, not the whole day.
+        start, per = (hit[0], hit[1]) if hit is not None and hit[0] < size else (0, {})
         with path.open("rb") as f:
-            data = f.read(size)
-        usable = len(data) - len(data) % RECORD.size  # a torn last record is left out
-        per: dict[int, dict[int, Sample]] = {}
-        for n, ts, imp, exp, _flags in RECORD.iter_unpack(memoryview(data)[:usable]):
-            m = per.get(n)
-            if m is None:
-                m = per[n] = {}
-            m[ts] = Sample(ts, None if imp != imp else imp, None if exp != exp else exp)
-        parsed = {n: [m[t] for t in sorted(m)] for n, m in per.items()}
-        self._cache[d] = (size, parsed, usable // RECORD.size)
+            f.seek(start)
+            data = f.read(size - start)
+        size = start + len(data) - len(data) % RECORD.size
+        unsorted: set[int] = set()
+        for n, ts, imp, exp, _flags in RECORD.iter_unpack(memoryview(data)[: size - start]):
+            samples = per.get(n)
+            if samples is None:
+                samples = per[n] = []
+            elif ts <= samples[-1][0]:
+                unsorted.add(n)  # late or corrected: sorted below, the last one wins
+            samples.append(Sample(ts, None if imp != imp else imp, None if exp != exp else exp))
+        for n in unsorted:
+            by_ts = {x[0]: x for x in per[n]}  # later records replace earlier ones
+            per[n] = [by_ts[t] for t in sorted(by_ts)]
+        self._cache[d] = (size, per, size // RECORD.size)
         while sum(c[2] for c in self._cache.values()) > CACHE_RECORDS and len(self._cache) > 1:
             del self._cache[min(k for k in self._cache if k != d)]
-        return parsed
+        return per
 
 
 def day_range(first: date, last: date) -> list[date]:
