@@ -161,3 +161,68 @@ def test_a_full_disk_keeps_samples_until_it_has_room(
     assert vee.store.problem is None
     assert len(vee.store.read([DAY])[0]) == 96
     assert "writable again" in caplog.text
+
+
+# -- arrival order does not change the result -------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+N = 3 * 96  # three days of 15-minute registers
+
+
+def _final(vee: VeeService, lines: Lines) -> tuple[dict[str, dict[str, str]], dict[int, set[int]]]:
+    """The last meter_daily of each day, and the estimates standing."""
+    daily: dict[str, dict[str, str]] = {}
+    for line in lines.of("meter_daily"):
+        f = fields(line)
+        daily[f["date"]] = f
+    return daily, {n: set(s) for n, s in vee._slots.items() if s}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    never=st.lists(st.tuples(st.integers(1, N - 20), st.integers(1, 10)), max_size=3),
+    late=st.lists(
+        st.tuples(st.integers(1, N - 30), st.integers(1, 30), st.integers(1, 200)), max_size=4
+    ),
+)
+def test_late_data_in_any_order_ends_where_in_order_data_does(
+    tmp_path_factory: pytest.TempPathFactory,
+    never: list[tuple[int, int]],
+    late: list[tuple[int, int, int]],
+) -> None:
+    """Readings back-filled late (chunks held back and delivered any number of readings
+    later, days closing meanwhile) give, once every day is computed again, the same
+    daily figures and the same standing estimates as the same readings in order."""
+    lost = {i for a, k in never for i in range(a, a + k)}
+    stream = [i for i in range(N + 1) if i not in lost]
+    held: dict[int, list[int]] = {}
+    for a, k, delay in late:
+        chunk = [i for i in stream if a <= i < a + k and all(i not in c for c in held.values())]
+        if chunk:
+            at = min(stream.index(chunk[-1]) + delay, len(stream) - 1)
+            held.setdefault(stream[at], []).extend(chunk)
+    order: list[int] = []
+    for i in stream:
+        if not any(i in c for c in held.values()):
+            order.append(i)
+        order += held.get(i, [])
+    assert sorted(order) == stream
+
+    def run(indices: list[int]) -> tuple[dict, dict]:
+        lines = Lines()
+        vee = service(tmp_path_factory.mktemp("vee"), lines)
+        vee.plan(START * NS)
+        now = START
+        for i in indices:
+            t = START + i * 900
+            vee.reading(reading(t, 1000 + i * 0.1 + (i % 5) * 0.01))
+            if t > now:
+                now = t
+                if vee.due(now * NS):
+                    vee.compute(now * NS)
+        vee.compute((START + N * 900 + 2 * 86_400) * NS)
+        return _final(vee, lines)
+
+    assert run(order) == run(stream)
