@@ -95,7 +95,7 @@ def bench_hook(repeat: int) -> None:
                 kept = sum(vee.store.size(day) for day in vee.store.days()) // 29
             seen: dict[str, int] = {}
 
-            def empty(r: Reading) -> None:
+            def empty(r: Reading, seen: dict[str, int] = seen) -> None:
                 v = r.values
                 if v.get("energy_import_kwh") is None and v.get("energy_export_kwh") is None:
                     return
@@ -198,8 +198,8 @@ def bench_replay(repeat: int) -> None:
             f"{', '.join(f'{r:,.0f}' for r in rates[False])})"
         )
         print(
-            f"   {daily.get('meter_days', 0):,.0f} meter-days, {daily.get('estimates_written', 0):,.0f} "
-            f"estimates written, {daily.get('estimates_replaced', 0):,.0f} replaced by late actuals"
+            f"   {daily.get('meter_days', 0):,.0f} meter-days, "
+            f"{daily.get('estimates_written', 0):,.0f} estimates written, {daily.get('estimates_replaced', 0):,.0f} replaced by late actuals"
         )
 
 
@@ -213,7 +213,8 @@ def main() -> None:
     ap.add_argument("--no-replay", action="store_true")
     args = ap.parse_args()
     print(
-        f"bench_vee: {os.cpu_count()} CPUs, Python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+        f"bench_vee: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     )
     bench_hook(args.repeat)
     bench_days(args.meters, args.days)
