@@ -199,7 +199,8 @@ def bench_replay(repeat: int) -> None:
         )
         print(
             f"   {daily.get('meter_days', 0):,.0f} meter-days, "
-            f"{daily.get('estimates_written', 0):,.0f} estimates written, {daily.get('estimates_replaced', 0):,.0f} replaced by late actuals"
+            f"{daily.get('estimates_written', 0):,.0f} estimates written, "
+            f"{daily.get('estimates_replaced', 0):,.0f} replaced by late actuals"
         )
 
 
