@@ -21,6 +21,7 @@ actual values.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -197,8 +198,8 @@ class VeeService:
         else:
             # Late (back-fill) or a corrected value: always kept.
             d = self.store.append(m.n, ts, imp, exp)
-            if self.closed_through is not None and d <= self.closed_through:
-                self._mark(d, m.n, ts)
+            if ts < self._closed_end_ns + self._interval_ns:
+                self._mark(d, m.n, ts)  # in a closed day, or bounding the last one
             if ts == m.last_ts:
                 m.imp, m.exp, m.written = imp, exp, True
         if self._inflight is not None:
@@ -247,13 +248,18 @@ class VeeService:
         """A closed day got a sample of meter n: that meter's day is computed again, and
         the neighbouring day too when the sample is within an interval of midnight (a
         day's first and last boundaries come from the samples around them)."""
+        closed = self.closed_through
+        if closed is None:
+            return
         days = [day]
         start, end = day_bounds(day, self.tz)
         if ts - start <= self._interval_ns:
             days.append(day - timedelta(days=1))
-        if end - ts <= self._interval_ns and day < (self.closed_through or day):
+        if end - ts <= self._interval_ns:
             days.append(day + timedelta(days=1))
         for d in days:
+            if d > closed:
+                continue  # computed when it closes, with what it has then
             meters = self._dirty.get(d)
             if meters is None:
                 meters = self._dirty[d] = set()
@@ -374,8 +380,8 @@ class VeeService:
         (None when daily figures are off); None when it has no sample near the day."""
         start, end = day_bounds(day, self.tz)
         actual, ts = win.series(n)
-        if not actual:
-            return None
+        if not actual or ts[0] >= end:
+            return None  # no sample, or none before the day ended: not reporting yet
         estimates: list[Estimate] = []
         if self.estimate:
             estimates = estimate_gaps(
@@ -562,9 +568,15 @@ class VeeService:
             "computed": {d.isoformat(): s for d, s in sorted(self._computed.items())},
             "estimates": {ids[n]: sorted(slots) for n, slots in self._slots.items() if slots},
         }
-        tmp = self._state_path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(body))
-        os.replace(tmp, self._state_path)
+        # Derived state: a failed save is logged and retried at the next computation.
+        tmp = self._state_path.with_name(f"state.{os.getpid()}.tmp")
+        try:
+            tmp.write_bytes(orjson.dumps(body))
+            os.replace(tmp, self._state_path)
+        except OSError as exc:
+            log.warning("daily: cannot save %s (%s)", self._state_path, exc.strerror or exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 class _Window:
