@@ -307,3 +307,56 @@ def test_billing_consumption_is_the_register_delta(month: Month) -> None:
         assert set(got[customer]["flags"]) <= {"estimated"}, customer
         estimated += flagged
     assert estimated < len(customers)
+
+
+def test_customer_tags_from_the_month(month: Month) -> None:
+    """`report customers` over the month: every customer's mean base load is the mean of
+    its meter's daily base loads recomputed here, and the top 10 % by mean daily peak
+    are the peak contributors."""
+    config = month.folder / "gateway.yaml"
+    if not config.exists():
+        config.write_text(
+            "gateway: {timezone: Europe/Berlin}\n"
+            f"storage: {{api: v1, url: '{month.db.url}', database: meters}}\n"
+            f"topology: {{file: '{month.folder / 'month.topology.csv'}'}}\n"
+        )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "meter_gateway.gateway.cli",
+            "report",
+            "customers",
+            "-c",
+            str(config),
+            "--from",
+            FIRST_DAY.isoformat(),
+            "--to",
+            (LAST_DAY + timedelta(days=1)).isoformat(),
+            "--format",
+            "json",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    doc = orjson.loads(out.stdout)
+    customers = {c["customer_id"]: c for c in doc["customers"]}
+    days = [FIRST_DAY + timedelta(days=i) for i in range((LAST_DAY - FIRST_DAY).days + 1)]
+    owner = {}
+    import csv
+
+    with (month.folder / "month.topology.csv").open() as f:
+        for row in csv.DictReader(f):
+            owner[row["meter_id"]] = row["customer_id"] or f"meter:{row['meter_id']}"
+    peaks = {}
+    for meter_id, raw in month.raw.items():
+        times = sorted(raw)
+        figs = [expected_day(raw, times, d) for d in days]
+        c = customers[owner[meter_id]]
+        base = sum(f["base_load_kw"] for f in figs) / len(figs)
+        assert c["figures"]["mean_base_load_kw"] == pytest.approx(base, abs=1e-3), meter_id
+        assert c["figures"]["days"] == len(days)
+        peaks[owner[meter_id]] = sum(f["peak_demand_kw"] for f in figs) / len(figs)
+    top = sorted(peaks, key=peaks.__getitem__, reverse=True)[: math.ceil(0.1 * len(peaks))]
+    tagged = {c for c, v in customers.items() if "peak_contributor" in v["tags"]}
+    assert tagged == set(top)
