@@ -80,13 +80,19 @@ def readings(meters: int, n: int, step_s: int) -> list[Reading]:
 
 def bench_hook(repeat: int) -> None:
     print("1. the per-reading hook (µs per reading, median of", repeat, "runs)")
-    cases = {"15-minute meters": (1000, 96, 900), "2-second meters": (100, 4000, 2)}
-    for name, (meters, n, step) in cases.items():
+    cases = {
+        "15-minute meters": (1000, 96, 900, False),
+        "2-second meters": (100, 4000, 2, False),
+        "back-filled days": (1000, 96, 900, True),  # history in days already closed
+    }
+    for name, (meters, n, step, closed) in cases.items():
         rs = readings(meters, n, step)
         hook_us, base_us = [], []
         for _ in range(repeat):
             with tempfile.TemporaryDirectory() as d:
                 vee, _ = service(Path(d))
+                if closed:
+                    vee.plan((START + 30 * 86_400) * NS)  # every day of the readings closed
                 t0 = time.perf_counter()
                 for r in rs:
                     vee.reading(r)

@@ -241,6 +241,10 @@ class VeeService:
             if d <= closed:
                 self._mark(d, m.n, ts)  # a first sample (this run) for a closed day
             return
+        lo, _ = self.store.bounds(d)
+        if m.last_ts >= lo:  # the same day (back-filled history arrives so): cheap
+            self._mark(d, m.n, ts)
+            return
         for day in day_range(day_of(m.last_ts, self.tz), min(d, closed)):
             self._mark(day, m.n, ts)
 
@@ -252,7 +256,7 @@ class VeeService:
         if closed is None:
             return
         days = [day]
-        start, end = day_bounds(day, self.tz)
+        start, end = self.store.bounds(day)
         if ts - start <= self._interval_ns:
             days.append(day - timedelta(days=1))
         if end - ts <= self._interval_ns:

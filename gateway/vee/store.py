@@ -126,6 +126,12 @@ class IntervalStore:
         self._day, (self._day_lo, self._day_hi) = d, day_bounds(d, self.tz)
         return d
 
+    def bounds(self, d: date) -> tuple[int, int]:
+        """The day's [start, end) in UTC ns; the current day's are cached."""
+        if d == self._day and self._day_hi:
+            return self._day_lo, self._day_hi
+        return day_bounds(d, self.tz)
+
     def append(self, meter: int, ts_ns: int, imp: float | None, exp: float | None) -> date:
         """Buffer one sample; returns its local day."""
         d = self.day_of(ts_ns)
