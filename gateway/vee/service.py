@@ -285,10 +285,7 @@ class VeeService:
         self._next_ns = now_ns + self._every_ns
         self.plan_flush()
         today = day_of(now_ns, self.tz)
-        if self.closed_through is None:
-            # A first start: days before it are computed only where data for them arrives.
-            self.closed_through = today - timedelta(days=1)
-            self._save_state()
+        self.start_clock(now_ns)
         close = []
         d = self.closed_through + timedelta(days=1)
         while day_bounds(d, self.tz)[1] + self._settle_ns <= now_ns:
@@ -504,8 +501,22 @@ class VeeService:
         self.commit(job, res)
         return res
 
+    def start_clock(self, now_ns: int) -> None:
+        """The first time the service learns what time it is: at a first start, days
+        before it are computed only where data for them arrives."""
+        if self.closed_through is None:
+            self.closed_through = day_of(now_ns, self.tz) - timedelta(days=1)
+            self._save_state()
+
     async def run(self, clock: Callable[[], int] = _time.time_ns, every_s: float = 1.0) -> None:
-        """Live: records to the OS every second; days computed in a thread when due."""
+        """Live: records to the OS every second; days computed in a thread when due.
+
+        The first computation comes `daily.recompute_every_s` after the start, not at
+        it: a restart is not the moment to add a batch job to the replay of the spool.
+        """
+        now = clock()
+        self.start_clock(now)
+        self._next_ns = now + self._every_ns
         while True:
             await asyncio.sleep(every_s)
             self.store.flush()
