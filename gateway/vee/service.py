@@ -5,10 +5,12 @@
           -> lines into the spool: `meter_reading` estimates, `meter_daily` points
 
 A local day of `gateway.timezone` is computed once it has ended and `daily.settle_s`
-has passed (concentrators back-fill after midnight), then again whenever its file has
-grown since (late data): a day is dirty exactly when its file's size differs from the
-size it had when last computed, which survives restarts without a dirty list. A meter
-whose gap spans several days is recomputed on each of them when one changes.
+has passed (concentrators back-fill after midnight), then again for the meters whose
+late samples touched it: in the day, within an interval of its midnights, or a silent
+meter's return that completes it. Which meters is kept in memory until the next
+computation; after a restart a day whose file's size differs from the size it had when
+last computed is recomputed whole (that survives any crash without a dirty list). A
+meter whose gap spans several days is recomputed on each of them when one changes.
 
 Estimates are written on the meter's own series (same tags as its readings), so a
 late actual at the same time is the same point and replaces it: actual always wins,
