@@ -140,26 +140,10 @@ def run_reliability(args: argparse.Namespace) -> int:
     if args.to <= args.from_:
         print("meter-gateway report: --to must be after --from", file=sys.stderr)
         return EXIT_CONFIG
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"{args.config}: configuration is not valid:", file=sys.stderr)
-        for err in exc.errors:
-            print(f"  {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    if cfg.topology.file is None:
-        print(
-            f"{args.config}: topology.file is not set: the indices need the customers "
-            "served, which come from the topology CSV (meter_id,transformer_id,feeder_id,"
-            "customer_id,...); set topology.file",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
-    try:
-        topology = load_topology(cfg.topology.file)
-    except TopologyError as exc:
-        print(f"meter-gateway report: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    loaded = _config_and_topology(args, "the indices need the customers served")
+    if isinstance(loaded, int):
+        return loaded
+    cfg, topology = loaded
 
     window = Window(args.from_.timestamp(), args.to.timestamp())
     momentary = cfg.events.momentary_max_s
@@ -366,10 +350,10 @@ def _register_customers(kinds: Any) -> None:
     p.set_defaults(func=run_customers)
 
 
-def _load(
-    args: argparse.Namespace,
-) -> tuple[Config, dict[str, MeterPlace], datetime, datetime] | int:
-    """The configuration, topology and period; or the exit code after saying why not."""
+def _config_and_topology(
+    args: argparse.Namespace, why: str
+) -> tuple[Config, dict[str, MeterPlace]] | int:
+    """The configuration and its topology; or exit 2 after saying what is wrong."""
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -377,16 +361,11 @@ def _load(
         for err in exc.errors:
             print(f"  {err}", file=sys.stderr)
         return EXIT_CONFIG
-    start = resolve_local(args.from_, cfg.gateway.timezone)
-    end = resolve_local(args.to, cfg.gateway.timezone)
-    if end <= start:
-        print("meter-gateway report: --to must be after --from", file=sys.stderr)
-        return EXIT_CONFIG
     if cfg.topology.file is None:
         print(
-            f"{args.config}: topology.file is not set: the report needs the customers, "
-            "which come from the topology CSV (meter_id,transformer_id,feeder_id,"
-            "customer_id,...,prosumer); set topology.file",
+            f"{args.config}: topology.file is not set: {why}, which come from the "
+            "topology CSV (meter_id,transformer_id,feeder_id,customer_id,...,prosumer); "
+            "set topology.file",
             file=sys.stderr,
         )
         return EXIT_CONFIG
@@ -394,6 +373,22 @@ def _load(
         topology = load_topology(cfg.topology.file)
     except TopologyError as exc:
         print(f"meter-gateway report: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return cfg, topology
+
+
+def _load(
+    args: argparse.Namespace,
+) -> tuple[Config, dict[str, MeterPlace], datetime, datetime] | int:
+    """The configuration, topology and period; or the exit code after saying why not."""
+    loaded = _config_and_topology(args, "the report needs the customers")
+    if isinstance(loaded, int):
+        return loaded
+    cfg, topology = loaded
+    start = resolve_local(args.from_, cfg.gateway.timezone)
+    end = resolve_local(args.to, cfg.gateway.timezone)
+    if end <= start:
+        print("meter-gateway report: --to must be after --from", file=sys.stderr)
         return EXIT_CONFIG
     return cfg, topology, start, end
 

@@ -170,6 +170,17 @@ def expected_day(
     }
 
 
+def report_config(month: Month) -> Path:
+    """A configuration for the report commands: the month's database and topology."""
+    config = month.folder / "gateway.yaml"
+    config.write_text(
+        "gateway: {timezone: Europe/Berlin}\n"
+        f"storage: {{api: v1, url: '{month.db.url}', database: meters}}\n"
+        f"topology: {{file: '{month.folder / 'month.topology.csv'}'}}\n"
+    )
+    return config
+
+
 def _close(got: float, want: float) -> bool:
     return math.isclose(got, want, rel_tol=1e-3, abs_tol=1e-6)
 
@@ -259,12 +270,7 @@ def test_billing_consumption_is_the_register_delta(month: Month) -> None:
     registers' delta between the two local midnights, flagged where one is estimated."""
     import csv
 
-    config = month.folder / "gateway.yaml"
-    config.write_text(
-        "gateway: {timezone: Europe/Berlin}\n"
-        f"storage: {{api: v1, url: '{month.db.url}', database: meters}}\n"
-        f"topology: {{file: '{month.folder / 'month.topology.csv'}'}}\n"
-    )
+    config = report_config(month)
     out = subprocess.run(
         [
             sys.executable,
@@ -313,13 +319,7 @@ def test_customer_tags_from_the_month(month: Month) -> None:
     """`report customers` over the month: every customer's mean base load is the mean of
     its meter's daily base loads recomputed here, and the top 10 % by mean daily peak
     are the peak contributors."""
-    config = month.folder / "gateway.yaml"
-    if not config.exists():
-        config.write_text(
-            "gateway: {timezone: Europe/Berlin}\n"
-            f"storage: {{api: v1, url: '{month.db.url}', database: meters}}\n"
-            f"topology: {{file: '{month.folder / 'month.topology.csv'}'}}\n"
-        )
+    config = report_config(month)
     out = subprocess.run(
         [
             sys.executable,
