@@ -56,7 +56,7 @@ GASP = "m-000001"  # outage with last gasp, 4 s: power_outage, momentary
 SILENT = "m-000002"  # comms dropout (no last gasp), 16 s: comms_loss, never power_outage
 SAG = "m-000003"  # 0.8 x nominal for 8 s (4 readings): voltage_sag
 PHASE = "m-000004"  # L2 at 0 V for 6 s: phase_loss
-REVERSE = "m-000005"  # 3 kW exported by a consumer: reverse_energy
+REVERSE = "m-000005"  # 15 kW exported by a consumer: reverse_energy
 RESET = "m-000006"  # registers back to 0: register_decrease
 DEAD_TX = "tx-002"  # all six meters gasp at once: transformer_outage
 DEAD_TX_METERS = [f"m-{i:06d}" for i in range(7, 13)]
@@ -106,7 +106,9 @@ def scenario(start: float) -> Scenario:
             PhaseLoss(meters=[PHASE], at=10, duration=6, phase=2),
             VoltageSag(meters=[SAG], at=10, duration=8, factor=0.8),
             Outage(meters=[GASP], at=12, duration=4),
-            ReverseFlow(meters=[REVERSE], at=12, duration=6, export_w=3000),
+            # More than any household draws, at any hour the test runs (electric heating
+            # at night drew more than 3 kW: the net power stayed positive, no event).
+            ReverseFlow(meters=[REVERSE], at=12, duration=6, export_w=15000),
             RegisterReset(meters=[RESET], at=14),
             CommsDropout(meters=[SILENT], at=20, duration=16),
             Outage(transformer=DEAD_TX, at=30, duration=8),
