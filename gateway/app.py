@@ -15,7 +15,7 @@ from meter_gateway.gateway.events import Condition, Event
 from meter_gateway.gateway.events.service import EventService
 from meter_gateway.gateway.http import StatusServer
 from meter_gateway.gateway.pipeline import Pipeline, Sink
-from meter_gateway.gateway.reading import Reading, canonical_from_fields
+from meter_gateway.gateway.reading import canonical_from_fields
 from meter_gateway.gateway.validate import Flag, MeterRules, Validator
 from meter_gateway.gateway.vee.service import VeeService
 from meter_gateway.protocols.formats import Signal
@@ -88,20 +88,6 @@ class _MemorySink:
 
     async def wait_durable(self, seq: int) -> None:
         return None
-
-
-def _both(
-    first: Callable[[Reading], None] | None, second: Callable[[Reading], None] | None
-) -> Callable[[Reading], None] | None:
-    """One hook for the pipeline: each stored reading to the detectors and to VEE."""
-    if first is None or second is None:
-        return first or second
-
-    def both(r: Reading) -> None:
-        first(r)
-        second(r)
-
-    return both
 
 
 class Gateway:
@@ -188,9 +174,8 @@ class Gateway:
             max_payload_bytes=config.mqtt.max_payload_bytes,
             on_signal=self._signal,
             on_flag=self._flag,
-            on_reading=_both(
-                self.events.reading if config.events.enabled else None,
-                self.vee.reading if self.vee is not None else None,
+            on_reading=self.events.reading_hook(
+                self.vee.reading if self.vee is not None else None
             ),
             events=self.events.outbox,
         )

@@ -144,6 +144,23 @@ class EventService:
         if self.enabled:
             self.engine.reading(r, self._clock())
 
+    def reading_hook(
+        self, then: Callable[[Reading], None] | None = None
+    ) -> Callable[[Reading], None] | None:
+        """The pipeline's per-reading hook: the engine, then `then` (VEE), in one call
+        with the engine's method bound once (the hot path: no wrapper in between)."""
+        if not self.enabled:
+            return then
+        engine_reading, clock = self.engine.reading, self._clock
+        if then is None:
+            return lambda r: engine_reading(r, clock())
+
+        def hook(r: Reading) -> None:
+            engine_reading(r, clock())
+            then(r)
+
+        return hook
+
     def signal(self, sig: Signal, topic: str) -> None:
         if self.enabled:
             self.engine.signal(sig, self._clock())
