@@ -19,6 +19,7 @@ import os
 import reprlib
 import ssl
 import stat
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ __all__ = [
     "MAX_VALUES",
     "ConfigError",
     "load_config",
+    "load_config_or_say",
 ]
 
 ENV_PREFIX = "METER_GATEWAY__"
@@ -689,6 +691,18 @@ def _pydantic_loc(loc: tuple[Any, ...], key_named: bool) -> KeyPath:
             continue  # pydantic's validator frames, not keys (but an unknown key is a key)
         out.append(part if isinstance(part, int) else str(part))
     return tuple(out)
+
+
+def load_config_or_say(path: str | Path) -> Config | None:
+    """For commands: the configuration, or None after printing every problem to stderr
+    with its key path, as `check-config` prints them (the caller exits 2)."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: configuration is not valid ({len(exc.errors)} error(s)):", file=sys.stderr)
+        for err in exc.errors:
+            print(f"  {err}", file=sys.stderr)
+        return None
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:

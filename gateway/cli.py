@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from meter_gateway.config.loader import ConfigError, load_config
+from meter_gateway.config.loader import ConfigError, load_config, load_config_or_say
 
 __all__ = ["main"]
 
@@ -207,15 +207,8 @@ def _unavailable(message: str) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(
-            f"{args.config}: configuration is not valid ({len(exc.errors)} error(s)):",
-            file=sys.stderr,
-        )
-        for err in exc.errors:
-            print(f"  {err}", file=sys.stderr)
+    cfg = load_config_or_say(args.config)
+    if cfg is None:
         return EXIT_CONFIG
     print(
         f"{args.config}: OK (gateway {cfg.gateway.id}, storage {cfg.storage.api} at "

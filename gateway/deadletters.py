@@ -763,18 +763,9 @@ def register(sub: Any) -> None:
 
 
 def _load(args: Any) -> Config | None:
-    from meter_gateway.config.loader import ConfigError, load_config
+    from meter_gateway.config.loader import load_config_or_say
 
-    try:
-        return load_config(args.config)
-    except ConfigError as exc:
-        print(
-            f"{args.config}: configuration is not valid ({len(exc.errors)} error(s)):",
-            file=sys.stderr,
-        )
-        for err in exc.errors:
-            print(f"  {err}", file=sys.stderr)
-        return None
+    return load_config_or_say(args.config)
 
 
 def _selection(args: Any) -> Selection:

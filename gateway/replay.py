@@ -641,20 +641,13 @@ read (rejected lines included), 1 when a file cannot be read, 2 for a bad config
 
 def run_cli(args: Any) -> int:
     """`meter-gateway replay ...`: the exit code."""
-    from meter_gateway.config.loader import ConfigError, load_config
+    from meter_gateway.config.loader import load_config_or_say
     from meter_gateway.config.topology import TopologyError
     from meter_gateway.gateway.logs import setup_logging
 
     setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(
-            f"{args.config}: configuration is not valid ({len(exc.errors)} error(s)):",
-            file=sys.stderr,
-        )
-        for err in exc.errors:
-            print(f"  {err}", file=sys.stderr)
+    cfg = load_config_or_say(args.config)
+    if cfg is None:
         return 2
     missing = [str(f) for f in args.files if not Path(f).is_file()]
     if missing:

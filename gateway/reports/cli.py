@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from meter_gateway.config.loader import ConfigError, load_config
+from meter_gateway.config.loader import load_config_or_say
 from meter_gateway.config.schema import Config
 from meter_gateway.config.topology import MeterPlace, TopologyError, load_topology
 from meter_gateway.gateway.reports.billing import bill
@@ -354,12 +354,8 @@ def _config_and_topology(
     args: argparse.Namespace, why: str
 ) -> tuple[Config, dict[str, MeterPlace]] | int:
     """The configuration and its topology; or exit 2 after saying what is wrong."""
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"{args.config}: configuration is not valid:", file=sys.stderr)
-        for err in exc.errors:
-            print(f"  {err}", file=sys.stderr)
+    cfg = load_config_or_say(args.config)
+    if cfg is None:
         return EXIT_CONFIG
     if cfg.topology.file is None:
         print(

@@ -559,24 +559,35 @@ class VeeService:
     def _load_state(self) -> None:
         try:
             raw = orjson.loads(self._state_path.read_bytes())
+            if not isinstance(raw, dict):
+                raise TypeError(f"a JSON object expected, not {type(raw).__name__}")
             ct = raw.get("closed_through")
-            self.closed_through = date.fromisoformat(ct) if ct else None
-            self._computed = {date.fromisoformat(d): int(s) for d, s in raw["computed"].items()}
-            ids = self.store.meter_ids
-            index = {m: i for i, m in enumerate(ids)}
-            self._slots = {
-                index[m]: {int(t) for t in slots}
-                for m, slots in raw.get("estimates", {}).items()
+            closed = date.fromisoformat(ct) if ct else None
+            if closed is not None:
+                day_bounds(closed, self.tz)  # a day this zone can end (not 9999-12-31)
+            computed = {date.fromisoformat(d): int(s) for d, s in raw["computed"].items()}
+            index = {m: i for i, m in enumerate(self.store.meter_ids)}
+            slots = {
+                index[m]: {int(t) for t in times}
+                for m, times in raw.get("estimates", {}).items()
                 if m in index
             }
         except FileNotFoundError:
             return
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            # Derived state only: every closed day is then recomputed from its file.
+        except (
+            orjson.JSONDecodeError,
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            OverflowError,
+        ) as exc:
+            # Derived state only: the days are computed again from their files.
             log.warning(
                 "daily: %s unreadable (%s): closed days will be recomputed", self._state_path, exc
             )
-            self._computed = {}
+            return
+        self.closed_through, self._computed, self._slots = closed, computed, slots
 
     def _save_state(self) -> None:
         ids = self.store.meter_ids

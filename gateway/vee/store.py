@@ -14,6 +14,10 @@ grid boundary (the last one before it and the first one at or after it), and eve
 sample that arrives late. A meter reporting every 2 s costs about 2 records per
 interval, not 450.
 
+A meter's line in meters.jsonl is written (to the OS) before any record of it, so a
+kill -9 cannot leave records of a number the file does not hold; damage can (a power
+cut, the disk), and such records are left out (`unknown`).
+
 The store is derived data: every reading is durable in the spool first. Records are
 handed to the OS once a second and on every compute; a kill -9 loses at most that
 second of samples here, and with them only the precision of an interpolated boundary,
@@ -70,6 +74,7 @@ class IntervalStore:
                 continue
         self.problem: str | None = None  # why the last flush failed, while it does
         self.dropped = 0  # days of buffered samples dropped while the disk refused them
+        self.unknown = 0  # records of meter numbers meters.jsonl does not hold (damage)
         # day -> (file size, samples by meter, records): see `read`
         self._cache: dict[date, tuple[int, dict[int, list[Sample]], int]] = {}
         self._day = date(1970, 1, 1)  # the day whose bounds are cached
@@ -269,9 +274,16 @@ class IntervalStore:
             data = f.read(size - start)
         size = start + len(data) - len(data) % RECORD.size
         unsorted: set[int] = set()
+        known = len(self.meter_ids)
         for n, ts, imp, exp, _flags in RECORD.iter_unpack(memoryview(data)[: size - start]):
             samples = per.get(n)
             if samples is None:
+                if n >= known:
+                    # A number meters.jsonl does not hold: its line is written before
+                    # any record of the meter, so only damage (a power cut, a disk)
+                    # leaves such records; whose they were is unknown.
+                    self.unknown += 1
+                    continue
                 samples = per[n] = []
             elif ts <= samples[-1][0]:
                 unsorted.add(n)  # late or corrected: sorted below, the last one wins

@@ -245,6 +245,23 @@ def test_anchors_and_merge_keys_still_work(tmp_path):
         ("storage: {url: 'http://x:99999'}", "storage.url: is not a URL"),
         ("mqtt: [1, 2]", "mqtt: Input should be a valid dictionary"),
         ("mqtt: {subscriptions: {a: 1}}", "mqtt.subscriptions: Input should be a valid list"),
+        ("gateway: {timezone: Mars/Olympus}", "gateway.timezone: 'Mars/Olympus' is not an IANA"),
+        ("gateway: {timezone: '../../etc/passwd'}", "gateway.timezone: '../../etc/passwd' is not"),
+        ("gateway: {timezone: ''}", "gateway.timezone: '' is not an IANA time zone"),
+        ("estimation: {interval_s: 700}", "estimation.interval_s: whole minutes that divide"),
+        ("estimation: {interval_s: 7200}", "estimation.interval_s: Input should be less than"),
+        ("estimation: {max_linear_gap_h: 0}", "estimation.max_linear_gap_h: Input should be great"),
+        ("estimation: {max_gap_days: .inf}", "estimation.max_gap_days: Input should be a finite"),
+        ("daily: {night_start: '25:00'}", "daily.night_start: a local time of day as HH:MM"),
+        ("daily: {night_end: 7}", "daily.night_end: Input should be a valid string"),
+        ("daily: {base_load_share: 0}", "daily.base_load_share: Input should be greater than 0"),
+        ("daily: {recompute_every_s: .nan}", "daily.recompute_every_s: Input should be a finite"),
+        ("customers: {peak_top_share: 2}", "customers.peak_top_share: Input should be less than"),
+        (
+            "customers: {outage_sensitive_min: -1}",
+            "customers.outage_sensitive_min: Input should be",
+        ),
+        ("customers: {standby_kw: 1}", "customers.standby_kw: unknown key (check the spelling"),
     ],
 )
 def test_values_run_could_not_use_are_refused(tmp_path, text, expected):
