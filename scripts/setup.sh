@@ -23,6 +23,10 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # Local days (daily figures, billing) are judged in gateway.timezone: the IANA database.
 [ -f /usr/share/zoneinfo/Europe/Berlin ] || need+=(tzdata)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# The event detectors' per-reading path is compiled (mypyc, in setup.py): a C compiler
+# and Python's headers.
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' >/dev/null 2>&1 || need+=(python3-dev)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need[*]}" >&2
     SUDO=""
@@ -41,9 +45,12 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating the virtual environment .venv" >&2
     "$PY" -m venv .venv
 fi
-stamp=.venv/.installed-$(cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
+# The compiled modules are built from their sources: a changed source is a new build
+# (until then the gateway runs that part as plain Python, and says so).
+compiled=(setup.py gateway/events/state.py gateway/events/engine.py gateway/events/detectors/consumption.py)
+stamp=.venv/.installed-$(cat pyproject.toml requirements.lock "${compiled[@]}" | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
-    echo "setup: installing Python packages (pinned in pyproject.toml and requirements.lock)" >&2
+    echo "setup: installing Python packages (pinned in pyproject.toml and requirements.lock) and compiling the detectors' hot path" >&2
     .venv/bin/python -m pip install -q --upgrade pip >&2
     .venv/bin/python -m pip install -q -c requirements.lock -e '.[dev]' >&2
     rm -f .venv/.installed-*

@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -48,20 +48,17 @@ from meter_gateway.protocols.formats import Signal
 
 __all__ = ["Engine"]
 
-_NS = 1_000_000_000
-_SNAPSHOT_VERSION = 1
+_NS: Final = 1_000_000_000
+_SNAPSHOT_VERSION: Final = 1
 # EMA weight of a new spacing sample, and how far one sample may move the estimate
 # (x2 or /2): one long gap (an outage) barely moves it, a changed interval wins in a
 # few readings.
-_ALPHA = 0.2
-_OUT = POWER | COMMS
+_ALPHA: Final = 0.2
+_OUT: Final = POWER | COMMS
+_VOLTAGE_BITS: Final = PHASE_LOSS | SAG | SWELL | IMBALANCE
 
 
 class Engine:
-    # A validated, stored reading (in any order; back-filled ones too): `reading(r, now_ns)`.
-    # A closure made per engine (see `_reading_hook`): the hot path, once per reading.
-    reading: Callable[[Reading, int], None]
-
     def __init__(
         self,
         config: EventsConfig,
@@ -80,13 +77,206 @@ class Engine:
         self._pq = PowerQuality(config, self._book)
         self._alarms = MeterAlarms(config, self._book)
         self._consumption = Consumption(config, self._book)
+        # The thresholds the hot path compares with, as the engine's own attributes (in
+        # the compiled build: fields of the engine, not lookups on a detector).
+        self._unbalance_max = self._pq._unbalance_max
+        self._overcurrent = self._pq._overcurrent_a is not None
+        self._f_nominal = self._pq._f_nominal
+        self._f_tolerance = self._pq._f_tolerance
+        self._drift_max_s = self._alarms._drift_max_s
         self._heap: list[tuple[int, str]] = []
         self._off_ns = self._outage.off_ns
         self._started_ns = now_ns
         self._now_ns = now_ns
-        self.reading = _reading_hook(self)
 
     # -- input -------------------------------------------------------------------------------
+
+    def reading(self, r: Reading, now_ns: int) -> None:
+        """A validated, stored reading (in any order; back-filled ones too): the hot path,
+        once per reading.
+
+        The detectors' per-reading work is inlined for the common case: a healthy reading
+        (voltages inside the band, frequency within tolerance, registers rising, no
+        reverse flow, clock within the limit, no condition open) costs no detector call
+        but the consumption detector's; anything else goes to the detector method that
+        decides it, with the state it would have had. Written for the compiled build
+        (see README): attributes of self and typed locals, no bound methods kept in
+        locals, so that every access on the common path is native.
+        """
+        meter_id, ts, _, values, _ = r
+        st = self._meters.get(meter_id)
+        if st is None:
+            st = self._track(meter_id)
+        outage = self._outage
+        pq = self._pq
+        alarms = self._alarms
+        ns = _NS
+        alpha = _ALPHA
+        # Arrival: the meter talks. Learn how its arrivals are spaced (a concentrator
+        # delivering hourly batches is not silent between batches); a batch arrives
+        # within a second and counts as one arrival.
+        last = st.last_arrival
+        gap_ns = now_ns - last
+        if gap_ns >= ns:
+            st.burst = 1
+            if last:
+                gap_s = gap_ns / ns
+                sp = st.arrival_spacing_s
+                if not sp:
+                    st.arrival_spacing_s = gap_s
+                elif gap_s != sp:  # (the same spacing again leaves it as it is)
+                    # sp + alpha * (max(0.5 * sp, min(gap_s, 2 * sp)) - sp), without calls
+                    x = 2 * sp
+                    if not x < gap_s:
+                        x = gap_s
+                    low = 0.5 * sp
+                    if not x > low:
+                        x = low
+                    st.arrival_spacing_s = sp + alpha * (x - sp)
+        else:
+            st.burst += 1
+        st.last_arrival = now_ns
+        if now_ns > st.last_heard:
+            st.last_heard = now_ns
+        open_ = st.open  # the condition bits, read again after a detector call
+        was_out = open_ & _OUT  # before this reading ends a comms_loss
+        if was_out or st.suspect or st.lwt_offline_ns:
+            outage.arrived(st, now_ns)
+            open_ = st.open
+        if not st.due:
+            self._schedule(st, now_ns + self._off_ns)
+        prev_ts = st.last_ts
+        if ts <= prev_ts:
+            # Back-filled or redelivered: a sign of life, judged no further; except that
+            # a reading on time ends a clock_drift (a corrected clock steps back).
+            if open_ & CLOCK:
+                alarms.clock_on_time(st, ts, now_ns)
+            return
+        st.last_ts = ts
+        if prev_ts:
+            gap_s = (ts - prev_ts) / ns
+            sp = st.ts_spacing_s
+            if not sp:
+                st.ts_spacing_s = gap_s
+            elif gap_s != sp:
+                x = 2 * sp
+                if not x < gap_s:
+                    x = gap_s
+                low = 0.5 * sp
+                if not x > low:
+                    x = low
+                st.ts_spacing_s = sp + alpha * (x - sp)
+        v1 = values.get("voltage_l1_v")
+        v2 = values.get("voltage_l2_v")
+        v3 = values.get("voltage_l3_v")
+        # Outage: only a dead L1 or an open power_outage can make it answer True.
+        lim = st.limits
+        if (v1 is not None and v1 < lim.zero_v) or open_ & POWER:
+            powerless = outage.reading(st, ts, v1, v2, v3, now_ns)
+            open_ = st.open
+        else:
+            powerless = False
+        if not powerless:
+            # Power quality (PowerQuality.reading): decided here when every phase is
+            # inside the band and no voltage condition is open.
+            if v1 is not None:
+                three = v2 is not None and v3 is not None
+                tp = st.three_phase
+                if tp is not None:
+                    three = three and tp
+                floor = lim.floor_v
+                high = lim.high_v
+                if open_ & _VOLTAGE_BITS:
+                    pq._voltage(st, ts, v1, v2, v3, now_ns)
+                    open_ = st.open
+                elif three:
+                    if floor <= v1 <= high and floor <= v2 <= high and floor <= v3 <= high:  # type: ignore[operator]
+                        st.sag_since = st.swell_since = 0
+                        b = lim.balanced_v
+                        if -b < v1 - v2 < b and -b < v2 - v3 < b and -b < v1 - v3 < b:  # type: ignore[operator]
+                            st.imbalance_since = 0  # (its unbalance is below the limit)
+                        else:
+                            mean = (v1 + v2 + v3) / 3  # type: ignore[operator]
+                            d = v1 - mean
+                            m = d if d >= 0 else -d
+                            d = v2 - mean  # type: ignore[operator]
+                            if d < 0:
+                                d = -d
+                            if d > m:
+                                m = d
+                            d = v3 - mean  # type: ignore[operator]
+                            if d < 0:
+                                d = -d
+                            if d > m:
+                                m = d
+                            unbalance = m / mean
+                            if unbalance > self._unbalance_max:
+                                pq._imbalance(st, ts, unbalance, now_ns)
+                                open_ = st.open
+                            else:
+                                st.imbalance_since = 0
+                    else:
+                        pq._voltage(st, ts, v1, v2, v3, now_ns)
+                        open_ = st.open
+                elif floor <= v1 <= high:
+                    st.sag_since = st.swell_since = 0
+                else:
+                    pq._voltage(st, ts, v1, v2, v3, now_ns)
+                    open_ = st.open
+            if self._overcurrent:
+                pq._current(st, ts, values, now_ns)
+                open_ = st.open
+            f = values.get("frequency_hz")
+            if f is not None and (
+                open_ & FREQUENCY
+                or not -self._f_tolerance <= f - self._f_nominal <= self._f_tolerance
+            ):
+                pq._frequency(st, ts, f, now_ns)
+                open_ = st.open
+        imp = values.get("energy_import_kwh")
+        prosumer = st.prosumer
+        if imp is not None:
+            if not prosumer:
+                # Before the alarms take it as the meter's last register value. A
+                # prosumer's import is net of its PV (the weather's, not the household's):
+                # not judged.
+                self._consumption.reading(st, ts, imp, was_out | open_ & _OUT, now_ns)
+            # Meter alarms (MeterAlarms.reading): register decrease.
+            last_imp = st.last_import
+            st.last_import = imp
+            if imp < last_imp:  # False while last is NaN (nothing to compare with)
+                alarms.register_decrease(
+                    st,
+                    ts,
+                    now_ns,
+                    f"{meter_id}: energy_import_kwh went down from {last_imp!r} to {imp!r}",
+                )
+            elif imp > last_imp:
+                st.decrease_episode = False  # rose normally again: the episode is over
+        exp = values.get("energy_export_kwh")
+        if not prosumer:
+            power = values.get("power_w")
+            if (
+                st.reverse_ts
+                or (exp is not None and exp > st.last_export)
+                or (power is not None and power < -REVERSE_W)
+            ):
+                alarms._reverse(st, ts, exp, power, now_ns)
+        if exp is not None:
+            st.last_export = exp
+        # Clock drift: a drift within the limit with no clock_drift open only moves on.
+        drift = (ts - now_ns) / ns
+        if st.open & CLOCK:
+            alarms._clock(st, ts, prev_ts, gap_ns, now_ns)
+        elif -self._drift_max_s <= drift <= self._drift_max_s:
+            st.drift_prev_s = drift
+        else:
+            prev = st.drift_prev_s
+            st.drift_prev_s = drift
+            # NaN: no previous reading. Readings arriving bunched faster than stamped
+            # (back-fill) are no drift: decided here, without the call.
+            if abs(prev) > self._drift_max_s and not 2 * gap_ns < ts - prev_ts:
+                alarms._drifted(st, ts, prev_ts, gap_ns, drift, prev, now_ns)
 
     def signal(self, sig: Signal, now_ns: int) -> None:
         """A meter event (last gasp, power restored, tamper...) or its LWT status."""
@@ -352,218 +542,3 @@ def _event_from(raw: dict[str, Any]) -> Event:
         message=str(raw.get("message") or ""),
         value=raw.get("value"),
     )
-
-
-def _reading_hook(engine: Engine) -> Callable[[Reading, int], None]:
-    """`Engine.reading`: the detectors' per-reading work inlined for the common case.
-
-    A healthy reading (voltages inside the band, frequency within tolerance, registers
-    rising, no reverse flow, clock within the limit, no condition open) costs no
-    detector call but the consumption detector's; anything else goes to the detector
-    method that decides it, with the state it would have had.
-    """
-    meters_get = engine._meters.get
-    track = engine._track
-    schedule = engine._schedule
-    off_ns = engine._off_ns
-    outage = engine._outage
-    arrived = outage.arrived
-    outage_reading = outage.reading
-    pq = engine._pq
-    pq_voltage = pq._voltage
-    pq_imbalance = pq._imbalance
-    pq_current = pq._current
-    pq_frequency = pq._frequency
-    unbalance_max = pq._unbalance_max
-    overcurrent = pq._overcurrent_a is not None
-    f_nominal = pq._f_nominal
-    f_tolerance = pq._f_tolerance
-    consumption = engine._consumption.reading
-    alarms = engine._alarms
-    clock_on_time = alarms.clock_on_time
-    register_decrease = alarms.register_decrease
-    reverse = alarms._reverse
-    clock = alarms._clock
-    drifted = alarms._drifted
-    drift_max = alarms._drift_max_s
-    reverse_w = -REVERSE_W
-    ns = _NS
-    alpha = _ALPHA
-    out_bits = _OUT
-    voltage_bits = PHASE_LOSS | SAG | SWELL | IMBALANCE
-    clock_bit = CLOCK
-    frequency_bit = FREQUENCY
-    power_bit = POWER
-
-    def reading(r: Reading, now_ns: int) -> None:
-        meter_id, ts, _, values, _ = r
-        st = meters_get(meter_id)
-        if st is None:
-            st = track(meter_id)
-        # Arrival: the meter talks. Learn how its arrivals are spaced (a concentrator
-        # delivering hourly batches is not silent between batches); a batch arrives
-        # within a second and counts as one arrival.
-        last = st.last_arrival
-        gap_ns = now_ns - last
-        if gap_ns >= ns:
-            st.burst = 1
-            if last:
-                gap_s = gap_ns / ns
-                sp = st.arrival_spacing_s
-                if not sp:
-                    st.arrival_spacing_s = gap_s
-                elif gap_s != sp:  # (the same spacing again leaves it as it is)
-                    # sp + alpha * (max(0.5 * sp, min(gap_s, 2 * sp)) - sp), without calls
-                    x = 2 * sp
-                    if not x < gap_s:
-                        x = gap_s
-                    low = 0.5 * sp
-                    if not x > low:
-                        x = low
-                    st.arrival_spacing_s = sp + alpha * (x - sp)
-        else:
-            st.burst += 1
-        st.last_arrival = now_ns
-        if now_ns > st.last_heard:
-            st.last_heard = now_ns
-        open_ = st.open  # the condition bits, read again after a detector call
-        was_out = open_ & out_bits  # before this reading ends a comms_loss
-        if was_out or st.suspect or st.lwt_offline_ns:
-            arrived(st, now_ns)
-            open_ = st.open
-        if not st.due:
-            schedule(st, now_ns + off_ns)
-        prev_ts = st.last_ts
-        if ts <= prev_ts:
-            # Back-filled or redelivered: a sign of life, judged no further; except that
-            # a reading on time ends a clock_drift (a corrected clock steps back).
-            if open_ & clock_bit:
-                clock_on_time(st, ts, now_ns)
-            return
-        st.last_ts = ts
-        if prev_ts:
-            gap_s = (ts - prev_ts) / ns
-            sp = st.ts_spacing_s
-            if not sp:
-                st.ts_spacing_s = gap_s
-            elif gap_s != sp:
-                x = 2 * sp
-                if not x < gap_s:
-                    x = gap_s
-                low = 0.5 * sp
-                if not x > low:
-                    x = low
-                st.ts_spacing_s = sp + alpha * (x - sp)
-        get = values.get
-        v1 = get("voltage_l1_v")
-        v2 = get("voltage_l2_v")
-        v3 = get("voltage_l3_v")
-        # Outage: only a dead L1 or an open power_outage can make it answer True.
-        lim = st.limits
-        if (v1 is not None and v1 < lim.zero_v) or open_ & power_bit:
-            powerless = outage_reading(st, ts, v1, v2, v3, now_ns)
-            open_ = st.open
-        else:
-            powerless = False
-        if not powerless:
-            # Power quality (PowerQuality.reading): decided here when every phase is
-            # inside the band and no voltage condition is open.
-            if v1 is not None:
-                three = v2 is not None and v3 is not None
-                tp = st.three_phase
-                if tp is not None:
-                    three = three and tp
-                floor = lim.floor_v
-                high = lim.high_v
-                if open_ & voltage_bits:
-                    pq_voltage(st, ts, v1, v2, v3, now_ns)
-                    open_ = st.open
-                elif three:
-                    if floor <= v1 <= high and floor <= v2 <= high and floor <= v3 <= high:  # type: ignore[operator]
-                        st.sag_since = st.swell_since = 0
-                        b = lim.balanced_v
-                        if -b < v1 - v2 < b and -b < v2 - v3 < b and -b < v1 - v3 < b:  # type: ignore[operator]
-                            st.imbalance_since = 0  # (its unbalance is below the limit)
-                        else:
-                            mean = (v1 + v2 + v3) / 3  # type: ignore[operator]
-                            d = v1 - mean
-                            m = d if d >= 0 else -d
-                            d = v2 - mean  # type: ignore[operator]
-                            if d < 0:
-                                d = -d
-                            if d > m:
-                                m = d
-                            d = v3 - mean  # type: ignore[operator]
-                            if d < 0:
-                                d = -d
-                            if d > m:
-                                m = d
-                            unbalance = m / mean
-                            if unbalance > unbalance_max:
-                                pq_imbalance(st, ts, unbalance, now_ns)
-                                open_ = st.open
-                            else:
-                                st.imbalance_since = 0
-                    else:
-                        pq_voltage(st, ts, v1, v2, v3, now_ns)
-                        open_ = st.open
-                elif floor <= v1 <= high:
-                    st.sag_since = st.swell_since = 0
-                else:
-                    pq_voltage(st, ts, v1, v2, v3, now_ns)
-                    open_ = st.open
-            if overcurrent:
-                pq_current(st, ts, values, now_ns)
-                open_ = st.open
-            f = get("frequency_hz")
-            if f is not None and (
-                open_ & frequency_bit or not -f_tolerance <= f - f_nominal <= f_tolerance
-            ):
-                pq_frequency(st, ts, f, now_ns)
-                open_ = st.open
-        imp = get("energy_import_kwh")
-        prosumer = st.prosumer
-        if imp is not None:
-            if not prosumer:
-                # Before the alarms take it as the meter's last register value. A
-                # prosumer's import is net of its PV (the weather's, not the household's):
-                # not judged.
-                consumption(st, ts, imp, was_out | open_ & out_bits, now_ns)
-            # Meter alarms (MeterAlarms.reading): register decrease.
-            last_imp = st.last_import
-            st.last_import = imp
-            if imp < last_imp:  # False while last is NaN (nothing to compare with)
-                register_decrease(
-                    st,
-                    ts,
-                    now_ns,
-                    f"{meter_id}: energy_import_kwh went down from {last_imp!r} to {imp!r}",
-                )
-            elif imp > last_imp:
-                st.decrease_episode = False  # rose normally again: the episode is over
-        exp = get("energy_export_kwh")
-        if not prosumer:
-            power = get("power_w")
-            if (
-                st.reverse_ts
-                or (exp is not None and exp > st.last_export)
-                or (power is not None and power < reverse_w)
-            ):
-                reverse(st, ts, exp, power, now_ns)
-        if exp is not None:
-            st.last_export = exp
-        # Clock drift: a drift within the limit with no clock_drift open only moves on.
-        drift = (ts - now_ns) / ns
-        if st.open & clock_bit:
-            clock(st, ts, prev_ts, gap_ns, now_ns)
-        elif -drift_max <= drift <= drift_max:
-            st.drift_prev_s = drift
-        else:
-            prev = st.drift_prev_s
-            st.drift_prev_s = drift
-            # NaN: no previous reading. Readings arriving bunched faster than stamped
-            # (back-fill) are no drift: decided here, without the call.
-            if abs(prev) > drift_max and not 2 * gap_ns < ts - prev_ts:
-                drifted(st, ts, prev_ts, gap_ns, drift, prev, now_ns)
-
-    return reading

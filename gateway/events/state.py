@@ -12,7 +12,7 @@ import base64
 import math
 import sys
 from array import array
-from typing import Any
+from typing import Any, Final
 
 from meter_gateway.config.topology import MeterPlace
 
@@ -38,19 +38,19 @@ __all__ = [
 ]
 
 # One bit per condition a meter can have open: the hot path tests a bit, not a dict.
-POWER = 1 << 0
-COMMS = 1 << 1
-PHASE_LOSS = 1 << 2
-SAG = 1 << 3
-SWELL = 1 << 4
-IMBALANCE = 1 << 5
-OVERCURRENT = 1 << 6
-FREQUENCY = 1 << 7
-CLOCK = 1 << 8
-SPIKE = 1 << 9
-CONS_HIGH = 1 << 10
-CONS_LOW = 1 << 11
-CONS_ZERO = 1 << 12
+POWER: Final = 1 << 0
+COMMS: Final = 1 << 1
+PHASE_LOSS: Final = 1 << 2
+SAG: Final = 1 << 3
+SWELL: Final = 1 << 4
+IMBALANCE: Final = 1 << 5
+OVERCURRENT: Final = 1 << 6
+FREQUENCY: Final = 1 << 7
+CLOCK: Final = 1 << 8
+SPIKE: Final = 1 << 9
+CONS_HIGH: Final = 1 << 10
+CONS_LOW: Final = 1 << 11
+CONS_ZERO: Final = 1 << 12
 
 CONDITION_BITS: dict[str, int] = {
     "power_outage": POWER,
@@ -68,9 +68,9 @@ CONDITION_BITS: dict[str, int] = {
     "zero_consumption": CONS_ZERO,
 }
 
-_NAN = math.nan
+_NAN: Final = math.nan
 # Consumption baseline slots a meter (day type x hour: detectors/consumption.py).
-BASE_SLOTS = 72
+BASE_SLOTS: Final = 72
 
 
 class Limits:
@@ -162,7 +162,7 @@ _SAVED = (
     "low_exp",
     "base",
 )
-_LITTLE = sys.byteorder == "little"
+_LITTLE: Final = sys.byteorder == "little"
 
 
 class MeterState:
@@ -247,7 +247,7 @@ class MeterState:
         self.tamper_ts = 0
         # Consumption baseline (detectors/consumption.py): per slot level, deviation
         # and count as array('f'), made at the meter's first interval.
-        self.base: array | None = None
+        self.base: array[float] | None = None
         self.imp_ts = 0  # ts of last_import
         self.learned_h = 0.0  # hours of intervals learned (the warm-up)
         self.peak_kw = 0.0  # its usual high interval consumption, kW (a fading maximum)
@@ -303,4 +303,4 @@ def _baseline(text: str | None) -> array | None:
     return base if len(base) == _BASE_LEN else None
 
 
-_BASE_LEN = 3 * BASE_SLOTS
+_BASE_LEN: Final = 3 * BASE_SLOTS

@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from typing import Final
 
 from meter_gateway.config.schema import EventsConfig
 from meter_gateway.gateway.events.detectors import SEVERITY, Book
@@ -117,40 +118,40 @@ SEVERITY.update(
     }
 )
 
-_NS = 1_000_000_000
-_HOUR_NS = 3600 * _NS
-N_SLOTS = BASE_SLOTS
-_DEV = N_SLOTS  # offsets into the per-meter array: level, deviation, count
-_CNT = 2 * N_SLOTS
+_NS: Final = 1_000_000_000
+_HOUR_NS: Final = 3600 * _NS
+N_SLOTS: Final = BASE_SLOTS
+_DEV: Final = N_SLOTS  # offsets into the per-meter array: level, deviation, count
+_CNT: Final = 2 * N_SLOTS
 # Hour of the week (Monday 00:00 UTC = 0) -> slot. Epoch hour 0 was a Thursday.
-_SLOT_OF_HOW = tuple((0 if d < 5 else d - 4) * 24 + h for d in range(7) for h in range(24))
-_HOW_OFFSET = 3 * 24
+_SLOT_OF_HOW: Final = tuple((0 if d < 5 else d - 4) * 24 + h for d in range(7) for h in range(24))
+_HOW_OFFSET: Final = 3 * 24
 
-LEARN_SAMPLES = 48  # gain 1/n up to here, then fixed: about 2.5 weeks of a weekday slot
-MIN_SLOT_SAMPLES = 4  # a slot with fewer is judged on its hour's weekday slot
-_FREE_SAMPLES = 4  # the first samples of a slot are not clipped (no spread known yet)
-_CLIP_SIGMAS = 3.0  # Hampel bound for learning
-_SIGMA_OF_MEAN_DEV = 1.2533  # sigma / mean absolute deviation for a normal distribution
-_SIGMA_FLOOR_KW = 0.02  # the least spread a slot is taken to have (register resolution)
-SPIKE_SIGMAS = 5.0
-SPIKE_MIN_KW = 3.0  # at least this much above the baseline, on average over the interval
+LEARN_SAMPLES: Final = 48  # gain 1/n up to here, then fixed: about 2.5 weeks of a weekday slot
+MIN_SLOT_SAMPLES: Final = 4  # a slot with fewer is judged on its hour's weekday slot
+_FREE_SAMPLES: Final = 4  # the first samples of a slot are not clipped (no spread known yet)
+_CLIP_SIGMAS: Final = 3.0  # Hampel bound for learning
+_SIGMA_OF_MEAN_DEV: Final = 1.2533  # sigma / mean absolute deviation for a normal distribution
+_SIGMA_FLOOR_KW: Final = 0.02  # the least spread a slot is taken to have (register resolution)
+SPIKE_SIGMAS: Final = 5.0
+SPIKE_MIN_KW: Final = 3.0  # at least this much above the baseline, on average over the interval
 # An excursion that lasts longer is no spike: a 30-minute burst spans at most three
 # 15-minute intervals; a car's charge, a heater or a long appliance cycle lasts longer.
-SPIKE_MAX_NS = 46 * 60 * _NS
-HIGH_SIGMAS = 3.0
-HIGH_MIN_KW = 0.25  # ... and at least 250 W above it on average
-HIGH_LONG_RUN_H = 4.75  # a run within the meter's usual high: longer than a car's charge
-ZERO_MIN_KW = 0.05  # "normally consumes": at least 50 W on average in those hours
+SPIKE_MAX_NS: Final = 46 * 60 * _NS
+HIGH_SIGMAS: Final = 3.0
+HIGH_MIN_KW: Final = 0.25  # ... and at least 250 W above it on average
+HIGH_LONG_RUN_H: Final = 4.75  # a run within the meter's usual high: longer than a car's charge
+ZERO_MIN_KW: Final = 0.05  # "normally consumes": at least 50 W on average in those hours
 # The meter's own usual high: a spike is also above PEAK_MARGIN x that, so a household
 # that runs a 4 kW appliance or charges a car now and then does not report every run.
-PEAK_MARGIN = 1.25
-_PEAK_FADE_PER_H = 0.002  # half-life about two weeks
-_PEAK_RUN_GAIN = 1 / 32  # how fast it learns from the intervals of a high run
-_UNKNOWN_KW = 1e9  # the rate before an interval when it is not known (after a gap)
-_ZERO_KWH = 0.0005  # below half a watt-hour the register did not move
-_MAX_SPREAD_NS = 14 * 24 * _HOUR_NS  # a longer silence is not judged at all
-_ONE_SLOT_NS = _HOUR_NS + 60 * _NS  # an "hourly" interval may be a minute long
-_CLIP_FLOOR_KW = _CLIP_SIGMAS * _SIGMA_FLOOR_KW
+PEAK_MARGIN: Final = 1.25
+_PEAK_FADE_PER_H: Final = 0.002  # half-life about two weeks
+_PEAK_RUN_GAIN: Final = 1 / 32  # how fast it learns from the intervals of a high run
+_UNKNOWN_KW: Final = 1e9  # the rate before an interval when it is not known (after a gap)
+_ZERO_KWH: Final = 0.0005  # below half a watt-hour the register did not move
+_MAX_SPREAD_NS: Final = 14 * 24 * _HOUR_NS  # a longer silence is not judged at all
+_ONE_SLOT_NS: Final = _HOUR_NS + 60 * _NS  # an "hourly" interval may be a minute long
+_CLIP_FLOOR_KW: Final = _CLIP_SIGMAS * _SIGMA_FLOOR_KW
 
 
 def slot_of(ts_ns: int) -> int:
@@ -158,7 +159,7 @@ def slot_of(ts_ns: int) -> int:
     return _SLOT_OF_HOW[(ts_ns // _HOUR_NS + _HOW_OFFSET) % 168]
 
 
-def _level(base: array, slot: int) -> int:
+def _level(base: array[float], slot: int) -> int:
     """The slot to judge by (its weekday slot while a weekend one is thin); -1: none."""
     if base[_CNT + slot] >= MIN_SLOT_SAMPLES:
         return slot
@@ -166,7 +167,7 @@ def _level(base: array, slot: int) -> int:
     return slot if base[_CNT + slot] >= MIN_SLOT_SAMPLES else -1
 
 
-_JUDGED = CONS_HIGH | CONS_LOW | CONS_ZERO
+_JUDGED: Final = CONS_HIGH | CONS_LOW | CONS_ZERO
 
 
 class Consumption:
