@@ -17,6 +17,9 @@ CPU time (`time.process_time`) per reading, median of `--repeat` runs (each on a
 pipeline and engine); the ratio is off/on per-reading cost (1.0: the detectors are
 free; the goal is >= 0.85). "engine" is `Engine.reading` alone on the same readings
 (already validated `Reading`s, built outside the timing).
+
+The detectors run compiled when the package was built with them (scripts/setup.sh);
+`METER_GATEWAY_PURE_PYTHON=1` measures their Python sources. The header says which.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import print_table  # bench/report.py: run as `python bench/<name>.py`
 
 from meter_gateway.config.schema import EventsConfig, ValidationConfig
+from meter_gateway.gateway.events import compiled
 from meter_gateway.gateway.events.engine import Engine
 from meter_gateway.gateway.events.service import EventService
 from meter_gateway.gateway.pipeline import Pipeline
@@ -191,7 +195,8 @@ def main() -> int:
     args = ap.parse_args()
     print(
         f"python {platform.python_version()}, {os.cpu_count()} CPUs, {args.meters} meters,"
-        f" {args.batches} x {PER_BATCH}-reading batches, median of {args.repeat}"
+        f" {args.batches} x {PER_BATCH}-reading batches, median of {args.repeat};"
+        f" detectors: {compiled.status}"
     )
     t0_s = float(int(time.time()) // INTERVAL_S * INTERVAL_S - 86400)
     rows = []

@@ -98,6 +98,7 @@ from report import print_table  # bench/report.py: run as `python bench/<name>.p
 
 from meter_gateway.config.schema import Config
 from meter_gateway.gateway.app import Gateway
+from meter_gateway.gateway.events import compiled
 from meter_gateway.simulators.services import Mosquitto, VictoriaMetrics
 
 METERS = 1000
@@ -545,6 +546,7 @@ def environment(spool_dir: Path) -> list[str]:
         f"broker      {_version(['mosquitto', '-h'])}",
         f"database    victoria-metrics {_version([*DPKG_VERSION, 'victoria-metrics'])}",
         f"data        {spool_dir} (spools, databases): {fstype}, {dev} mounted on {mnt}",
+        f"detectors   {compiled.status}",
     ]
 
 

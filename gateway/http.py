@@ -44,6 +44,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from meter_gateway import __version__
+from meter_gateway.gateway.events import compiled
 from meter_gateway.gateway.events.detectors import POINT_TYPES, SEVERITY
 from meter_gateway.gateway.validate import format_ts
 
@@ -127,6 +128,8 @@ def status_snapshot(gw: Gateway) -> dict[str, Any]:
         "signals": p["signals"],
         "events": {
             **events,
+            # "compiled (mypyc)", or "pure Python..." with the reason (slower ingest).
+            "detectors_build": compiled.status,
             "active_total": len(active),
             "active": [
                 {
@@ -357,6 +360,8 @@ def page_view(s: Mapping[str, Any]) -> dict[str, Any]:
     note = "" if total <= PAGE_EVENTS else f"the oldest {PAGE_EVENTS} of {total:,} are listed"
     if not ev["enabled"]:
         note = "the event engine is off (events.enabled: false)"
+    elif not ev["detectors_build"].startswith("compiled"):
+        note = (note + "; " if note else "") + f"detectors run as {ev['detectors_build']}"
     sections.append(
         _section(
             "events",
@@ -843,10 +848,12 @@ class _Collector(Collector):
 
         info = GaugeMetricFamily(
             "meter_gateway_build_info",
-            "The gateway's version (and Python's); always 1.",
-            labels=["version", "python"],
+            "The gateway's version (and Python's, and whether its event detectors run"
+            " compiled); always 1.",
+            labels=["version", "python", "detectors"],
         )
-        info.add_metric([__version__, platform.python_version()], 1.0)
+        build = "compiled" if compiled.compiled else "python"
+        info.add_metric([__version__, platform.python_version(), build], 1.0)
         yield info
         yield counter(
             "readings_received",

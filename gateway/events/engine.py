@@ -111,7 +111,6 @@ class Engine:
         pq = self._pq
         alarms = self._alarms
         ns = _NS
-        alpha = _ALPHA
         # Arrival: the meter talks. Learn how its arrivals are spaced (a concentrator
         # delivering hourly batches is not silent between batches); a batch arrives
         # within a second and counts as one arrival.
@@ -122,17 +121,8 @@ class Engine:
             if last:
                 gap_s = gap_ns / ns
                 sp = st.arrival_spacing_s
-                if not sp:
-                    st.arrival_spacing_s = gap_s
-                elif gap_s != sp:  # (the same spacing again leaves it as it is)
-                    # sp + alpha * (max(0.5 * sp, min(gap_s, 2 * sp)) - sp), without calls
-                    x = 2 * sp
-                    if not x < gap_s:
-                        x = gap_s
-                    low = 0.5 * sp
-                    if not x > low:
-                        x = low
-                    st.arrival_spacing_s = sp + alpha * (x - sp)
+                if gap_s != sp:  # (the same spacing again leaves it as it is)
+                    st.arrival_spacing_s = _learned(sp, gap_s)
         else:
             st.burst += 1
         st.last_arrival = now_ns
@@ -156,16 +146,8 @@ class Engine:
         if prev_ts:
             gap_s = (ts - prev_ts) / ns
             sp = st.ts_spacing_s
-            if not sp:
-                st.ts_spacing_s = gap_s
-            elif gap_s != sp:
-                x = 2 * sp
-                if not x < gap_s:
-                    x = gap_s
-                low = 0.5 * sp
-                if not x > low:
-                    x = low
-                st.ts_spacing_s = sp + alpha * (x - sp)
+            if gap_s != sp:
+                st.ts_spacing_s = _learned(sp, gap_s)
         v1 = values.get("voltage_l1_v")
         v2 = values.get("voltage_l2_v")
         v3 = values.get("voltage_l3_v")
@@ -487,6 +469,21 @@ class Engine:
             return
         st.due = at
         heapq.heappush(self._heap, (at, st.meter_id))
+
+
+def _learned(sp: float, gap_s: float) -> float:
+    """A spacing estimate `sp` (0.0: none yet) after one more gap: an EMA of the gap
+    clamped to [sp / 2, 2 sp], so one long gap (an outage) barely moves it."""
+    if not sp:
+        return gap_s
+    # sp + alpha * (max(0.5 * sp, min(gap_s, 2 * sp)) - sp), without calls
+    x = 2 * sp
+    if not x < gap_s:
+        x = gap_s
+    low = 0.5 * sp
+    if not x > low:
+        x = low
+    return sp + _ALPHA * (x - sp)
 
 
 def _transformers(topology: Mapping[str, MeterPlace]) -> dict[str, TransformerState]:

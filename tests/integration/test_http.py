@@ -104,7 +104,7 @@ async def test_metrics_status_and_page(tmp_path, mosquitto, victoria, publisher,
     # The process and the build.
     assert sample(fams, "process_resident_memory_bytes") > 0
     assert "process_cpu_seconds" in fams
-    assert sample(fams, "meter_gateway_build_info", version=gw_version()) == 1
+    assert sample(fams, "meter_gateway_build_info", version=gw_version(), detectors="compiled") == 1
 
     status, body = await get(port, "/status")
     s = orjson.loads(body)
@@ -117,6 +117,7 @@ async def test_metrics_status_and_page(tmp_path, mosquitto, victoria, publisher,
     assert s["storage"]["healthy"] is True
     assert s["spool"]["fsyncs"] >= 1
     assert s["spool"]["paused"] is False
+    assert s["events"]["detectors_build"] == "compiled (mypyc)"
     (rej,) = s["recent_rejections"]
     assert rej["source"] == "mqtt"
     assert rej["where"] == "meters/h-2/reading"
