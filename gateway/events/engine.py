@@ -332,22 +332,20 @@ class Engine:
         the gateway was away, not the meters.
         """
         data = orjson.loads(blob)
-        if data.get("version") != _SNAPSHOT_VERSION:
-            raise ValueError(f"event state version {data.get('version')!r} is not supported")
-        self._meters.clear()
-        self._heap.clear()
-        self._book.open.clear()
-        for meter_id, values in data["meters"].items():
-            st = self._track(meter_id)
-            st.load(values)
-            st.due = 0
-        for raw in data["open"]:
-            ev = _event_from(raw)
-            self._book.open[(ev.type, _sid(ev))] = ev
-        for tid, raw in data.get("transformers", {}).items():
-            tx = self._transformers.get(tid)
-            if tx is not None:
-                tx.load(raw)
+        if not isinstance(data, dict) or data.get("version") != _SNAPSHOT_VERSION:
+            version = data.get("version") if isinstance(data, dict) else None
+            raise ValueError(f"event state version {version!r} is not supported")
+        try:
+            self._load(data)
+        except (TypeError, KeyError, AttributeError, IndexError, ValueError) as exc:
+            # A damaged file: nothing of it is kept (the outbox still has every event).
+            # (The compiled MeterState refuses a value of the wrong type at once.)
+            self._meters.clear()
+            self._book.open.clear()
+            for tx in self._transformers.values():
+                tx.out.clear()
+                tx.cluster.clear()
+            raise ValueError(f"event state is damaged ({type(exc).__name__}: {exc})") from None
         if downtime_grace:
             self._outage.grace_until = now_ns + self._off_ns
         self._now_ns = now_ns
@@ -357,6 +355,22 @@ class Engine:
             st.due = first
         self._heap = [(first, m) for m in self._meters]
         heapq.heapify(self._heap)
+
+    def _load(self, data: dict[str, Any]) -> None:
+        self._meters.clear()
+        self._heap.clear()
+        self._book.open.clear()
+        for meter_id, values in data["meters"].items():
+            st = self._track(str(meter_id))
+            st.load(values)
+            st.due = 0
+        for raw in data["open"]:
+            ev = _event_from(raw)
+            self._book.open[(ev.type, _sid(ev))] = ev
+        for tid, raw in data.get("transformers", {}).items():
+            tx = self._transformers.get(tid)
+            if tx is not None:
+                tx.load(raw)
 
     def reconcile(self, events: Iterable[Event]) -> None:
         """Events emitted after the snapshot (from the durable outbox): take them as done.

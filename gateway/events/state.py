@@ -282,13 +282,21 @@ class MeterState:
         return out
 
     def load(self, values: list[Any]) -> None:
+        """Take up `dump()`'s list; TypeError or ValueError on a value of the wrong kind
+        (a damaged file), before it could fail a reading later."""
+        if type(values) is not list:
+            raise TypeError(f"meter state is {type(values).__name__}, not a list")
         for key, v in zip(_SAVED, values, strict=False):
             if key == "base":
                 v = _baseline(v)
-            elif v is None:
-                v = _NAN
-            elif key in ("suspect", "decrease_episode"):
-                v = bool(v)
+            else:
+                kind = type(getattr(self, key))  # a fresh state's: bool, int or float
+                if kind is bool:
+                    v = bool(v)
+                elif kind is float and (v is None or type(v) in (int, float)):
+                    v = _NAN if v is None else float(v)
+                elif type(v) is not kind:
+                    raise TypeError(f"{key}: {v!r} is not {kind.__name__}")
             setattr(self, key, v)
 
 
@@ -296,6 +304,8 @@ def _baseline(text: str | None) -> array | None:
     """A dumped baseline; None (fresh) when absent or not of the current shape."""
     if not text:
         return None
+    if type(text) is not str:
+        raise TypeError(f"baseline: {text!r} is not text")
     base = array("f")
     base.frombytes(base64.b64decode(text))
     if not _LITTLE:

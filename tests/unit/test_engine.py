@@ -12,6 +12,9 @@ import random
 import tracemalloc
 from typing import Any
 
+import orjson
+import pytest
+
 from meter_gateway.config.schema import EventsConfig
 from meter_gateway.config.topology import MeterPlace
 from meter_gateway.gateway.events import Engine, Event, event_line
@@ -187,6 +190,37 @@ def test_snapshot_and_restore_mid_outage_keeps_the_event_and_clears_it_once():
     assert cleared.duration_s == 1290.0
     assert cleared.details["momentary"] is False
     assert again.types() == [("power_outage", "cleared")]
+
+
+def _damaged(blob: bytes, meter_values: list[Any]) -> bytes:
+    data = orjson.loads(blob)
+    data["meters"]["m-2"] = meter_values
+    return orjson.dumps(data)
+
+
+def test_a_damaged_snapshot_is_refused_whole_and_the_engine_starts_empty():
+    h = Harness()
+    h.read("m-1", 0)
+    h.read("m-2", 900)
+    h.signal("m-1", "last_gasp", now=910, ts=T0 / S + 910)
+    blob = h.engine.snapshot()
+    good = orjson.loads(blob)["meters"]["m-2"]
+    damaged = [
+        _damaged(blob, ["open bits", *good[1:]]),  # a text where a number goes
+        _damaged(blob, [good[0], 1.5, *good[2:]]),  # a float for a time in ns
+        _damaged(blob, [*good[:-1], 12345]),  # a baseline that is not text
+        orjson.dumps({**orjson.loads(blob), "open": [{"type": "power_outage"}]}),
+        orjson.dumps([1, 2, 3]),
+    ]
+    for bad in damaged:
+        again = Harness()
+        with pytest.raises(ValueError, match="event state"):
+            again.engine.restore(bad, T0 + 600 * S)
+        assert again.engine.active() == []
+        assert again.engine.stats()["meters_tracked"] == 0
+        # It goes on: the next readings are judged from a fresh state.
+        again.read("m-1", 1200, now=1200.5)
+        assert again.engine.stats()["meters_tracked"] == 1
 
 
 def test_restore_gives_meters_grace_before_comms_loss():
