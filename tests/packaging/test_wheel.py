@@ -158,6 +158,29 @@ def test_the_wheel_installs_one_top_level_package_with_every_module(installed: I
     )
 
 
+def test_the_wheel_runs_the_detectors_compiled(installed: Installed) -> None:
+    # The wheel carries the mypyc-compiled modules, each with the hash of its source, and
+    # their .py files as the fallback.
+    files = _installed_files(installed)
+    for module in ("state", "engine", "detectors/consumption"):
+        stem = f"meter_gateway/gateway/events/{module}"
+        assert f"{stem}.py" in files
+        assert f"{stem}.source-sha256" in files
+        assert any(f.startswith(f"{stem}.cpython-") and f.endswith(".so") for f in files), stem
+    check = """
+from meter_gateway.gateway.events import compiled
+import meter_gateway.gateway.events.engine as engine
+print(compiled.status)
+print(engine.__file__)
+"""
+    status, where = installed.run(installed.python, "-c", check, cwd=installed.root).stdout.split(
+        "\n"
+    )[:2]
+    assert status == "compiled (mypyc)"
+    assert where.endswith(".so")
+    assert "site-packages" in where
+
+
 def test_the_console_script_and_the_entry_points_work(installed: Installed) -> None:
     out = installed.run(installed.bin / "meter-gateway", "--help").stdout
     assert "simulate" in out
