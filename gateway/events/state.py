@@ -271,36 +271,106 @@ class MeterState:
         return subject
 
     def dump(self) -> list[Any]:
-        # NaN is not JSON: None stands for it. The baseline: base64 of little-endian
-        # float32s (1,152 characters).
-        out = [None if v != v else v for v in (getattr(self, k) for k in _SAVED[:-1])]
+        """The saved fields in `_SAVED`'s order (explicitly: compiled, each is a field read).
+
+        NaN is not JSON: None stands for it. The baseline: base64 of little-endian
+        float32s (1,152 characters)."""
         base = self.base
         if base is not None and not _LITTLE:
             base = array("f", base)
             base.byteswap()
-        out.append(None if base is None else base64.b64encode(base.tobytes()).decode())
-        return out
+        return [
+            self.open,
+            self.last_ts,
+            self.last_arrival,
+            self.last_heard,
+            _json(self.ts_spacing_s),
+            _json(self.arrival_spacing_s),
+            self.burst,
+            self.lwt_offline_ns,
+            self.suspect,
+            self.sag_since,
+            self.swell_since,
+            self.imbalance_since,
+            _json(self.drift_prev_s),
+            _json(self.last_import),
+            _json(self.last_export),
+            self.decrease_episode,
+            self.reverse_ts,
+            self.reverse_clean,
+            self.tamper_ts,
+            self.imp_ts,
+            _json(self.learned_h),
+            _json(self.peak_kw),
+            self.high_since,
+            self.zero_since,
+            _json(self.zero_exp),
+            _json(self.zero_sig),
+            self.low_since,
+            _json(self.low_act),
+            _json(self.low_exp),
+            None if base is None else base64.b64encode(base.tobytes()).decode(),
+        ]
 
     def load(self, values: list[Any]) -> None:
-        """Take up `dump()`'s list; TypeError or ValueError on a value of the wrong kind
-        (a damaged file), before it could fail a reading later."""
+        """Take up `dump()`'s list (a shorter one, from an older version, leaves the rest
+        as a fresh state has it); TypeError or ValueError on a value of the wrong kind (a
+        damaged file), before it could fail a reading later."""
         if type(values) is not list:
             raise TypeError(f"meter state is {type(values).__name__}, not a list")
-        for key, v in zip(_SAVED, values, strict=False):
-            if key == "base":
-                v = _baseline(v)
-            else:
-                kind = type(getattr(self, key))  # a fresh state's: bool, int or float
-                if kind is bool:
-                    v = bool(v)
-                elif kind is float and (v is None or type(v) in (int, float)):
-                    v = _NAN if v is None else float(v)
-                elif type(v) is not kind:
-                    raise TypeError(f"{key}: {v!r} is not {kind.__name__}")
-            setattr(self, key, v)
+        n = len(_SAVED)
+        v = values[:n] + _FRESH[len(values) :] if len(values) < n else values
+        self.open = _int(v[0], "open")
+        self.last_ts = _int(v[1], "last_ts")
+        self.last_arrival = _int(v[2], "last_arrival")
+        self.last_heard = _int(v[3], "last_heard")
+        self.ts_spacing_s = _float(v[4], "ts_spacing_s")
+        self.arrival_spacing_s = _float(v[5], "arrival_spacing_s")
+        self.burst = _int(v[6], "burst")
+        self.lwt_offline_ns = _int(v[7], "lwt_offline_ns")
+        self.suspect = bool(v[8])
+        self.sag_since = _int(v[9], "sag_since")
+        self.swell_since = _int(v[10], "swell_since")
+        self.imbalance_since = _int(v[11], "imbalance_since")
+        self.drift_prev_s = _float(v[12], "drift_prev_s")
+        self.last_import = _float(v[13], "last_import")
+        self.last_export = _float(v[14], "last_export")
+        self.decrease_episode = bool(v[15])
+        self.reverse_ts = _int(v[16], "reverse_ts")
+        self.reverse_clean = _int(v[17], "reverse_clean")
+        self.tamper_ts = _int(v[18], "tamper_ts")
+        self.imp_ts = _int(v[19], "imp_ts")
+        self.learned_h = _float(v[20], "learned_h")
+        self.peak_kw = _float(v[21], "peak_kw")
+        self.high_since = _int(v[22], "high_since")
+        self.zero_since = _int(v[23], "zero_since")
+        self.zero_exp = _float(v[24], "zero_exp")
+        self.zero_sig = _float(v[25], "zero_sig")
+        self.low_since = _int(v[26], "low_since")
+        self.low_act = _float(v[27], "low_act")
+        self.low_exp = _float(v[28], "low_exp")
+        self.base = _baseline(v[29])
 
 
-def _baseline(text: str | None) -> array | None:
+def _json(x: float) -> float | None:
+    return None if x != x else x
+
+
+def _int(x: Any, key: str) -> int:
+    if type(x) is not int:
+        raise TypeError(f"{key}: {x!r} is not an integer")
+    return x
+
+
+def _float(x: Any, key: str) -> float:
+    if x is None:
+        return _NAN
+    if type(x) is not float and type(x) is not int:
+        raise TypeError(f"{key}: {x!r} is not a number")
+    return float(x)
+
+
+def _baseline(text: Any) -> array[float] | None:
     """A dumped baseline; None (fresh) when absent or not of the current shape."""
     if not text:
         return None
@@ -314,3 +384,7 @@ def _baseline(text: str | None) -> array | None:
 
 
 _BASE_LEN: Final = 3 * BASE_SLOTS
+
+# What a fresh state saves: the values an older, shorter snapshot leaves as they are.
+_FRESH: Final = MeterState("", None, None, Limits(1.0, 0.0)).dump()
+assert len(_FRESH) == len(_SAVED)
