@@ -162,31 +162,29 @@ class Engine:
             # Power quality (PowerQuality.reading): decided here when every phase is
             # inside the band and no voltage condition is open.
             if v1 is not None:
-                three = v2 is not None and v3 is not None
-                tp = st.three_phase
-                if tp is not None:
-                    three = three and tp
                 floor = lim.floor_v
                 high = lim.high_v
                 if open_ & _VOLTAGE_BITS:
                     pq._voltage(st, ts, v1, v2, v3, now_ns)
                     open_ = st.open
-                elif three:
-                    if floor <= v1 <= high and floor <= v2 <= high and floor <= v3 <= high:  # type: ignore[operator]
+                elif v2 is not None and v3 is not None and st.three_phase is not False:
+                    # Three phases (the topology does not say single-phase): every test
+                    # below is on floats (compiled: no boxing, no generic compare).
+                    if floor <= v1 <= high and floor <= v2 <= high and floor <= v3 <= high:
                         st.sag_since = st.swell_since = 0
                         b = lim.balanced_v
-                        if -b < v1 - v2 < b and -b < v2 - v3 < b and -b < v1 - v3 < b:  # type: ignore[operator]
+                        if -b < v1 - v2 < b and -b < v2 - v3 < b and -b < v1 - v3 < b:
                             st.imbalance_since = 0  # (its unbalance is below the limit)
                         else:
-                            mean = (v1 + v2 + v3) / 3  # type: ignore[operator]
+                            mean = (v1 + v2 + v3) / 3
                             d = v1 - mean
                             m = d if d >= 0 else -d
-                            d = v2 - mean  # type: ignore[operator]
+                            d = v2 - mean
                             if d < 0:
                                 d = -d
                             if d > m:
                                 m = d
-                            d = v3 - mean  # type: ignore[operator]
+                            d = v3 - mean
                             if d < 0:
                                 d = -d
                             if d > m:
