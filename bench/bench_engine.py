@@ -6,8 +6,8 @@ off and on, and `Engine.reading` alone.
 No network, no disk: 100-reading `json-batch` payloads (every canonical field, three
 phases, healthy, 15-minute stamps; 1,000 meters) go through `Pipeline.handle_message`
 with a sink that only counts lines. "off" is the pipeline without an `on_reading`
-hook (`events.enabled: false`); "on" feeds every stored reading to an `Engine` through
-`EventService.reading`, as the gateway does. Two streams:
+hook (`events.enabled: false`); "on" feeds every message's stored readings to an `Engine` through
+`EventService.readings_hook`, as the gateway does. Two streams:
 
 - **live**: stamps a second before they arrive (the clock advances with the data);
 - **back-fill**: stamps hours to three days old arriving now (as in
@@ -135,17 +135,17 @@ class _Service(EventService):
 def _pipeline_run(stream: list[tuple[int, bytes]], detect: bool) -> tuple[float, int]:
     clock = _Clock(stream[0][0])
     events: list[Any] = []
-    on_reading = None
+    on_readings = None
     if detect:
         engine = Engine(EventsConfig(), {}, emit=events.append, now_ns=clock())
-        on_reading = _Service(engine, clock).reading
+        on_readings = _Service(engine, clock).readings_hook()
     p = Pipeline(
         validator=Validator(ValidationConfig()),
         rules=MeterRules(16),
         encoder=ReadingEncoder("s", {}),
         sink=_Sink(),  # type: ignore[arg-type]
         dead_letter=_DeadLetter(),  # type: ignore[arg-type]
-        on_reading=on_reading,
+        on_readings=on_readings,
         clock=clock,
     )
     fmt = FORMATS["json-batch"]

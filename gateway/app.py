@@ -174,7 +174,8 @@ class Gateway:
             max_payload_bytes=config.mqtt.max_payload_bytes,
             on_signal=self._signal,
             on_flag=self._flag,
-            on_reading=self.events.reading_hook(self.vee.reading if self.vee is not None else None),
+            on_reading=self.vee.reading if self.vee is not None else None,
+            on_readings=self.events.readings_hook(),
             events=self.events.outbox,
         )
         self.mqtt = MqttSource(

@@ -68,13 +68,17 @@ class Pipeline:
         on_signal: Callable[[Signal, str], None] | None = None,
         on_flag: Callable[[Flag], None] | None = None,
         on_reading: Callable[[Reading], None] | None = None,
+        on_readings: Callable[[list[Reading]], None] | None = None,
         clock: Callable[[], int] = time.time_ns,
         events: Durable | None = None,
     ) -> None:
         """`clock` gives "now" in epoch ns: the wall clock live; in replay, the readings'
         own watermark, so validation's age and future bounds judge recorded time.
         `events` is the event outbox: an input that raised an event (see `hold_for_event`)
-        is acknowledged only once that event is durable too."""
+        is acknowledged only once that event is durable too.
+        `on_reading` gets each reading handed to storage as it goes; `on_readings` gets
+        them all once the input is handled, in one list in order (the detectors: one
+        call a message, however many readings it holds)."""
         self._validator = validator
         self._rules = rules
         self._encode = encoder.encode
@@ -84,6 +88,7 @@ class Pipeline:
         self._on_signal = on_signal
         self._on_flag = on_flag
         self._on_reading = on_reading
+        self._on_readings = on_readings
         self._clock = clock
         self._events = events
         self._event_seq = 0  # outbox sequence of the last event the input being handled raised
@@ -219,6 +224,7 @@ class Pipeline:
         add = self._sink.add
         encode = self._encode
         on_reading = self._on_reading
+        batch: list[Reading] | None = [] if self._on_readings is not None else None
         flags: list[Flag] = []
         positions = decoded.positions
         stored = 0
@@ -247,10 +253,14 @@ class Pipeline:
             stored += 1
             if on_reading is not None:
                 on_reading(r)
+            if batch is not None:
+                batch.append(r)
         self.received["mqtt"] += len(items)
         self.stored["mqtt"] += stored
         if pos:
             self._pos = pos
+        if batch and self._on_readings is not None:
+            self._on_readings(batch)
         if flags:
             self._flags(flags)
 
@@ -273,6 +283,8 @@ class Pipeline:
                 self.stored[source] += 1
                 if self._on_reading is not None:
                     self._on_reading(r2)
+                if self._on_readings is not None:
+                    self._on_readings([r2])
             if flags:
                 self._flags(flags)
         except Invalid as exc:

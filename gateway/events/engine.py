@@ -258,6 +258,11 @@ class Engine:
             if abs(prev) > self._drift_max_s and not 2 * gap_ns < ts - prev_ts:
                 alarms._drifted(st, ts, prev_ts, gap_ns, drift, prev, now_ns)
 
+    def readings(self, rs: list[Reading], now_ns: int) -> None:
+        """The stored readings of one input, in order: `reading` for each."""
+        for r in rs:
+            self.reading(r, now_ns)
+
     def signal(self, sig: Signal, now_ns: int) -> None:
         """A meter event (last gasp, power restored, tamper...) or its LWT status."""
         st = self._meters.get(sig.meter_id)

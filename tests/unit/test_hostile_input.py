@@ -145,6 +145,46 @@ def test_batch_item_nested_deep_and_unhashable_meter_ids(tmp_path):
     assert deep_record["payload"] == payload.decode()  # the raw message, kept whole
 
 
+def test_the_detectors_get_a_messages_stored_readings_in_one_call(tmp_path):
+    # The engine's hook (on_readings) takes every reading of one input that went to
+    # storage, in order, after the input is handled; rejected and duplicate ones are not
+    # in it, and a message without stored readings makes no call.
+    calls: list[list[tuple[str, int]]] = []
+    each: list[str] = []
+    sink, dl = ListSink(), Records(tmp_path)
+    pipeline = Pipeline(
+        validator=Validator(),
+        rules=MeterRules(),
+        encoder=ReadingEncoder(),
+        sink=sink,
+        dead_letter=dl,
+        on_reading=lambda r: each.append(r.meter_id),
+        on_readings=lambda rs: calls.append([(r.meter_id, r.ts_ns) for r in rs]),
+    )
+    now = int(time.time())
+    items = [
+        {"meter_id": "m-1", "ts": now - 900, "power_w": 1.0},
+        {"meter_id": "m-2", "ts": now - 900, "power_w": "x"},  # rejected
+        {"meter_id": "m-3", "ts": now - 900, "power_w": 3.0},
+        {"meter_id": "m-1", "ts": now - 900, "power_w": 1.0},  # an exact duplicate
+        {"meter_id": "m-1", "ts": now, "power_w": 2.0},
+    ]
+    batch = FORMATS["json-batch"]
+    pipeline.handle_message(
+        "concentrators/dc/readings", orjson.dumps({"readings": items}), batch, "dc"
+    )
+    ns = 1_000_000_000
+    assert calls == [[("m-1", (now - 900) * ns), ("m-3", (now - 900) * ns), ("m-1", now * ns)]]
+    assert each == ["m-1", "m-3", "m-1"]
+    assert len(sink.lines) == 3
+    pipeline.handle_message(
+        "concentrators/dc/readings", orjson.dumps({"readings": items[1:2]}), batch, "dc"
+    )
+    assert len(calls) == 1  # nothing stored: no call
+    pipeline.handle_reading({"meter_id": "m-9", "ts": now, "power_w": 1.0}, "modbus", "dev-9")
+    assert calls[1] == [("m-9", now * ns)]
+
+
 def test_a_bug_is_kept_counted_and_logged_once_a_minute(tmp_path, caplog):
     pipeline, _, dl = make_pipeline(tmp_path)
 
