@@ -3,7 +3,7 @@
 Compares, in the same run, four consumers draining the same broker: a bare paho-mqtt 2
 subscriber, the gateway as deployed (readings durable in its on-disk spool before any
 acknowledgement, the event detectors fed every stored reading), the same gateway with
-`events.enabled: false` (no detectors: the pipeline gets no `on_reading` hook), and the
+`events.enabled: false` (no detectors: the pipeline gets no `on_readings` hook), and the
 gateway with `spool=False` (readings wait in memory, the path before the spool; for
 benchmarks only; detectors on):
 
