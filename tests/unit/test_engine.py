@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from meter_gateway.config.schema import EventsConfig
 from meter_gateway.config.topology import MeterPlace
@@ -221,6 +223,58 @@ def test_a_damaged_snapshot_is_refused_whole_and_the_engine_starts_empty():
         # It goes on: the next readings are judged from a fresh state.
         again.read("m-1", 1200, now=1200.5)
         assert again.engine.stats()["meters_tracked"] == 1
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    position=st.integers(0, 40),
+    value=_JSON,
+    section=st.sampled_from(["meter", "meters", "open", "transformers", "whole"]),
+)
+def test_any_damage_to_a_snapshot_is_a_value_error_or_a_state_that_works(
+    position: int, value: Any, section: str
+):
+    # Whatever the file holds, restore either takes it (and the engine goes on judging
+    # readings) or refuses it with a ValueError that says why: never another exception,
+    # in the compiled build or from the sources.
+    h = Harness()
+    h.read("m-1", 0)
+    h.read("m-1", 900)
+    data = orjson.loads(h.engine.snapshot())
+    if section == "meter":
+        values = data["meters"]["m-1"]
+        if position < len(values):
+            values[position] = value
+        else:
+            values.append(value)
+    elif section == "whole":
+        data = value
+    else:
+        data[section] = value
+    again = Harness()
+    refused = ""
+    try:
+        again.engine.restore(orjson.dumps(data), T0 + 600 * S)
+    except ValueError as exc:
+        refused = str(exc)
+    if refused:
+        assert refused.startswith("event state")
+        assert again.engine.active() == []
+    again.read("m-1", 1800, now=1800.5)
+    again.tick_through(1800, 1900, 50)
 
 
 def test_restore_gives_meters_grace_before_comms_loss():

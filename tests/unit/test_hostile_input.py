@@ -55,7 +55,7 @@ class Records(DeadLetterStore):
         return super().add(record)
 
 
-def make_pipeline(tmp_path: Path) -> tuple[Pipeline, ListSink, Records]:
+def make_pipeline(tmp_path: Path, **hooks: Any) -> tuple[Pipeline, ListSink, Records]:
     sink, dl = ListSink(), Records(tmp_path)
     pipeline = Pipeline(
         validator=Validator(),
@@ -64,6 +64,7 @@ def make_pipeline(tmp_path: Path) -> tuple[Pipeline, ListSink, Records]:
         sink=sink,
         dead_letter=dl,
         max_payload_bytes=65_536,
+        **hooks,
     )
     return pipeline, sink, dl
 
@@ -151,13 +152,8 @@ def test_the_detectors_get_a_messages_stored_readings_in_one_call(tmp_path):
     # in it, and a message without stored readings makes no call.
     calls: list[list[tuple[str, int]]] = []
     each: list[str] = []
-    sink, dl = ListSink(), Records(tmp_path)
-    pipeline = Pipeline(
-        validator=Validator(),
-        rules=MeterRules(),
-        encoder=ReadingEncoder(),
-        sink=sink,
-        dead_letter=dl,
+    pipeline, sink, _ = make_pipeline(
+        tmp_path,
         on_reading=lambda r: each.append(r.meter_id),
         on_readings=lambda rs: calls.append([(r.meter_id, r.ts_ns) for r in rs]),
     )
