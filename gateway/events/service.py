@@ -140,10 +140,6 @@ class EventService:
             self._hold(seq)
         return seq
 
-    def reading(self, r: Reading) -> None:
-        if self.enabled:
-            self.engine.reading(r, self._clock())
-
     def readings_hook(self) -> Callable[[list[Reading]], None] | None:
         """The pipeline's hook for the readings of one input: the engine takes them in
         one call (compiled: one loop in C, not a call a reading); None when disabled."""
