@@ -1,7 +1,8 @@
 """The pipeline: decoded payloads -> validation -> storage, rejections -> dead letter.
 
 Data flows one way: source -> format -> validate -> spool -> store, with signals
-and flags going to the detectors. A source hands over raw bytes and gets back a
+and flags going to the detectors (with the rejections of a reading for its time: a
+meter's wrong clock). A source hands over raw bytes and gets back a
 ticket; it acknowledges the message once `durable` has reached that ticket, i.e.
 once every reading of it is in the spool and every rejection of it in the
 dead-letter store, both fsync'd. Tickets are issued in arrival order, so acks are
@@ -78,7 +79,8 @@ class Pipeline:
         is acknowledged only once that event is durable too.
         `on_reading` gets each reading handed to storage as it goes; `on_readings` gets
         them all once the input is handled, in one list in order (the detectors: one
-        call a message, however many readings it holds)."""
+        call a message, however many readings it holds). `on_flag` gets the rules'
+        findings, and the rejections of a reading for its time (`Invalid.clock`)."""
         self._validator = validator
         self._rules = rules
         self._encode = encoder.encode
@@ -226,6 +228,7 @@ class Pipeline:
         on_reading = self._on_reading
         batch: list[Reading] | None = [] if self._on_readings is not None else None
         flags: list[Flag] = []
+        clocks: list[Flag] | None = None  # rejections for their time (Invalid.clock)
         positions = decoded.positions
         stored = 0
         pos = 0
@@ -245,6 +248,10 @@ class Pipeline:
                 else:
                     reason = f"readings[{positions[i]}]: {exc}"
                     self._reject_item(topic, obj, reason, positions[i], payload, exc.field)
+                if exc.clock is not None:
+                    if clocks is None:
+                        clocks = []
+                    clocks.append(exc.clock)
                 continue
             except Exception as exc:  # a bug, for this reading only: its neighbours go on
                 index = positions[i] if positions is not None else None
@@ -263,6 +270,8 @@ class Pipeline:
             self._on_readings(batch)
         if flags:
             self._flags(flags)
+        if clocks:
+            self._clock_rejections(clocks)
 
     # -- Modbus and other pollers --------------------------------------------------------------
     def handle_reading(self, obj: dict[str, Any], source: str, origin: str) -> int:
@@ -289,6 +298,11 @@ class Pipeline:
                 self._flags(flags)
         except Invalid as exc:
             self.reject(source=source, reason=str(exc), device=origin, item=obj, category=exc.field)
+            if exc.clock is not None:
+                try:
+                    self._clock_rejections([exc.clock])
+                except Exception as bug:  # the detectors' bug: logged, the input kept
+                    self._internal_error(bug, source=source, device=origin, item=obj)
         except Exception as exc:
             self._internal_error(exc, source=source, device=origin, item=obj)
         return self._issue()
@@ -399,4 +413,12 @@ class Pipeline:
                 ("flag", f.kind), logging.WARNING, f"suspect reading: {f.meter_id}: {f.message}"
             )
             if self._on_flag is not None:
+                self._on_flag(f)
+
+    def _clock_rejections(self, clocks: list[Flag]) -> None:
+        """Readings rejected for their time (too old, too far ahead) of meters whose id
+        passed: to the detectors as flags (a wrong clock, and the meter talking). They
+        are counted, logged and kept in the dead-letter store as rejections already."""
+        if self._on_flag is not None:
+            for f in clocks:
                 self._on_flag(f)

@@ -15,6 +15,7 @@ import re
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NoReturn
 
 from meter_gateway.config.schema import ValidationConfig
 from meter_gateway.gateway.reading import CURRENT_FIELDS, FIELDS, VOLTAGE_FIELDS, Reading
@@ -51,22 +52,31 @@ class Invalid(ValueError):
     `field` is the key at fault (`voltage_v`, `ts`, or `reading` for the whole) and
     `kind` what is wrong with it (missing, type, range, time, shape): labels for
     metrics, so that counting never depends on the wording of a message.
+    `clock` is set when the reading's time is beyond the age or future bound (of a
+    meter whose id passed): the finding the detectors take as a sign of a wrong clock.
     """
 
-    def __init__(self, message: str, *, field: str, kind: str) -> None:
+    def __init__(self, message: str, *, field: str, kind: str, clock: Flag | None = None) -> None:
         super().__init__(message)
         self.field = field
         self.kind = kind
+        self.clock = clock
 
 
 @dataclass(slots=True, frozen=True)
 class Flag:
-    """A rule's finding about a stored reading (it is stored as `suspect`)."""
+    """A rule's finding about a stored reading (it is stored as `suspect`), or, for
+    `ts_too_old` and `ts_in_future`, about a reading rejected for its time (its
+    `Invalid.clock`: the meter's clock may be wrong)."""
 
-    kind: str  # "register_decrease" | "duplicate_conflict" | "out_of_order_register"
+    # "register_decrease" | "duplicate_conflict" | "out_of_order_register"
+    # | "ts_too_old" | "ts_in_future"
+    kind: str
     meter_id: str
     ts_ns: int
     message: str
+    # ts_too_old / ts_in_future: the bound the time is beyond, s (max_age_s / max_future_s)
+    bound_s: float = 0.0
 
 
 def format_ts(ts_ns: int) -> str:
@@ -157,17 +167,21 @@ class Validator:
             self._check_meter_id(meter_id)
         ts_ns = self._ts(obj.get("ts"))
         if ts_ns > now_ns + self._max_future_ns:
-            raise Invalid(
+            self._beyond(
                 f"ts: {format_ts(ts_ns)} is {(ts_ns - now_ns) / _NS:.0f} s in the future "
                 f"(limit {self._max_future_ns / _NS:.0f} s; check the meter's clock)",
-                field="ts",
-                kind="time",
+                "ts_in_future",
+                meter_id,
+                ts_ns,
+                self._max_future_ns,
             )
         if ts_ns < now_ns - self._max_age_ns:
-            raise Invalid(
+            self._beyond(
                 f"ts: {format_ts(ts_ns)} is older than the maximum age of {self._max_age_text}",
-                field="ts",
-                kind="time",
+                "ts_too_old",
+                meter_id,
+                ts_ns,
+                self._max_age_ns,
             )
 
         # Fast path: a float inside its bounds (NaN and infinities fail the chained
@@ -223,6 +237,16 @@ class Validator:
                 kind="missing",
             )
         return Reading(meter_id, ts_ns, source, values)
+
+    @staticmethod
+    def _beyond(message: str, kind: str, meter_id: str, ts_ns: int, bound_ns: int) -> NoReturn:
+        """A time beyond the age or future bound: rejected, with the clock finding."""
+        raise Invalid(
+            message,
+            field="ts",
+            kind="time",
+            clock=Flag(kind, meter_id, ts_ns, message, bound_ns / _NS),
+        )
 
     def _check_meter_id(self, meter_id: object) -> None:
         if meter_id is None:

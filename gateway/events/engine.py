@@ -137,11 +137,33 @@ class Engine:
             self._schedule(st, now_ns + self._off_ns)
         prev_ts = st.last_ts
         if ts <= prev_ts:
-            # Back-filled or redelivered: a sign of life, judged no further; except that
-            # a reading on time ends a clock_drift (a corrected clock steps back).
-            if open_ & CLOCK:
+            # Older than the meter's newest. Back-filled (arriving bunched, within a
+            # second of the meter's previous arrival) or redelivered (the same ts again):
+            # a sign of life, judged no further. A clock stepped back: a reading on time
+            # ends a clock_drift (a corrected clock), and one alone off by more than the
+            # limit may be a clock set back (MeterAlarms.set_back: the second in a row
+            # with a steady offset raises clock_drift). Either way the meter's timeline
+            # starts again at this reading: it is judged as the newest (prev_ts 0: no
+            # spacing learned across the step).
+            drift = (ts - now_ns) / ns
+            if -self._drift_max_s <= drift <= self._drift_max_s:
+                st.clock_n = 0
+                if not open_ & CLOCK:
+                    return
                 alarms.clock_on_time(st, ts, now_ns)
-            return
+                if ts == prev_ts:
+                    return  # (the newest again: judged already)
+                open_ = st.open
+            elif gap_ns < ns or ts == prev_ts:
+                st.clock_n = 0
+                return
+            elif alarms.set_back(st, ts, prev_ts, gap_ns, drift, now_ns):
+                open_ = st.open
+            else:
+                return
+            prev_ts = 0
+        elif st.clock_n:
+            st.clock_n = 0  # a newest reading: no run of older ones
         st.last_ts = ts
         if prev_ts:
             gap_s = (ts - prev_ts) / ns
@@ -288,13 +310,24 @@ class Engine:
             self._schedule(st, now_ns + self._off_ns)
 
     def flag(self, f: Flag, now_ns: int) -> None:
-        """A validation rule's finding; only a register decrease is an event."""
-        if f.kind != "register_decrease":
-            return
-        st = self._meters.get(f.meter_id)
-        if st is None:
-            st = self._track(f.meter_id)
-        self._alarms.register_decrease(st, f.ts_ns, now_ns, f"{f.meter_id}: {f.message}")
+        """A validation finding: a register decrease is an event; a reading rejected for
+        its time (too old, too far in the future) is the meter talking, and its clock
+        judged (MeterAlarms.rejected). The other findings are no event."""
+        kind = f.kind
+        if kind == "register_decrease":
+            st = self._meters.get(f.meter_id)
+            if st is None:
+                st = self._track(f.meter_id)
+            self._alarms.register_decrease(st, f.ts_ns, now_ns, f"{f.meter_id}: {f.message}")
+        elif kind == "ts_too_old" or kind == "ts_in_future":
+            st = self._meters.get(f.meter_id)
+            if st is None:
+                st = self._track(f.meter_id)
+            gap_ns = self._arrived(st, now_ns)
+            if gap_ns < _NS:
+                st.clock_n = 0  # bunched: a batch of old (or garbled) data, no clock
+            else:
+                self._alarms.rejected(st, kind, f.ts_ns, f.bound_s, gap_ns, now_ns)
 
     def tick(self, now_ns: int) -> None:
         """Decide on the meters whose silence check is due (only those)."""
@@ -479,6 +512,31 @@ class Engine:
             )
         st = self._meters[meter_id] = MeterState(meter_id, place, tx, limits)
         return st
+
+    def _arrived(self, st: MeterState, now_ns: int) -> int:
+        """Something of the meter arrived that is not a stored reading (a reading
+        rejected for its time): the arrival bookkeeping `reading` does inline (spacing,
+        bursts, last heard, the end of a comms_loss, the silence check). Returns the
+        gap since its previous arrival, ns."""
+        last = st.last_arrival
+        gap_ns = now_ns - last
+        if gap_ns >= _NS:
+            st.burst = 1
+            if last:
+                gap_s = gap_ns / _NS
+                sp = st.arrival_spacing_s
+                if gap_s != sp:
+                    st.arrival_spacing_s = _learned(sp, gap_s)
+        else:
+            st.burst += 1
+        st.last_arrival = now_ns
+        if now_ns > st.last_heard:
+            st.last_heard = now_ns
+        if st.open & _OUT or st.suspect or st.lwt_offline_ns:
+            self._outage.arrived(st, now_ns)
+        if not st.due:
+            self._schedule(st, now_ns + self._off_ns)
+        return gap_ns
 
     def _schedule(self, st: MeterState, at: int) -> None:
         """Queue the meter's check for `at`, unless one is queued earlier already."""

@@ -161,6 +161,9 @@ _SAVED = (
     "low_act",
     "low_exp",
     "base",
+    # Clock (detectors/meter_alarms.py): readings or rejections that say the clock is off.
+    "clock_n",
+    "clock_prev_s",
 )
 _LITTLE: Final = sys.byteorder == "little"
 
@@ -173,6 +176,8 @@ class MeterState:
         "arrival_spacing_s",
         "base",
         "burst",
+        "clock_n",
+        "clock_prev_s",
         "decrease_episode",
         "drift_prev_s",
         "due",
@@ -245,6 +250,10 @@ class MeterState:
         self.reverse_ts = 0  # last reverse-flow reading of the current episode
         self.reverse_clean = 0  # readings without reverse flow since
         self.tamper_ts = 0
+        # Clock (meter_alarms.py): how many readings (or rejections) in a row said the
+        # clock is off without being a newest reading, and the drift of the last, s.
+        self.clock_n = 0
+        self.clock_prev_s = _NAN
         # Consumption baseline (detectors/consumption.py): per slot level, deviation
         # and count as array('f'), made at the meter's first interval.
         self.base: array[float] | None = None
@@ -310,6 +319,8 @@ class MeterState:
             _json(self.low_act),
             _json(self.low_exp),
             None if base is None else base64.b64encode(base.tobytes()).decode(),
+            self.clock_n,
+            _json(self.clock_prev_s),
         ]
 
     def load(self, values: list[Any]) -> None:
@@ -350,6 +361,8 @@ class MeterState:
         self.low_act = _float(v[27], "low_act")
         self.low_exp = _float(v[28], "low_exp")
         self.base = _baseline(v[29])
+        self.clock_n = _int(v[30], "clock_n")
+        self.clock_prev_s = _float(v[31], "clock_prev_s")
 
 
 def _json(x: float) -> float | None:

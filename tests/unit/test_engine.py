@@ -62,6 +62,14 @@ class Harness:
         self.now = T0 + round(t * S)
         self.engine.flag(Flag(kind, meter, T0 + round(t * S), "went down"), self.now)
 
+    def reject(self, meter: str, t: float, *, now: float, kind: str = "ts_too_old") -> None:
+        """A reading of `meter` stamped T0 + t s that validation rejected for its time
+        (too old / too far ahead), arriving at T0 + now s: what the pipeline hands on."""
+        bound = 7 * 86_400.0 if kind == "ts_too_old" else 300.0
+        self.now = T0 + round(now * S)
+        flag = Flag(kind, meter, T0 + round(t * S), "ts: rejected", bound)
+        self.engine.flag(flag, self.now)
+
     def tick(self, now: float) -> None:
         self.now = T0 + round(now * S)
         self.engine.tick(self.now)
@@ -210,7 +218,8 @@ def test_a_damaged_snapshot_is_refused_whole_and_the_engine_starts_empty():
     damaged = [
         _damaged(blob, ["open bits", *good[1:]]),  # a text where a number goes
         _damaged(blob, [good[0], 1.5, *good[2:]]),  # a float for a time in ns
-        _damaged(blob, [*good[:-1], 12345]),  # a baseline that is not text
+        _damaged(blob, [*good[:29], 12345, *good[30:]]),  # a baseline that is not text
+        _damaged(blob, [*good[:30], "2", *good[31:]]),  # a text for a count
         orjson.dumps({**orjson.loads(blob), "open": [{"type": "power_outage"}]}),
         orjson.dumps([1, 2, 3]),
     ]
@@ -275,6 +284,40 @@ def test_any_damage_to_a_snapshot_is_a_value_error_or_a_state_that_works(
         assert again.engine.active() == []
     again.read("m-1", 1800, now=1800.5)
     again.tick_through(1800, 1900, 50)
+
+
+def test_a_snapshot_keeps_a_clock_half_judged_and_a_clock_drift_open():
+    h = Harness(clock_drift_max_s=120)
+    for i in range(30):
+        h.read("m-1", i * 2, now=i * 2 + 0.1)
+    # One reading of a set-back clock, one rejection of a clock 8 days behind: half-way.
+    h.read("m-1", 60 - 600, now=60.1)
+    h.reject("m-2", 60 - 8 * 86_400, now=60.2)
+    blob = h.engine.snapshot()
+    saved = orjson.loads(blob)["meters"]
+    assert saved["m-1"][30:] == [1, pytest.approx(-600.1)]
+    assert saved["m-2"][30:] == [1, pytest.approx(-8 * 86_400 - 0.2)]
+    again = Harness(clock_drift_max_s=120)
+    again.engine.restore(blob, T0 + 61 * S)
+    assert orjson.loads(again.engine.snapshot())["meters"] == saved
+    # The second of each after the restart raises it.
+    again.read("m-1", 62 - 600, now=62.1)
+    again.reject("m-2", 62 - 8 * 86_400, now=62.2)
+    raised = [(e.type, e.subject["meter_id"], e.details["cause"]) for e in again.events]
+    assert raised == [
+        ("clock_drift", "m-1", "clock_set_back"),
+        ("clock_drift", "m-2", "clock_rejected"),
+    ]
+    # Open across a second restart; the set-back meter goes on on its new timeline.
+    third = Harness(clock_drift_max_s=120)
+    third.engine.restore(again.engine.snapshot(), T0 + 63 * S)
+    for i in range(5):
+        third.read("m-1", 64 + 2 * i - 600, now=64.1 + 2 * i)
+    assert third.events == []
+    third.read("m-1", 80, now=80.1)
+    (clear,) = third.events
+    assert (clear.type, clear.state) == ("clock_drift", "cleared")
+    assert clear.event_id == again.events[0].event_id
 
 
 def test_restore_gives_meters_grace_before_comms_loss():

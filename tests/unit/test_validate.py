@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 import time
 
+import orjson
 import pytest
 
 from meter_gateway.gateway.reading import Reading
@@ -231,3 +232,80 @@ def test_rejections_are_counted_by_the_field_at_fault(tmp_path, payload, fmt, la
     )
     p.handle_message("t/m/x", payload, FORMATS[fmt], "m")
     assert dict(p.rejected) == {label: 1}
+
+
+# -- rejections for the time: what the detectors hear of a wrong clock ---------------------
+
+
+def test_a_time_beyond_the_bounds_carries_the_clock_finding():
+    with pytest.raises(Invalid) as ahead:
+        check({"ts": "2027-01-15T09:00:00Z", "power_w": 1})
+    assert (ahead.value.field, ahead.value.kind) == ("ts", "time")  # metrics as before
+    assert ahead.value.clock == Flag(
+        "ts_in_future", "m-1", NOW + 3600 * 10**9, str(ahead.value), 300.0
+    )
+    with pytest.raises(Invalid) as old:
+        check({"ts": "2027-01-01T00:00:00Z", "power_w": 1})
+    assert old.value.clock is not None
+    assert old.value.clock.kind == "ts_too_old"
+    assert old.value.clock.ts_ns == 1_798_761_600 * 10**9
+    assert old.value.clock.bound_s == 7 * 86_400.0
+    assert old.value.clock.message == str(old.value)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"ts": "2027-01-15T07:50:00", "power_w": 1},  # no offset
+        {"ts": "yesterday", "power_w": 1},
+        {"ts": None, "power_w": 1},
+        {"ts": 1_800_000_000_000, "power_w": 1},  # milliseconds: no time at all
+        {"meter_id": "bad id!", "ts": "2027-01-01T00:00:00Z", "power_w": 1},
+        {"meter_id": None, "ts": "2027-01-15T09:00:00Z", "power_w": 1},
+        {"power_w": "x"},
+    ],
+)
+def test_other_rejections_carry_no_clock_finding(obj):
+    with pytest.raises(Invalid) as info:
+        check(obj)
+    assert info.value.clock is None
+
+
+def test_the_pipeline_hands_rejections_for_the_time_to_the_detectors(tmp_path):
+    from tests.unit.test_hostile_input import make_pipeline
+
+    flags: list[Flag] = []
+    pipeline, sink, dl = make_pipeline(tmp_path, on_flag=flags.append, clock=lambda: NOW)
+    s = NOW // 10**9
+    items = [
+        {"meter_id": "m-1", "ts": s - 8 * 86_400, "power_w": 1.0},  # too old
+        {"meter_id": "m-2", "ts": s + 3600, "power_w": 1.0},  # too far ahead
+        {"meter_id": "bad id!", "ts": s + 3600, "power_w": 1.0},  # no meter: no finding
+        {"meter_id": "m-3", "ts": "yesterday", "power_w": 1.0},  # no time: no finding
+        {"meter_id": "m-4", "ts": s, "power_w": 1.0},  # stored
+    ]
+    batch = FORMATS["json-batch"]
+    pipeline.handle_message(
+        "concentrators/dc/readings", orjson.dumps({"readings": items}), batch, "dc"
+    )
+    assert [(f.kind, f.meter_id, f.ts_ns, f.bound_s) for f in flags] == [
+        ("ts_too_old", "m-1", (s - 8 * 86_400) * 10**9, 7 * 86_400.0),
+        ("ts_in_future", "m-2", (s + 3600) * 10**9, 300.0),
+    ]
+    assert flags[0].message in dl.records[0]["reason"]
+    # Rejections as before: each kept with its reason and counted as one, none a flag.
+    assert len(dl.records) == 4
+    assert pipeline.rejected["ts"] == 3
+    assert pipeline.flagged == {}
+    assert len(sink.lines) == 1
+    # One reading (a single-reading message, a poller's): the same.
+    flags.clear()
+    json = FORMATS["json"]
+    pipeline.handle_message(
+        "meters/m-5/reading", orjson.dumps({"ts": s + 3600, "power_w": 1}), json, "m-5"
+    )
+    pipeline.handle_reading(
+        {"meter_id": "m-6", "ts": s - 8 * 86_400, "power_w": 1.0}, "modbus", "d"
+    )
+    assert [(f.kind, f.meter_id) for f in flags] == [("ts_in_future", "m-5"), ("ts_too_old", "m-6")]
+    assert len(dl.records) == 6

@@ -7,12 +7,20 @@ clock, tamper.
 - `reverse_energy` (point event, not on prosumers): the export register rising or
   power_w below -REVERSE_W. Once per episode; the episode ends after REVERSE_CLEAN
   readings without reverse flow and REVERSE_QUIET_S of reading time since the last.
-- `clock_drift`: drift = the newest reading's ts - the arrival clock, beyond
-  clock_drift_max_s on two consecutive newest readings whose drift is stable. Late
-  back-filled data is not drift: its readings are older than the meter's newest (not
-  judged at all), or a batch whose drift changes by the interval from one reading to
-  the next (arrivals bunched, ts spaced), where a wrong clock keeps a constant offset.
-  Cleared by a newest reading within the limit.
+- `clock_drift`: drift = a reading's ts - the arrival clock, beyond clock_drift_max_s
+  on two consecutive readings whose drift is stable and that arrive as far apart as
+  their timestamps. Late back-filled data is not drift: it arrives bunched (readings
+  within a second of each other), or its drift changes by the interval from one
+  reading to the next, where a wrong clock keeps a constant offset.
+  - newest readings (`_clock`, `_drifted`): a clock gaining, losing or off;
+  - readings older than the meter's newest, each alone (`set_back`): a clock set back
+    (an RTC reset); raised on the second one, and the meter is judged on its new
+    timeline from there (the engine takes the reading as its newest);
+  - readings rejected by validation as too old or too far in the future (`rejected`,
+    from the engine's `flag`): a clock so wrong that nothing of the meter is stored.
+  The same count (`clock_n`, `clock_prev_s`) serves the last two; a duplicate (the
+  same ts again) never makes the second. Cleared by a newest reading within the limit,
+  or an older one on time (a clock set right).
 - `tamper` (point event): a `tamper` or `cover_open` meter event, once per TAMPER_S.
 """
 
@@ -172,6 +180,103 @@ class MeterAlarms:
             value=round(drift, 3),
         )
 
+    def _steady(self, st: MeterState, drift: float, arrival_gap_ns: int) -> bool:
+        """One more reading or rejection off by `drift` (beyond the limit), arrived alone
+        (`arrival_gap_ns`, 1 s or more, since the meter's previous arrival, which was the
+        previous one counted while `clock_n` is set): True when it is the second in a row
+        and both show one steady offset.
+
+        Their timestamps are `arrival gap + drift moved` apart: a steady offset moves by
+        a few seconds at most (a quarter of the spacing), and the timestamps advance
+        about as the arrivals do (within a factor of 2 either way). The same ts again (a
+        redelivery) does not advance: it starts the count again."""
+        n = st.clock_n
+        prev = st.clock_prev_s
+        st.clock_prev_s = drift
+        if n:
+            gap_s = arrival_gap_ns / _NS
+            moved = drift - prev
+            ts_gap_s = gap_s + moved
+            if (
+                abs(moved) <= max(self._jitter_s, 0.25 * ts_gap_s)
+                and gap_s <= 2 * ts_gap_s
+                and ts_gap_s <= 2 * gap_s
+            ):
+                st.clock_n = 2
+                return True
+        st.clock_n = 1
+        return False
+
+    def set_back(
+        self,
+        st: MeterState,
+        ts: int,
+        newest_ts: int,
+        arrival_gap_ns: int,
+        drift: float,
+        now_ns: int,
+    ) -> bool:
+        """A reading older than the meter's newest (`newest_ts`), off by more than the
+        limit, arrived alone: a clock set back when it is the second in a row with a
+        steady offset. True then (clock_drift raised, or open already): the engine takes
+        it as the meter's newest reading, its new timeline."""
+        if not self._steady(st, drift, arrival_gap_ns):
+            return False
+        if not st.open & CLOCK:
+            before = st.drift_prev_s  # the newest reading's drift
+            back_s = before - drift if before == before else (newest_ts - ts) / _NS
+            self._book.raise_meter(
+                st,
+                "clock_drift",
+                ts,
+                now_ns,
+                {
+                    "cause": "clock_set_back",
+                    "limit_s": self._drift_max_s,
+                    "set_back_s": round(back_s, 3),
+                },
+                f"{st.meter_id}: clock set back by {back_s:.0f} s "
+                f"({'ahead' if drift > 0 else 'behind'} by {abs(drift):.0f} s)",
+                value=round(drift, 3),
+            )
+        return True
+
+    def rejected(
+        self,
+        st: MeterState,
+        kind: str,
+        ts: int,
+        bound_s: float,
+        arrival_gap_ns: int,
+        now_ns: int,
+    ) -> None:
+        """A reading of the meter rejected by validation for its time (`kind`: ts_too_old
+        or ts_in_future, beyond `bound_s`), arrived alone: clock_drift on the second in a
+        row with a steady offset. Its start is the first one's arrival (the meter's own
+        time is what is wrong: it may be decades off)."""
+        drift = (ts - now_ns) / _NS
+        if not self._steady(st, drift, arrival_gap_ns) or st.open & CLOCK:
+            return
+        if kind == "ts_in_future":
+            why = f"more than {bound_s:.0f} s in the future"
+        else:
+            why = f"older than {_duration(bound_s)}"
+        self._book.raise_meter(
+            st,
+            "clock_drift",
+            now_ns - arrival_gap_ns,
+            now_ns,
+            {
+                "cause": "clock_rejected",
+                "limit_s": self._drift_max_s,
+                "rejected": kind,
+                "bound_s": bound_s,
+            },
+            f"{st.meter_id}: clock {'ahead' if drift > 0 else 'behind'} by {abs(drift):.0f} s: "
+            f"its readings are rejected ({why})",
+            value=round(drift, 3),
+        )
+
     def clock_on_time(self, st: MeterState, ts: int, now_ns: int) -> None:
         """An older reading stamped within the limit of now clears an open clock_drift:
         the clock was set right and stepped back behind its newest reading."""
@@ -193,3 +298,11 @@ class MeterAlarms:
             {"cause": kind},
             f"{st.meter_id}: {kind.replace('_', ' ')}",
         )
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 86_400 and seconds % 86_400 == 0:
+        return f"{seconds / 86_400:.0f} days"
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds:.0f} s"
