@@ -65,16 +65,19 @@ def replay(
     *,
     store: bool,
     storage: dict[str, Any] | None = None,
+    events: dict[str, Any] | None = None,
     progress_every_s: float = 10.0,
 ) -> tuple[ReplaySummary, Config]:
-    """`meter-gateway replay` of `path` with the topology beside it; events go to
-    `events-store.jsonl` or `events-nostore.jsonl` in `where`."""
+    """`meter-gateway replay` of `path` with the topology beside it (and `events:`
+    settings other than the defaults); events go to `events-store.jsonl` or
+    `events-nostore.jsonl` in `where`."""
     name = "store" if store else "nostore"
     config = Config.model_validate(
         {
             "gateway": {"id": "gw-bench", "data_dir": str(where / f"var-{name}")},
             "topology": {"file": str(path.with_name("traffic.topology.csv"))},
             "storage": storage or {},
+            "events": events or {},
         }
     )
     with (where / f"events-{name}.jsonl").open("wb") as out:
