@@ -304,6 +304,8 @@ class Engine:
         value = sig.value
         if value in ("last_gasp", "power_restored"):
             self._outage.meter_event(st, value, ts, now_ns)
+            # The register's next delta spans the outage: no consumption interval.
+            st.imp_ts = 0
         elif value in ("tamper", "cover_open"):
             self._alarms.tamper(st, value, ts, now_ns)
         if not st.due:

@@ -156,7 +156,7 @@ _SAVED = (
     "high_since",
     "zero_since",
     "zero_exp",
-    "zero_sig",
+    "high_kwh",
     "low_since",
     "low_act",
     "low_exp",
@@ -164,12 +164,19 @@ _SAVED = (
     # Clock (detectors/meter_alarms.py): readings or rejections that say the clock is off.
     "clock_n",
     "clock_prev_s",
+    # Consumption, added later (an older snapshot without them: fresh values).
+    "mean_kw",
+    "low_base",
+    "low_hour",
+    "hours",
+    "high_usual",
+    "low_active",
 )
 _LITTLE: Final = sys.byteorder == "little"
 
 
 class MeterState:
-    """One meter's detector state (about 0.5 KiB with its numbers, 1.5 KiB once it has a
+    """One meter's detector state (about 0.5 KiB with its numbers, 1.8 KiB once it has a
     consumption baseline)."""
 
     __slots__ = (
@@ -181,7 +188,10 @@ class MeterState:
         "decrease_episode",
         "drift_prev_s",
         "due",
+        "high_kwh",
         "high_since",
+        "high_usual",
+        "hours",
         "imbalance_since",
         "imp_ts",
         "last_arrival",
@@ -192,9 +202,13 @@ class MeterState:
         "learned_h",
         "limits",
         "low_act",
+        "low_active",
+        "low_base",
         "low_exp",
+        "low_hour",
         "low_since",
         "lwt_offline_ns",
+        "mean_kw",
         "meter_id",
         "open",
         "peak_kw",
@@ -210,7 +224,6 @@ class MeterState:
         "ts_spacing_s",
         "tx",
         "zero_exp",
-        "zero_sig",
         "zero_since",
     )
 
@@ -254,19 +267,26 @@ class MeterState:
         # clock is off without being a newest reading, and the drift of the last, s.
         self.clock_n = 0
         self.clock_prev_s = _NAN
-        # Consumption baseline (detectors/consumption.py): per slot level, deviation
-        # and count as array('f'), made at the meter's first interval.
+        # Consumption (detectors/consumption.py). The baseline: per slot level and
+        # count as array('f'), made at the meter's first interval.
         self.base: array[float] | None = None
         self.imp_ts = 0  # ts of last_import
         self.learned_h = 0.0  # hours of intervals learned (the warm-up)
-        self.peak_kw = 0.0  # its usual high interval consumption, kW (a fading maximum)
-        self.high_since = 0  # start of a run of high intervals
+        self.peak_kw = 0.0  # its usual high: a fading maximum of its interval kW
+        self.mean_kw = 0.0  # its mean consumption, kW (about the last two weeks)
+        self.high_since = 0  # start of a run of intervals well above their expected
+        self.high_kwh = 0.0  # ... and its energy above the expected, kWh
+        self.high_usual = 0.0  # the most energy a run of its normal life had, kWh (fading)
         self.zero_since = 0  # start of a run of intervals without consumption
-        self.zero_exp = 0.0  # ... the baseline over it, kWh
-        self.zero_sig = 0.0  # ... and its spread, kWh
-        self.low_since = 0  # since when the weighted ratio is below the low factor
-        self.low_act = 0.0  # weighted consumption, kWh
-        self.low_exp = 0.0  # weighted baseline, kWh
+        self.zero_exp = 0.0  # ... the expected consumption over it, kWh
+        self.low_since = 0  # when the day's ratio to the expected fell below the clear level
+        self.low_act = 0.0  # the last judged day's consumption, kWh
+        self.low_exp = 0.0  # ... and its expected, kWh
+        self.low_base = 0.0  # its night floor: the second-quietest hour of a day, kWh
+        self.low_active = 0.0  # the usual share of a half-day's use above its quietest hour
+        self.low_hour = 0  # the epoch hour the hourly sums are filling
+        # The last 24 hours by hour of day: consumption, expected (kWh), hours covered.
+        self.hours: array[float] | None = None
 
     def subject(self) -> dict[str, str]:
         """The event subject: meter first, then the ids the topology knows."""
@@ -282,12 +302,8 @@ class MeterState:
     def dump(self) -> list[Any]:
         """The saved fields in `_SAVED`'s order (explicitly: compiled, each is a field read).
 
-        NaN is not JSON: None stands for it. The baseline: base64 of little-endian
-        float32s (1,152 characters)."""
-        base = self.base
-        if base is not None and not _LITTLE:
-            base = array("f", base)
-            base.byteswap()
+        NaN is not JSON: None stands for it. The baseline and the hourly sums: base64
+        of little-endian float32s (768 and 384 characters)."""
         return [
             self.open,
             self.last_ts,
@@ -314,13 +330,19 @@ class MeterState:
             self.high_since,
             self.zero_since,
             _json(self.zero_exp),
-            _json(self.zero_sig),
+            _json(self.high_kwh),
             self.low_since,
             _json(self.low_act),
             _json(self.low_exp),
-            None if base is None else base64.b64encode(base.tobytes()).decode(),
+            _b64(self.base),
             self.clock_n,
             _json(self.clock_prev_s),
+            _json(self.mean_kw),
+            _json(self.low_base),
+            self.low_hour,
+            _b64(self.hours),
+            _json(self.high_usual),
+            _json(self.low_active),
         ]
 
     def load(self, values: list[Any]) -> None:
@@ -356,13 +378,28 @@ class MeterState:
         self.high_since = _int(v[22], "high_since")
         self.zero_since = _int(v[23], "zero_since")
         self.zero_exp = _float(v[24], "zero_exp")
-        self.zero_sig = _float(v[25], "zero_sig")
+        self.high_kwh = _float(v[25], "high_kwh")
         self.low_since = _int(v[26], "low_since")
         self.low_act = _float(v[27], "low_act")
         self.low_exp = _float(v[28], "low_exp")
-        self.base = _baseline(v[29])
+        self.base = _floats(v[29], _BASE_LEN)
+        if self.base is None and v[29]:
+            # The version before kept a deviation row between level and count.
+            old = _floats(v[29], 3 * BASE_SLOTS)
+            if old is not None:
+                self.base = old[:BASE_SLOTS] + old[2 * BASE_SLOTS :]
         self.clock_n = _int(v[30], "clock_n")
         self.clock_prev_s = _float(v[31], "clock_prev_s")
+        self.mean_kw = _float(v[32], "mean_kw")
+        self.low_base = _float(v[33], "low_base")
+        self.low_hour = _int(v[34], "low_hour")
+        self.hours = _floats(v[35], _HOURS_LEN)
+        self.high_usual = _float(v[36], "high_usual")
+        self.low_active = _float(v[37], "low_active")
+        if self.hours is None:
+            self.low_hour = 0
+        if self.zero_exp < 0.0:  # an excursion of the version before: not carried on
+            self.zero_exp = 0.0
 
 
 def _json(x: float) -> float | None:
@@ -383,20 +420,31 @@ def _float(x: Any, key: str) -> float:
     return float(x)
 
 
-def _baseline(text: Any) -> array[float] | None:
-    """A dumped baseline; None (fresh) when absent or not of the current shape."""
+def _b64(a: array[float] | None) -> str | None:
+    """An array('f') as base64 of its little-endian float32s."""
+    if a is None:
+        return None
+    if not _LITTLE:
+        a = array("f", a)
+        a.byteswap()
+    return base64.b64encode(a.tobytes()).decode()
+
+
+def _floats(text: Any, size: int) -> array[float] | None:
+    """A dumped array('f'); None (fresh) when absent or not of the current shape."""
     if not text:
         return None
     if type(text) is not str:
-        raise TypeError(f"baseline: {text!r} is not text")
+        raise TypeError(f"float array: {text!r} is not text")
     base = array("f")
     base.frombytes(base64.b64decode(text))
     if not _LITTLE:
         base.byteswap()
-    return base if len(base) == _BASE_LEN else None
+    return base if len(base) == size else None
 
 
-_BASE_LEN: Final = 3 * BASE_SLOTS
+_BASE_LEN: Final = 2 * BASE_SLOTS
+_HOURS_LEN: Final = 3 * 24
 
 # What a fresh state saves: the values an older, shorter snapshot leaves as they are.
 _FRESH: Final = MeterState("", None, None, Limits(1.0, 0.0)).dump()

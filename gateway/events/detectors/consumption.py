@@ -1,82 +1,80 @@
-"""Consumption against each meter's own learned baseline: spikes, sustained high,
-sustained low, zero.
+"""Consumption against each meter's own history: spikes, sustained high, sustained low,
+zero.
 
 Consumption is the interval delta of `energy_import_kwh` between a meter's newest
 readings (never instantaneous power), as a rate in kW over the interval. Prosumers
 (topology) are not judged: their import is net of their PV, the weather's doing.
 
-- **Slots**: 72 per meter, day type (Monday-Friday, Saturday, Sunday) x hour of day,
-  UTC (the gateway has no meter time zone; a fixed offset only shifts the learned
-  shape). Five weekdays share a slot, so a 15-minute meter has 20 samples in each
-  weekday slot after one week; a weekend slot with fewer than MIN_SLOT_SAMPLES samples
-  is judged on that hour's weekday slot.
-- **Statistic**: per slot a location and a spread, learned online as a Hampel-clipped
-  running mean and mean absolute deviation: a sample outside location +- 3 sigma
-  (sigma = 1.2533 x the mean absolute deviation, the normal-equivalent spread) counts
-  as that bound, so a kettle or a spike moves the baseline by at most 3 sigma x the
-  gain. Gain 1/n for the first LEARN_SAMPLES samples of the slot, then that fixed
-  (older weeks fade). Stored as `array('f')` (level, deviation, count per slot).
-- **Intervals**: an interval of at most an hour (and no more than twice the meter's
-  usual spacing) is one sample of the slot at its midpoint: it is learned and judged.
-  A longer one (a gap, back-fill after a silence) is spread evenly over the hours it
-  covers: never a spike, not learned, judged for the sustained conditions against the
-  sum of the covered slots' levels. A register decrease (reset, replacement) is no
-  consumption: that delta is skipped. An interval across a power_outage or comms_loss
-  (open before its reading, or raised by it) is neither learned nor judged, and the
-  sustained runs start again after it.
+Why it is built this way: a household's 15-minute energy is lumpy. A storage water
+heater, a washing machine heating water, a tumble dryer, an oven and a hob each put an
+interval at 2-4 kW; together 6-8 kW; every household does it at some hour, and one
+week of history shows few of them. A slot's own spread cannot tell that apart from a
+fault, so each condition is judged at the scale the question needs, against what this
+meter does, not against a bell curve of its slot:
+
+- **Expected**: per slot (72: day type Monday-Friday / Saturday / Sunday x hour of day,
+  UTC) the running mean of the interval kW (gain 1/n for the first LEARN_SAMPLES samples,
+  then fixed: older weeks fade) and its sample count, in one `array('f')`. A
+  weekend slot with fewer than MIN_SLOT_SAMPLES samples is judged on that hour's weekday
+  slot. The mean, not a clipped level: a day's expected energy must be the day's real
+  average for the low test, and a spike's own interval is not learned.
+- **Usual high**: the meter's fading maximum of its interval kW at any hour (half-life
+  PEAK_HALF_LIFE_D days), so the busiest thing it does (every appliance at once, a car)
+  is in it; a spike is judged against it.
+- **Mean**: its mean kW over about the last two weeks (the scale of "a lot more").
+- **Hours**: the last 24 hours by hour of day (consumption, expected, hours covered):
+  the day-scale tests look at them once an hour.
 - **Warm-up**: nothing is judged before `baseline_warmup_days` of learned intervals
   (data, not wall time) for that meter.
 
-Events (meter subject, judged per interval in the readings' own time):
+An interval of at most an hour (and no more than twice the meter's usual spacing) is
+one sample of the slot at its midpoint: learned and judged. A longer one (a gap,
+back-fill after a silence) goes into the hourly sums spread evenly; it is never a
+spike, not learned, and breaks a high run. A register decrease (reset, replacement) is
+no consumption: that delta is skipped. An interval across a power_outage or comms_loss
+(open before its reading, or raised by it) is neither learned nor judged, and the runs
+start again after it. A reading stamped before the last one (a clock set back) starts
+the intervals again from it.
 
-- `consumption_spike` (minor): what a utility calls a spike is a short burst far above
-  the meter's own usual: a fault, an illegal load, a meter error. The noise of normal
-  life is not: a washing machine (1.2-2.2 kW for 45-120 min) is many times a household's
-  night baseline, a car charges at 3.7 or 7.4 kW for 2-4 h. Two guards tell them apart:
-  size and shape. An *excursion* starts at a one-slot interval that is more than half
-  the spike limit above its slot's level *and* above the meter's rate in the interval
-  before (a jump, not a level that a slot boundary or a slowly learned car moves past);
-  the spike limit is max((spike_factor - 1) x level, SPIKE_SIGMAS sigma, SPIKE_MIN_KW x
-  the interval: 3 kW, an oven's worth). It lasts until the consumption falls below half
-  the highest rate it reached, and it is a spike if some interval of it was above the
-  full limit and it was over within SPIKE_MAX_NS (a 30-minute burst touches at most
-  three 15-minute intervals; an hourly meter: one interval): a car, a heater, a long
-  cycle stays up longer. So the event is known, and raised and cleared at once, when the
-  consumption is back, one interval after the burst, with the excursion's start and its
-  highest rate (value, kW). Hot path: a few float comparisons an interval, as before
-  (no per-slot high: the state has no room for one, see state.py). Its start
-  (as minus epoch seconds) and highest rate (as -rate - 1 once above the limit) live in
-  the state's zero_exp / zero_sig, which a zero run alone uses (and a jump ends any zero
-  run); between excursions zero_sig holds the rate of the last interval.
-- `sustained_high_consumption` (major): a run starts at an interval above
-  sustained_high_factor x baseline (and HIGH_SIGMAS sigma and HIGH_MIN_KW above it), and
-  goes on while intervals stay above the midpoint (1 + factor) / 2 x baseline and
-  HIGH_MIN_KW above it (a low night baseline doubles with everyday use); one interval
-  below is tolerated (a slot boundary, a dip of the load; high_since is then stored
-  negated), a second one ends the run.
-  Raised once it lasts sustained_high_hours if the interval is above PEAK_MARGIN x the
-  meter's usual high (a fading maximum of its interval kW over every slot, learned
-  slowly from the intervals of a run, so that hours of a heater left on are still above
-  it while a car charged most evenings is learned within a week); a run within
-  that usual high (a household that charges its car, 2-4 h on most evenings, learns it)
-  only once it has lasted HIGH_LONG_RUN_H too: longer than a charge. A heater left on
-  stays on. Cleared at an interval back below 1 + (factor - 1) / 4 x baseline (1.5 x
-  for 3).
-- `zero_consumption` (major): the register still for zero_consumption_hours on a meter
-  whose baseline for those hours is clearly above 0 (at least ZERO_MIN_KW on average and
-  above its own spread). Cleared by the first interval with consumption.
-- `sustained_low_consumption` (major): an exponentially weighted ratio of consumption to
-  baseline (time constant sustained_low_hours / 4, so nights with only the fridge
-  and days of a vacant home average out) below sustained_low_factor for 3/4 of
-  sustained_low_hours (a clean drop is raised about sustained_low_hours after it
-  began). Cleared when that ratio is back above (1 + factor) / 2. A meter in
-  zero_consumption is not also low: the zero event clears an open low one, and the low
-  run starts again after the zero one ends.
+Events (meter subject, judged per interval in the readings' own time), each with
+`details.score`: how far past its cut the consumption was (1.0 at the cut), so a
+utility can set its own cut downstream:
+
+- `consumption_spike` (minor): an interval above `spike_factor` x the meter's usual high
+  (and SPIKE_MIN_KW above its slot's expected): far above what
+  this meter does at its busiest, not only at that hour. Raised at that interval (its
+  start), cleared by the next interval below the cut, or superseded by a
+  sustained_high_consumption when the burst stays. Value: the interval's kW.
+- `sustained_high_consumption` (major): a run of intervals above their expected by at
+  least the cut, max(HIGH_MIN_KW, `sustained_high_factor` x the meter's mean), going on
+  while they stay half as far above: a load added on top of the household's own
+  (appliance cycles and busy evenings come and go; a heater left on or an illegal load
+  does not). Raised once the run has lasted `sustained_high_hours`, is on average above
+  the cut, and holds more energy above the expected than RUN_MARGIN x the longest run of
+  the meter's normal life (a fading maximum: a household with electric heating has hours
+  of it every cold day). From the run's start; cleared by an interval less than half the
+  cut above its expected.
+- `zero_consumption` (major): the register still (< 0.5 Wh an interval) for
+  `zero_consumption_hours` on a meter whose mean is at least ZERO_MIN_KW and whose
+  expected over those hours is too (a fridge alone moves a register every few minutes).
+  Cleared by the first interval with consumption.
+- `sustained_low_consumption` (major): judged each hour on the last 24 hours (a day:
+  `sustained_low_hours`, at most 24) against their expected: the day's consumption below
+  `sustained_low_factor` x expected; the recent hours' too (those of the last half-day
+  since the day's ratio fell below the clear level, at least LOW_MIN_RECENT_H) and the
+  last hour's too (a household back from a weekend away is not); the
+  meter's night floor gone (its second-quietest hour of the day below LOW_FLOOR_SHARE x
+  its usual one); and use still coming and going in the recent hours (at least
+  LOW_ACTIVE_SHARE of their energy above their quietest hour, or half of what is usual
+  for the meter: a business open all hours has a flat day). A bypass or a tampered
+  meter scales everything down, the fridge included, and the household still lives
+  there; a quiet day keeps the floor; a household away keeps no pattern of use.
+  Cleared when the day is back above (1 + factor) / 2 x expected. A meter in
+  zero_consumption is not also low.
 """
 
 from __future__ import annotations
 
-import math
 from array import array
 from typing import Final
 
@@ -92,16 +90,16 @@ from meter_gateway.gateway.events.state import (
 )
 
 __all__ = [
-    "HIGH_LONG_RUN_H",
     "HIGH_MIN_KW",
-    "HIGH_SIGMAS",
     "LEARN_SAMPLES",
+    "LOW_ACTIVE_SHARE",
+    "LOW_FLOOR_SHARE",
+    "LOW_MIN_RECENT_H",
     "MIN_SLOT_SAMPLES",
     "N_SLOTS",
-    "PEAK_MARGIN",
-    "SPIKE_MAX_NS",
+    "PEAK_HALF_LIFE_D",
+    "RUN_MARGIN",
     "SPIKE_MIN_KW",
-    "SPIKE_SIGMAS",
     "ZERO_MIN_KW",
     "Consumption",
     "slot_of",
@@ -121,37 +119,34 @@ SEVERITY.update(
 _NS: Final = 1_000_000_000
 _HOUR_NS: Final = 3600 * _NS
 N_SLOTS: Final = BASE_SLOTS
-_DEV: Final = N_SLOTS  # offsets into the per-meter array: level, deviation, count
-_CNT: Final = 2 * N_SLOTS
+_CNT: Final = N_SLOTS  # offset into the per-meter array: level, then count
+# Offsets into the hourly sums: consumption, expected (kWh), hours covered.
+_H_EXP: Final = 24
+_H_COV: Final = 48
 # Hour of the week (Monday 00:00 UTC = 0) -> slot. Epoch hour 0 was a Thursday.
 _SLOT_OF_HOW: Final = tuple((0 if d < 5 else d - 4) * 24 + h for d in range(7) for h in range(24))
 _HOW_OFFSET: Final = 3 * 24
 
 LEARN_SAMPLES: Final = 48  # gain 1/n up to here, then fixed: about 2.5 weeks of a weekday slot
 MIN_SLOT_SAMPLES: Final = 4  # a slot with fewer is judged on its hour's weekday slot
-_FREE_SAMPLES: Final = 4  # the first samples of a slot are not clipped (no spread known yet)
-_CLIP_SIGMAS: Final = 3.0  # Hampel bound for learning
-_SIGMA_OF_MEAN_DEV: Final = 1.2533  # sigma / mean absolute deviation for a normal distribution
-_SIGMA_FLOOR_KW: Final = 0.02  # the least spread a slot is taken to have (register resolution)
-SPIKE_SIGMAS: Final = 5.0
-SPIKE_MIN_KW: Final = 3.0  # at least this much above the baseline, on average over the interval
-# An excursion that lasts longer is no spike: a 30-minute burst spans at most three
-# 15-minute intervals; a car's charge, a heater or a long appliance cycle lasts longer.
-SPIKE_MAX_NS: Final = 46 * 60 * _NS
-HIGH_SIGMAS: Final = 3.0
-HIGH_MIN_KW: Final = 0.25  # ... and at least 250 W above it on average
-HIGH_LONG_RUN_H: Final = 4.75  # a run within the meter's usual high: longer than a car's charge
-ZERO_MIN_KW: Final = 0.05  # "normally consumes": at least 50 W on average in those hours
-# The meter's own usual high: a spike is also above PEAK_MARGIN x that, so a household
-# that runs a 4 kW appliance or charges a car now and then does not report every run.
-PEAK_MARGIN: Final = 1.25
-_PEAK_FADE_PER_H: Final = 0.002  # half-life about two weeks
-_PEAK_RUN_GAIN: Final = 1 / 32  # how fast it learns from the intervals of a high run
-_UNKNOWN_KW: Final = 1e9  # the rate before an interval when it is not known (after a gap)
+SPIKE_MIN_KW: Final = 1.0  # ... and at least this much above the slot's expected
+PEAK_HALF_LIFE_D: Final = 28.0
+_PEAK_FADE_PER_H: Final = 0.6931 / (PEAK_HALF_LIFE_D * 24)
+HIGH_MIN_KW: Final = 0.9  # an added load of at least this much (a small heater)
+RUN_MARGIN: Final = 2.0  # ... and more energy above the expected than its longest usual run
+_MEAN_SPAN_H: Final = 14 * 24.0  # the mean's memory: about two weeks
+ZERO_MIN_KW: Final = 0.03  # "normally consumes": at least 30 W on average
+LOW_FLOOR_SHARE: Final = 0.4  # the night floor below half its usual
+LOW_ACTIVE_SHARE: Final = 0.4  # at least 40 % of the recent energy above its floor
+LOW_MIN_RECENT_H: Final = 4  # ... and at least this many hours of the low spell
+_LOW_MIN_COVER_H: Final = 20.0  # a day is judged with at least this many hours of data
+_LOW_FLOOR_RANK: Final = 1  # the floor: the second-quietest hour (one odd hour is not it)
+_FLOOR_DAYS: Final = 7.0  # the usual floor: a running mean of about a week of days
 _ZERO_KWH: Final = 0.0005  # below half a watt-hour the register did not move
-_MAX_SPREAD_NS: Final = 14 * 24 * _HOUR_NS  # a longer silence is not judged at all
+_MAX_SPREAD_NS: Final = 24 * _HOUR_NS  # a longer silence starts the hourly sums afresh
 _ONE_SLOT_NS: Final = _HOUR_NS + 60 * _NS  # an "hourly" interval may be a minute long
-_CLIP_FLOOR_KW: Final = _CLIP_SIGMAS * _SIGMA_FLOOR_KW
+
+_JUDGED: Final = CONS_HIGH | CONS_LOW | CONS_ZERO
 
 
 def slot_of(ts_ns: int) -> int:
@@ -167,25 +162,16 @@ def _level(base: array[float], slot: int) -> int:
     return slot if base[_CNT + slot] >= MIN_SLOT_SAMPLES else -1
 
 
-_JUDGED: Final = CONS_HIGH | CONS_LOW | CONS_ZERO
-
-
 class Consumption:
     def __init__(self, config: EventsConfig, book: Book) -> None:
         self._book = book
         self._warmup_h = config.baseline_warmup_days * 24
-        self._spike_m1 = config.spike_factor - 1
-        self._high = config.sustained_high_factor
-        self._high_mid = (1 + config.sustained_high_factor) / 2
-        self._high_near = 1 + (config.sustained_high_factor - 1) / 4
+        self._spike = config.spike_factor
+        self._high_share = config.sustained_high_factor
         self._high_ns = int(config.sustained_high_hours * _HOUR_NS)
-        self._high_long_ns = max(self._high_ns, int(HIGH_LONG_RUN_H * _HOUR_NS))
         self._low = config.sustained_low_factor
-        self._low_near = (1 + config.sustained_low_factor) / 2
-        self._low_rate = 4 / config.sustained_low_hours  # 1 / the time constant, per hour
-        # Below this an interval may start a low run (the weighted ratio decides).
-        self._low_start = config.sustained_low_factor
-        self._low_hold_ns = int(0.75 * config.sustained_low_hours * _HOUR_NS)
+        self._low_clear = (1 + config.sustained_low_factor) / 2
+        self._low_window = max(2, min(24, round(config.sustained_low_hours)))
         self._zero_ns = int(config.zero_consumption_hours * _HOUR_NS)
 
     def reading(self, st: MeterState, ts: int, imp: float, out: int, now_ns: int) -> None:
@@ -194,269 +180,406 @@ class Consumption:
         a = st.imp_ts
         st.imp_ts = ts
         kwh = imp - st.last_import  # NaN for a meter's first register value
-        if not a or not kwh >= 0:  # the first value, or a decrease: no consumption
+        if not a or not kwh >= 0 or ts <= a:
+            # The first value, a decrease, or a clock set back: no interval to judge.
+            if a and ts <= a:
+                st.high_since = st.zero_since = 0
             return
         dur_ns = ts - a
         if out:
             # Power or link was gone during this interval: nothing to learn or judge;
-            # the sustained conditions count again from here.
-            st.high_since = st.zero_since = st.low_since = 0
-            st.zero_exp = 0.0  # an excursion cut by an outage is not judged
-            st.zero_sig = _UNKNOWN_KW  # nor is a jump from the rate before it
+            # the runs count again from here.
+            st.high_since = st.zero_since = 0
             return
         base = st.base
         if base is None:
-            base = st.base = array("f", bytes(4 * 3 * N_SLOTS))
-        dur_h = dur_ns / _HOUR_NS
+            base = st.base = array("f", bytes(4 * 2 * N_SLOTS))
         sp_s = st.ts_spacing_s
-        if dur_ns <= _ONE_SLOT_NS and (dur_ns <= 2 * sp_s * _NS or not sp_s):
-            # One slot: judge it (a spike too), then learn it.
-            slot = _SLOT_OF_HOW[((a + ts) // 2 // _HOUR_NS + _HOW_OFFSET) % 168]
-            if st.learned_h >= self._warmup_h:
-                j = slot if base[_CNT + slot] >= MIN_SLOT_SAMPLES else _level(base, slot % 24)
-                if j >= 0:
-                    exp = base[j] * dur_h
-                    sig = _SIGMA_OF_MEAN_DEV * base[_DEV + j]
-                    if sig < _SIGMA_FLOOR_KW:
-                        sig = _SIGMA_FLOOR_KW
-                    sig *= dur_h
-                    ex = kwh - exp
-                    # The spike limit: how far above the level, kWh.
-                    lim = self._spike_m1 * exp
-                    if SPIKE_SIGMAS * sig > lim:
-                        lim = SPIKE_SIGMAS * sig
-                    if SPIKE_MIN_KW * dur_h > lim:
-                        lim = SPIKE_MIN_KW * dur_h
-                    p = st.zero_sig
-                    if st.zero_exp < 0.0:
-                        # An excursion is on (p: its highest rate, kW; below 0 once it
-                        # was above the spike limit): it ends when the consumption drops
-                        # below half that rate. A car's charge or a heater stays up.
-                        top = -p - 1.0 if p < 0.0 else p
-                        if kwh <= 0.5 * top * dur_h:
-                            self._end_excursion(st, a, p < 0.0, top, dur_ns, now_ns)
-                        else:
-                            x = kwh / dur_h
-                            if x > top:
-                                top = x
-                            st.zero_sig = -top - 1.0 if p < 0.0 or ex > lim else top
-                    else:
-                        # An excursion starts with a jump from the rate before (p, kW).
-                        pre = 0.0 if st.zero_since else p
-                        if ex > 0.5 * lim and kwh - pre * dur_h > 0.5 * lim:
-                            st.zero_exp = -a / _NS  # its start, in s
-                            x = kwh / dur_h
-                            st.zero_sig = -x - 1.0 if ex > lim else x
-                    if (
-                        st.open & _JUDGED
-                        or st.high_since
-                        or st.zero_since
-                        or st.low_since
-                        or (
-                            kwh > self._high * exp or kwh < self._low_start * exp or kwh < _ZERO_KWH
-                        )
-                    ):
-                        self._judge(st, a, ts, kwh, exp, sig, now_ns)
-                    else:
-                        # Nothing running, nothing starting: only the weighted sums.
-                        keep = math.exp(-dur_h * self._low_rate)
-                        st.low_act = st.low_act * keep + kwh
-                        st.low_exp = st.low_exp * keep + exp
-            # Learn (Hampel-clipped running mean and mean absolute deviation).
-            x = kwh / dur_h
+        if dur_ns > _ONE_SLOT_NS or (dur_ns > 2 * sp_s * _NS and sp_s):
+            self._spread(st, base, a, ts, kwh, now_ns)
+            return
+        # One slot: judge it, then learn it.
+        dur_h = dur_ns / _HOUR_NS
+        x = kwh / dur_h
+        slot = _SLOT_OF_HOW[((a + ts) // 2 // _HOUR_NS + _HOW_OFFSET) % 168]
+        j = slot if base[_CNT + slot] >= MIN_SLOT_SAMPLES else _level(base, slot % 24)
+        learn = True
+        if j >= 0:
+            e = base[j]  # the expected kW
+            self._hour(st, a, ts, kwh, e * dur_h, now_ns)
+            judged = st.learned_h >= self._warmup_h
+            self._high(st, a, ts, x - e, dur_h, now_ns, judged)
+            if judged:
+                learn = self._judge(st, a, x, e, kwh, dur_h, now_ns, ts)
+        elif st.hours is not None:
+            st.low_hour = 0  # a slot not known yet: the day's sums start again later
+        # Learn: the slot's running mean; the usual high;
+        # the mean. A spike's own interval teaches none of them, nor does an interval
+        # while a sustained condition is open (a heater left on for days is not what
+        # the meter is expected to do afterwards; a bypass stays found).
+        if st.open & _JUDGED:
+            st.learned_h += dur_h
+            return
+        if learn:
             n = base[_CNT + slot]
             if n < LEARN_SAMPLES:
                 n += 1
                 base[_CNT + slot] = n
             lvl = base[slot]
-            dev = base[_DEV + slot]
-            if n > _FREE_SAMPLES:
-                bound = _CLIP_SIGMAS * _SIGMA_OF_MEAN_DEV * dev
-                if bound < _CLIP_FLOOR_KW:
-                    bound = _CLIP_FLOOR_KW
-                if x > lvl + bound:
-                    x = lvl + bound
-                elif x < lvl - bound:
-                    x = lvl - bound
-            # The meter's usual high, over every slot: half way up to a higher rate,
-            # fading by half in about two weeks.
-            rate = kwh / dur_h
-            peak = st.peak_kw
-            if rate > peak:
-                # Within a high run it learns slowly: a car charging most evenings is
-                # learned within a week, a heater left on is still above it after hours.
-                st.peak_kw = peak + (_PEAK_RUN_GAIN if st.high_since else 0.5) * (rate - peak)
-            else:
-                st.peak_kw = peak - peak * _PEAK_FADE_PER_H * dur_h
-            if st.zero_exp >= 0.0 and not st.zero_since and kwh >= _ZERO_KWH:
-                st.zero_sig = rate  # the rate before the next interval (spike excursions)
             d = x - lvl
             base[slot] = lvl + d / n
-            base[_DEV + slot] = dev + ((d if d >= 0 else -d) - dev) / n
-            st.learned_h += dur_h
-            return
-        # Spread over the hours it covers (a gap, back-fill after a silence).
-        if not st.zero_since:
-            st.zero_exp = 0.0  # an excursion whose end was not seen is not judged,
-            st.zero_sig = _UNKNOWN_KW  # nor a jump from an unknown rate
-        if st.learned_h < self._warmup_h or dur_ns > _MAX_SPREAD_NS:
-            return
-        exp = sig = 0.0
-        t = a
-        while t < ts:
-            h = t // _HOUR_NS
-            end = min((h + 1) * _HOUR_NS, ts)
-            j = _level(base, _SLOT_OF_HOW[(h + _HOW_OFFSET) % 168])
-            if j < 0:
-                return  # part of it has no baseline yet
-            w = (end - t) / _HOUR_NS
-            exp += base[j] * w
-            sig += max(_SIGMA_OF_MEAN_DEV * base[_DEV + j], _SIGMA_FLOOR_KW) * w
-            t = end
-        self._judge(st, a, ts, kwh, exp, sig, now_ns)
+            peak = st.peak_kw - st.peak_kw * _PEAK_FADE_PER_H * dur_h
+            if x > peak:
+                # A new high above the spike cut (unjudged in the warm-up) raises the
+                # usual high to the cut only: one fault does not hide the next.
+                cut = self._spike * peak
+                peak = x if x <= cut or peak <= 0.0 else cut
+            st.peak_kw = peak
+            st.high_usual -= st.high_usual * _PEAK_FADE_PER_H * dur_h
+        span = st.learned_h + dur_h
+        if span > _MEAN_SPAN_H:
+            span = _MEAN_SPAN_H
+        st.mean_kw += (x - st.mean_kw) * dur_h / span
+        st.learned_h += dur_h
 
-    # -- judging (exp, sig: the interval's baseline and its spread, in kWh) -------------------
+    # -- judging --------------------------------------------------------------------------------
 
-    def _end_excursion(
-        self, st: MeterState, end: int, confirmed: bool, top: float, dur_ns: int, now_ns: int
+    def _judge(
+        self,
+        st: MeterState,
+        a: int,
+        x: float,
+        e: float,
+        kwh: float,
+        dur_h: float,
+        now_ns: int,
+        ts: int,
+    ) -> bool:
+        """One interval [a, ts] of `x` kW against its expected `e` kW; False when it is a
+        spike (not to be learned)."""
+        book = self._book
+        learn = True
+        # consumption_spike: above its usual high and far above this slot.
+        cut = self._spike * st.peak_kw
+        if st.open & SPIKE:
+            if x <= cut:
+                book.clear_meter(
+                    st, "consumption_spike", a, now_ns, f"{st.meter_id}: consumption back to normal"
+                )
+            else:
+                learn = False
+        elif x > cut and st.peak_kw > 0.0 and x - e > SPIKE_MIN_KW and not st.open & CONS_HIGH:
+            learn = False
+            self._spike_raised(st, a, x, cut, now_ns)
+        # zero_consumption: the register still.
+        if kwh < _ZERO_KWH:
+            self._still(st, a, ts, e * dur_h, now_ns)
+        else:
+            self._moved(st, a, now_ns)
+        return learn
+
+    def _high(
+        self, st: MeterState, a: int, ts: int, r: float, dur_h: float, now_ns: int, judged: bool
     ) -> None:
-        """An excursion ended at ``end``: a spike if it went above the spike limit and was
-        over within SPIKE_MAX_NS (or one interval of an hourly meter). Raised and cleared
-        at once, from the excursion's start, its value the highest rate in kW. The start
-        is kept in ``zero_exp`` as minus epoch seconds and the highest rate in
-        ``zero_sig`` (as -rate - 1 once above the limit): both are free while no zero run
-        is on, and an excursion (a jump far above the baseline) ends any zero run."""
-        start = round(-st.zero_exp * 1000.0) * 1_000_000  # readings carry at most ms
-        st.zero_exp = 0.0
-        if not confirmed or end - start > max(SPIKE_MAX_NS, dur_ns) or st.open & SPIKE:
-            return  # a long excursion is a charge, a cycle or a sustained high, no spike
-        minutes = (end - start) / _NS / 60
+        """sustained_high_consumption: a run of intervals `r` kW above their expected by
+        at least the cut (one interval at half of it tolerated), for sustained_high_hours,
+        with more energy above the expected than the meter's longest usual run (a
+        household with electric heating has hours of it every cold day)."""
+        thr = self._high_share * st.mean_kw
+        if thr < HIGH_MIN_KW:
+            thr = HIGH_MIN_KW
+        if st.open & CONS_HIGH:
+            if r < 0.5 * thr:
+                st.high_since = 0
+                self._book.clear_meter(
+                    st,
+                    "sustained_high_consumption",
+                    a,
+                    now_ns,
+                    f"{st.meter_id}: consumption back near its expected",
+                )
+            return
+        since = st.high_since
+        if r > thr or (since and r > 0.5 * thr):
+            # A run starts above the cut and goes on while half as far above (a dip of
+            # the load, an appliance cycling off); judged on its mean.
+            if not since:
+                since = st.high_since = a
+                st.high_kwh = 0.0
+            st.high_kwh += r * dur_h
+            hours = (ts - since) / _HOUR_NS
+            over = st.high_kwh / hours
+            if (
+                judged
+                and ts - since >= self._high_ns
+                and over >= thr
+                and st.high_kwh > RUN_MARGIN * st.high_usual
+            ):
+                if st.open & SPIKE:
+                    # One condition, one event: a burst that stayed is a sustained high.
+                    self._book.clear_meter(
+                        st,
+                        "consumption_spike",
+                        ts,
+                        now_ns,
+                        f"{st.meter_id}: the burst stayed (sustained_high_consumption)",
+                        {"superseded_by": "sustained_high_consumption"},
+                    )
+                self._raise(
+                    st,
+                    "sustained_high_consumption",
+                    since,
+                    ts,
+                    now_ns,
+                    f"{over:.2f} kW above its expected",
+                    round(over, 3),
+                    over / thr,
+                )
+        elif since:
+            # A run of normal life ended: the meter's usual longest run learns it.
+            if st.high_kwh > st.high_usual:
+                st.high_usual = st.high_kwh
+            st.high_since = 0
+
+    def _still(self, st: MeterState, a: int, ts: int, exp: float, now_ns: int) -> None:
+        if not st.zero_since:
+            st.zero_since = a
+            st.zero_exp = 0.0
+        st.zero_exp += exp
+        if st.open & CONS_ZERO or ts - st.zero_since < self._zero_ns:
+            return
+        if st.learned_h < self._warmup_h:
+            return
+        hours = (ts - st.zero_since) / _HOUR_NS
+        if st.mean_kw < ZERO_MIN_KW or st.zero_exp < ZERO_MIN_KW * hours:
+            return
+        if st.open & CONS_LOW:
+            self._book.clear_meter(
+                st,
+                "sustained_low_consumption",
+                ts,
+                now_ns,
+                f"{st.meter_id}: no consumption at all (zero_consumption)",
+                {"superseded_by": "zero_consumption"},
+            )
+        self._raise(
+            st,
+            "zero_consumption",
+            st.zero_since,
+            ts,
+            now_ns,
+            f"no consumption (expected {st.zero_exp:.2f} kWh)",
+            None,
+            hours * _HOUR_NS / self._zero_ns,
+        )
+
+    def _moved(self, st: MeterState, a: int, now_ns: int) -> None:
+        st.zero_since = 0
+        if st.open & CONS_ZERO:
+            self._book.clear_meter(
+                st, "zero_consumption", a, now_ns, f"{st.meter_id}: consumption resumed"
+            )
+            # One condition, one event: the still hours are no day of low use; the
+            # day's sums start again from here.
+            st.low_hour = 0
+            st.low_since = 0
+            hrs = st.hours
+            if hrs is not None:
+                for i in range(72):
+                    hrs[i] = 0.0
+
+    def _spike_raised(self, st: MeterState, a: int, x: float, cut: float, now_ns: int) -> None:
+        peak = st.peak_kw
         self._book.raise_meter(
             st,
             "consumption_spike",
-            start,
+            a,
             now_ns,
-            {"cause": "consumption", "peak_kw": round(top, 3), "minutes": round(minutes, 1)},
-            f"{st.meter_id}: {top:.2f} kW, far above its baseline and its rate before,"
-            f" for {minutes:.0f} min",
-            value=round(top, 3),
-        )
-        self._book.clear_meter(
-            st, "consumption_spike", end, now_ns, f"{st.meter_id}: consumption back to normal"
+            {
+                "cause": "consumption",
+                "kw": round(x, 3),
+                "usual_high_kw": round(peak, 3),
+                "score": round(x / cut, 3),
+            },
+            f"{st.meter_id}: {x:.2f} kW, {x / peak:.1f} x the most it usually draws"
+            f" ({peak:.2f} kW)",
+            value=round(x, 3),
         )
 
-    def _judge(
-        self, st: MeterState, a: int, ts: int, kwh: float, exp: float, sig: float, now_ns: int
+    def _raise(
+        self,
+        st: MeterState,
+        type_: str,
+        start: int,
+        ts: int,
+        now_ns: int,
+        what: str,
+        value: float | None,
+        score: float,
     ) -> None:
-        """The sustained conditions, for any judged interval [a, ts]."""
-        book = self._book
-        open_ = st.open
-        # sustained_high_consumption
-        if open_ & CONS_HIGH:
-            if kwh <= self._high_near * exp:
-                st.high_since = 0
-                book.clear_meter(
-                    st,
-                    "sustained_high_consumption",
-                    ts,
-                    now_ns,
-                    f"{st.meter_id}: consumption back near baseline",
-                )
-        elif st.high_since:
-            # A run goes on while intervals stay above the midpoint and HIGH_MIN_KW above
-            # the baseline; one interval below is tolerated (a slot boundary, a dip of
-            # the load): high_since < 0 marks it, a second one ends the run.
-            since = st.high_since if st.high_since > 0 else -st.high_since
-            if kwh > self._high_mid * exp and kwh - exp > HIGH_MIN_KW * (ts - a) / _HOUR_NS:
-                st.high_since = since
-                if self._high_enough(st, ts - since, kwh, ts - a):
-                    self._raise(st, "sustained_high_consumption", since, ts, now_ns)
-            elif st.high_since > 0:
-                st.high_since = -since
-            else:
-                st.high_since = 0
-        if (
-            not st.high_since
-            and not open_ & CONS_HIGH
-            and kwh > self._high * exp
-            and kwh - exp > max(HIGH_SIGMAS * sig, HIGH_MIN_KW * (ts - a) / _HOUR_NS)
-        ):
-            st.high_since = a
-            if self._high_enough(st, ts - a, kwh, ts - a):  # a spread one may be, alone
-                self._raise(st, "sustained_high_consumption", a, ts, now_ns)
-        # zero_consumption
-        if kwh < _ZERO_KWH:
-            if not st.zero_since:
-                st.zero_since = a
-                st.zero_exp = st.zero_sig = 0.0
-            st.zero_exp += exp
-            st.zero_sig += sig
-            if (
-                not st.open & CONS_ZERO
-                and ts - st.zero_since >= self._zero_ns
-                and st.zero_exp >= ZERO_MIN_KW * (ts - st.zero_since) / _HOUR_NS
-                and st.zero_exp > st.zero_sig
-            ):
-                if st.open & CONS_LOW:
-                    book.clear_meter(
-                        st,
-                        "sustained_low_consumption",
-                        ts,
-                        now_ns,
-                        f"{st.meter_id}: no consumption at all (zero_consumption)",
-                        {"superseded_by": "zero_consumption"},
-                    )
-                self._raise(st, "zero_consumption", st.zero_since, ts, now_ns)
-        else:
+        hours = (ts - start) / _HOUR_NS
+        details = {"cause": "consumption", "hours": round(hours, 3), "score": round(score, 3)}
+        self._book.raise_meter(
+            st, type_, start, now_ns, details, f"{st.meter_id}: {what} for {hours:.1f} h", value
+        )
+
+    # -- the day: hourly sums, sustained low ----------------------------------------------------
+
+    def _spread(
+        self, st: MeterState, base: array[float], a: int, ts: int, kwh: float, now_ns: int
+    ) -> None:
+        """An interval longer than a slot: into the hourly sums, evenly; never a spike,
+        not learned, the end of a high run; a still register goes on being still."""
+        st.high_since = 0
+        if ts - a > _MAX_SPREAD_NS:
+            st.low_hour = 0
             st.zero_since = 0
-            if st.open & CONS_ZERO:
-                book.clear_meter(
-                    st, "zero_consumption", ts, now_ns, f"{st.meter_id}: consumption resumed"
-                )
-        # sustained_low_consumption: weighted sums of consumption and baseline.
-        keep = math.exp(-(ts - a) / _HOUR_NS * self._low_rate)
-        act = st.low_act = st.low_act * keep + kwh
-        base = st.low_exp = st.low_exp * keep + exp
-        if st.open & CONS_ZERO:
-            st.low_since = 0  # one condition, one event: zero is the more specific
             return
-        if act < self._low * base:
-            if not st.low_since:
-                st.low_since = a
-            elif not st.open & CONS_LOW and ts - st.low_since >= self._low_hold_ns:
-                self._raise(st, "sustained_low_consumption", st.low_since, ts, now_ns)
+        exp = 0.0
+        t = a
+        while t < ts:
+            h = t // _HOUR_NS
+            end = (h + 1) * _HOUR_NS
+            if end > ts:
+                end = ts
+            j = _level(base, _SLOT_OF_HOW[(h + _HOW_OFFSET) % 168])
+            if j < 0:
+                st.low_hour = 0
+                st.zero_since = 0
+                return  # part of it has no expected yet
+            e = base[j] * (end - t) / _HOUR_NS
+            self._hour(st, t, end, kwh * (end - t) / (ts - a), e, now_ns)
+            exp += e
+            t = end
+        if st.learned_h < self._warmup_h:
+            return
+        if kwh < _ZERO_KWH * (ts - a) / (15 * 60 * _NS):
+            self._still(st, a, ts, exp, now_ns)
         else:
+            self._moved(st, a, now_ns)
+
+    def _hour(self, st: MeterState, a: int, ts: int, kwh: float, exp: float, now_ns: int) -> None:
+        """Add [a, ts] to the hour of its midpoint; a completed hour is judged first."""
+        hrs = st.hours
+        if hrs is None:
+            hrs = st.hours = array("f", bytes(4 * 72))
+        h = (a + ts) // 2 // _HOUR_NS
+        cur = st.low_hour
+        if h != cur:
+            if cur and h > cur:
+                self._day(st, hrs, cur, now_ns, ts)
+                # Hours skipped by a gap hold nothing.
+                k = cur + 1
+                while k <= h and k - cur <= 24:
+                    i = k % 24
+                    hrs[i] = hrs[_H_EXP + i] = hrs[_H_COV + i] = 0.0
+                    k += 1
+            elif cur != 0 and h < cur:
+                return  # (not newer: cannot happen for a newest reading)
+            else:
+                i = h % 24
+                hrs[i] = hrs[_H_EXP + i] = hrs[_H_COV + i] = 0.0
+            st.low_hour = h
+        i = h % 24
+        hrs[i] += kwh
+        hrs[_H_EXP + i] += exp
+        hrs[_H_COV + i] += (ts - a) / _HOUR_NS
+
+    def _day(self, st: MeterState, hrs: array[float], hour: int, now_ns: int, ts: int) -> None:
+        """Hour `hour` (epoch hours) is complete: judge the last day on it."""
+        n = self._low_window
+        # The recent hours: of the half-day, those since the day's ratio fell below the
+        # clear level (use before a household left is not use while it is away).
+        m = n // 2
+        if st.low_since:
+            spell = hour + 1 - st.low_since // _HOUR_NS
+            if spell < m:
+                m = spell
+        act = exp = cov = 0.0
+        act_half = exp_half = cov_half = 0.0
+        half_min = 1e9
+        # The three quietest covered hours of the window, per hour of coverage.
+        q0 = q1 = q2 = 1e9
+        for k in range(n):
+            i = (hour - k) % 24
+            c = hrs[_H_COV + i]
+            if c <= 0.0:
+                continue
+            v = hrs[i]
+            act += v
+            exp += hrs[_H_EXP + i]
+            cov += c
+            if c >= 0.5:
+                rate = v / c
+                if rate < q0:
+                    q0, q1, q2 = rate, q0, q1
+                elif rate < q1:
+                    q1, q2 = rate, q1
+                elif rate < q2:
+                    q2 = rate
+                if k < m and rate < half_min:
+                    half_min = rate
+            if k < m:
+                act_half += v
+                exp_half += hrs[_H_EXP + i]
+                cov_half += c
+        if cov < _LOW_MIN_COVER_H * n / 24 or exp <= 0.0:
+            return
+        st.low_act = act
+        st.low_exp = exp
+        ratio = act / exp
+        floor = q1 if q1 < 1e9 else q0
+        open_ = st.open
+        if ratio >= self._low_clear:
             st.low_since = 0
-            if st.open & CONS_LOW and act >= self._low_near * base:
-                book.clear_meter(
+        elif not st.low_since:
+            st.low_since = (hour + 1) * _HOUR_NS
+        active = (act_half - cov_half * half_min) / act_half if act_half > 0.0 else 0.0
+        if hour % 12 == 11 and not open_ & _JUDGED and not st.low_since and floor < 1e9:
+            # Twice a UTC day, on a normal day: the usual night floor and how much of a
+            # half-day's use comes and goes (a shop open all hours: little).
+            days = st.learned_h / 24
+            if days > _FLOOR_DAYS:
+                days = _FLOOR_DAYS
+            if days < 1.0:
+                days = 1.0
+            if hour % 24 == 23:
+                st.low_base += (floor - st.low_base) / days if st.low_base else floor
+            st.low_active += (active - st.low_active) / (2 * days) if st.low_active else active
+        if st.learned_h < self._warmup_h:
+            return
+        if open_ & CONS_LOW:
+            if ratio >= self._low_clear:
+                self._book.clear_meter(
                     st,
                     "sustained_low_consumption",
                     ts,
                     now_ns,
-                    f"{st.meter_id}: consumption back near baseline",
+                    f"{st.meter_id}: consumption back near its expected",
                 )
-
-    def _high_enough(self, st: MeterState, run_ns: int, kwh: float, dur_ns: int) -> bool:
-        """A high run is raised after sustained_high_hours if its interval is above the
-        meter's usual high (PEAK_MARGIN x its fading maximum); within it (a car charging,
-        2-4 h on most evenings of an EV household, which the usual high learns) only once
-        it has lasted HIGH_LONG_RUN_H as well."""
-        if run_ns < self._high_ns:
-            return False
-        return run_ns >= self._high_long_ns or kwh > PEAK_MARGIN * st.peak_kw * dur_ns / _HOUR_NS
-
-    def _raise(self, st: MeterState, type_: str, start: int, ts: int, now_ns: int) -> None:
-        hours = (ts - start) / _HOUR_NS
-        details = {"cause": "consumption", "hours": round(hours, 3)}
-        value = None
-        if type_ == "zero_consumption":
-            what = "no consumption"
-        elif type_ == "sustained_high_consumption":
-            what = f"consumption above {self._high:g} x baseline"
-        else:
-            value = round(st.low_act / st.low_exp, 4) if st.low_exp else 0.0
-            details["ratio"] = value
-            what = f"consumption at {value:.2f} x baseline"
-        self._book.raise_meter(
-            st, type_, start, now_ns, details, f"{st.meter_id}: {what} for {hours:.1f} h", value
+            return
+        if open_ & CONS_ZERO or st.zero_since or ratio >= self._low or exp_half <= 0.0:
+            return
+        last = hour % 24
+        if hrs[last] >= self._low_clear * hrs[_H_EXP + last]:
+            return  # the last hour was not low (a household back home, a busy hour)
+        if m < LOW_MIN_RECENT_H:
+            return
+        if act_half >= self._low * exp_half or act_half <= 0.0:
+            return
+        if active < LOW_ACTIVE_SHARE and active < 0.5 * st.low_active:
+            return
+        if floor >= LOW_FLOOR_SHARE * st.low_base:
+            return
+        start = st.low_since or (hour + 1) * _HOUR_NS
+        self._raise(
+            st,
+            "sustained_low_consumption",
+            start,
+            ts,
+            now_ns,
+            f"consumption at {ratio:.2f} x its expected over {n} h, its night floor at"
+            f" {floor / st.low_base:.2f} x its usual",
+            round(ratio, 4),
+            self._low / ratio if ratio > 0.0 else 99.0,
         )
