@@ -146,7 +146,7 @@ async def run_demo(
         customer_lines,
         customer_tags,
     )
-    from meter_gateway.simulators.fleet import Fleet, default_start
+    from meter_gateway.simulators.fleet import Fleet
     from meter_gateway.simulators.meter import rfc3339
     from meter_gateway.simulators.modbus.server import MeterFleet
     from meter_gateway.simulators.mqtt.publisher import BrokerOptions, MqttPublisher
@@ -185,11 +185,14 @@ async def run_demo(
         modbus = MeterFleet(modbus_meters, model="sdm630", port=0, seed=seed)
         await modbus.start()
         try:
-            # A simulated day at 15-minute intervals, spread over the run, ending two
-            # hours before now: inside the gateway's window for readings (not older than
-            # 7 days), also for the example's meter whose clock gains 47 min over the day
-            # (not more than 5 min ahead of the gateway's clock).
+            # A simulated day at 15-minute intervals, spread over the run: the last whole
+            # local day (UTC, the gateway's default time zone) that ends at least two hours
+            # before now, so that the customers' daily figures (base load, peak) are those
+            # of one whole day, not of a day's last hours. Inside the gateway's window for
+            # readings (not older than 7 days), also for the example's meter whose clock
+            # gains 47 min over the day (not more than 5 min ahead of the gateway's clock).
             sim_span = 86_400.0
+            day_start = (time.time() - sim_span - 7200) // 86_400 * 86_400
             example = load_scenario(SCENARIO)
             scenario = parse_scenario(
                 {
@@ -207,7 +210,7 @@ async def run_demo(
                 interval_s=900,
                 seed=seed,
                 duration=sim_span,
-                start=datetime.fromtimestamp(default_start(900, sim_span + 7200), UTC),
+                start=datetime.fromtimestamp(day_start, UTC),
                 concentrators=1,
             )
             # The gateway knows the network: transformer and feeder ids on readings and
@@ -347,7 +350,8 @@ async def run_demo(
         if gw.vee is not None:
             window = Window(fleet.start, max(stats.sim_t, fleet.start + fleet.interval_s))
             tags = customer_tags(cfg, gw.topology, gw.vee, heard, window)
-            for line in customer_lines(tags):
+            kinds = {site.customer_id: site.profile for site in fleet.topology.sites.values()}
+            for line in customer_lines(tags, kinds=kinds):
                 _say(line)
         _say(f"  dead-letter files: {cfg.gateway.data_dir / 'dead-letter'}")
         _say(f"  the gateway's configuration: {config_file}")

@@ -131,13 +131,28 @@ def customer_tags(
     )
 
 
-def customer_lines(tags: CustomerTags, top: int = 5) -> list[str]:
-    """The summary's lines: the highest standby loads, the outage-sensitive customers."""
+def customer_lines(
+    tags: CustomerTags, top: int = 5, kinds: Mapping[str, str] | None = None
+) -> list[str]:
+    """The summary's lines: the highest standby loads, the outage-sensitive customers.
+
+    ``kinds``: customer id -> what it is (``household``, ``commercial``), when known: the
+    tags do not know (the topology file has no customer class), the reader should.
+    """
+    kinds = kinds or {}
+
+    def kind(customer_id: str) -> str:
+        k = kinds.get(customer_id)
+        return " (business)" if k == "commercial" else ""
+
     standby = [c for c in tags.by_base_load if c.mean_base_load_kw is not None][:top]
     lines = [
         "  highest standby load (mean base load; energy-saving advice): "
         + (
-            ", ".join(f"{c.customer_id} {c.mean_base_load_kw:.2f} kW" for c in standby)
+            ", ".join(
+                f"{c.customer_id} {c.mean_base_load_kw:.2f} kW{kind(c.customer_id)}"
+                for c in standby
+            )
             if standby
             else "no daily figures"
         )
@@ -152,9 +167,16 @@ def customer_lines(tags: CustomerTags, top: int = 5) -> list[str]:
             else "none"
         )
     )
-    counts = {t: len(tags.tagged(t)) for t in ("high_standby", "night_heavy", "tamper_risk")}
+    counts = {t: tags.tagged(t) for t in ("high_standby", "night_heavy", "tamper_risk")}
+
+    def count(tag: str) -> str:
+        got = counts[tag]
+        businesses = sum(kinds.get(c.customer_id) == "commercial" for c in got)
+        of = f" ({businesses} business{'es' if businesses > 1 else ''})" if businesses else ""
+        return f"{tag} {len(got)}{of}"
+
     lines.append(
-        "  customer tags: " + ", ".join(f"{t} {n}" for t, n in counts.items() if n)
+        "  customer tags: " + ", ".join(count(t) for t, got in counts.items() if got)
         if any(counts.values())
         else "  customer tags: none besides those"
     )

@@ -197,16 +197,16 @@ class CommsDropout(_FaultBase):
 class ConsumptionSpike(_FaultBase):
     """A short burst of abnormal consumption: a fault, an illegal load, a meter error.
 
-    What a utility calls a spike is an interval far above the meter's own usual, not the
-    meter's load x ``factor`` (at night, x 8 is 0.8 kW: less than a washing machine, which
-    no detector can or should report). So the meter draws an extra (``factor`` - 1) x its
-    reference peak (``MeterModel.reference_w``: its average load at the profile's busiest
-    hour, plus its electric heating at full power) on top of whatever it runs: about
-    ``factor`` x its usual evening peak. A household without electric heating gets 4-9 kW
-    more for x 8, 5-12 kW for x 10; the appliance cycles (1.2-2.2 kW) and EV charging
-    (3.7 / 7.4 kW, but for 2-4 h) of normal life are smaller or longer.
+    What a utility calls a spike is an interval far above what the meter does even at its
+    busiest, not the meter's load x ``factor`` (at night, x 4 is a few hundred watts: less
+    than a kettle, which no detector can or should report). So the meter draws an extra
+    (``factor`` - 1) x its usual high (``MeterModel.reference_w``: what its site draws at
+    its busiest on a usual day, with its EV charger and its electric heating at full power
+    if it has them) on top of whatever it runs: about ``factor`` x its usual high. A
+    household without an EV or electric heating gets 8-16 kW more for x 4, where its
+    kettle, oven and washing machine make 2-4 kW for minutes to an hour.
 
-    The defaults (30 min, x 8) always cover one whole 15-minute interval, whatever the
+    The defaults (30 min, x 4) always cover one whole 15-minute interval, whatever the
     start, so that interval's register delta is its usual value plus the whole extra (a
     shorter spike straddling two intervals shows diluted in both).
     """
@@ -214,23 +214,24 @@ class ConsumptionSpike(_FaultBase):
     type: Literal["consumption_spike"] = "consumption_spike"
     duration: Duration | None = 1800.0
     factor: float = Field(
-        8.0, gt=1.0, description="extra load: (factor - 1) x the meter's reference peak"
+        4.0, gt=1.0, description="extra load: (factor - 1) x the meter's usual high"
     )
 
 
 class SustainedHigh(_FaultBase):
     """Hours of abnormal extra consumption: a heater left on, a grow room, an illegal load.
 
-    Like ``consumption_spike``, an extra (``factor`` - 1) x the meter's reference peak on
-    top of its normal load (x 4: 1.6-3.9 kW more for a household without electric
-    heating, for 6 hours by default), not a multiple of its load at the time (x 4 of a
-    household at night is a few hundred watts; of one charging its car, 15-30 kW).
+    Like ``consumption_spike``, an extra (``factor`` - 1) x the meter's usual high on top of
+    its normal load (x 2: 2.5-6 kW more for a household without an EV or electric heating,
+    several times what it normally uses, for 6 hours by default), not a multiple of its
+    load at the time (x 2 of a household at night is a hundred watts more; of one charging
+    its car, 7 kW).
     """
 
     type: Literal["sustained_high"] = "sustained_high"
     duration: Duration | None = 21600.0
     factor: float = Field(
-        4.0, gt=1.0, description="extra load: (factor - 1) x the meter's reference peak"
+        2.0, gt=1.0, description="extra load: (factor - 1) x the meter's usual high"
     )
 
 
@@ -338,29 +339,34 @@ class Malformed(_FaultBase):
 
 
 class Holiday(_FaultBase):
-    """Not a fault: a public holiday. The target's load follows its weekend shape that day
-    (households as on a Sunday, businesses at base load). Recorded in the truth log, so
-    events on holidays can be told apart; no event is expected for it."""
+    """Not a fault: a public holiday. The target lives as on a Sunday that day (households
+    at home as on a Sunday, businesses keep their Sunday hours: offices and shops closed,
+    bakeries and weekend businesses open). Recorded in the truth log, so events on holidays
+    can be told apart; no event is expected for it."""
 
     type: Literal["holiday"] = "holiday"
     duration: Duration | None = 86400.0
 
 
 class LoadVariation(_FaultBase):
-    """Not a fault: real-life variation of the target's load on top of its daily shapes
-    (``profiles.Variation``): day-to-day level, hour-to-hour occupancy, long appliance
-    cycles, EV charging, electric heating following a seasonal temperature with weather
-    spells. Typically ``{type: load_variation, all: true, at: 0}``."""
+    """Not a fault: how the target's sites live (``profiles.Variation``), from ``at`` on.
+    Every meter lives by the defaults without it; an entry sets other values: the
+    day-to-day and hour-to-hour spread of a household's activity, how often its appliances
+    run, the shares of households with an EV and of sites heating electrically, how often
+    households are away. E.g. ``{type: load_variation, all: true, at: 0, ev_share: 0.3}``."""
 
     type: Literal["load_variation"] = "load_variation"
     duration: Duration | None = None
     daily: float = Field(0.2, ge=0.0, lt=1.0, description="day level within 1 +- daily")
     hourly: float = Field(0.3, ge=0.0, lt=1.0, description="household hour within 1 +- hourly")
     appliances: float = Field(
-        0.6, ge=0.0, le=1.0, description="household chance per day of a long appliance cycle"
+        1.0, ge=0.0, le=3.0, description="how often household appliances run (1: as drawn)"
     )
-    ev_share: float = Field(0.05, ge=0.0, le=1.0, description="households charging an EV")
-    heating_share: float = Field(0.15, ge=0.0, le=1.0, description="meters heating electrically")
+    ev_share: float = Field(0.08, ge=0.0, le=1.0, description="households charging an EV")
+    heating_share: float = Field(0.1, ge=0.0, le=1.0, description="sites heating electrically")
+    away: float = Field(
+        1.0, ge=0.0, le=3.0, description="how often households are away (1: a few trips a year)"
+    )
 
 
 FaultSpec = Annotated[

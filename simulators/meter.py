@@ -3,8 +3,11 @@
 The meter's net active power is piecewise constant over fixed steps of ``STEP_S`` seconds
 (and over the boundaries of any injected effect), so the registers integrate it exactly: a
 register delta is the sum of power x time over those pieces, whatever times ``advance`` is
-called with. Per-step noise comes from a counter-based hash (see ``profiles``), so the meter
-shows the same values at the same simulated time however it is polled.
+called with. What the site consumes comes from ``loads`` (a household's standby, fridges,
+appliance runs, EV, heating; a business's opening hours), a day at a time: the day's load
+for each minute, built once, so that a stretch without faults integrates as a sum over a
+slice of it instead of a step at a time. Everything is a pure function of (meter seed,
+time), so the meter shows the same values at the same simulated time however it is polled.
 """
 
 from __future__ import annotations
@@ -14,41 +17,37 @@ import functools
 import math
 import random
 import time
+from array import array
 from dataclasses import dataclass, field
+from operator import sub
 from typing import Literal
 
+from meter_gateway.simulators.loads import DayPlan, Run, Site, make_site
 from meter_gateway.simulators.profiles import (
     DAY_S,
+    NOISE,
+    NOISE_LEN,
     Profile,
     Variation,
     grid_frequency_hz,
     grid_load_index,
-    minute_shapes,
     mix64,
+    noise_slice,
     pv_clear_sky,
     stable_seed,
-    temperature_c,
     unit,
 )
 
 __all__ = ["STEP_S", "Effect", "MeterModel", "RegisterReset", "Variation", "rfc3339"]
 
 STEP_S = 60  # resolution of the load curve: appliances switch on and off at this grain
+_MINUTES = DAY_S // STEP_S
 _J_PER_KWH = 3_600_000.0
-_M64 = (1 << 64) - 1
-_INV_2_32 = 1.0 / float(1 << 32)
+_DEFAULT_VARIATION = Variation()
 # Clear-sky PV by minute of the day (what ``pv_clear_sky`` gives at whole minutes).
-_PV_MINUTE = tuple(pv_clear_sky(m * STEP_S) for m in range(DAY_S // STEP_S))
-# The noise of minute k is mix64(seed ^ mix64((k << 8) + 1)): the inner hash is the same for
-# every meter, so a fleet computes it once per minute (a bounded cache).
-_INNER: dict[int, int] = {}
-
-
-def _inner_hash(k: int) -> int:
-    if len(_INNER) >= 200_000:
-        _INNER.clear()
-    h = _INNER[k] = mix64((k << 8) + 1)
-    return h
+_PV_MINUTE = tuple(pv_clear_sky(m * STEP_S) for m in range(_MINUTES))
+_SUN = tuple(m for m in range(_MINUTES) if _PV_MINUTE[m] > 0.0)
+_SUN_FROM, _SUN_TO = _SUN[0], _SUN[-1] + 1
 
 
 # Functions of time alone, the same for every meter of a fleet at a reading: cached.
@@ -80,8 +79,8 @@ class Effect:
     end: float = math.inf
     # Below 1 (theft, sustained_low, zero_use): the share of the load still metered. Above 1
     # (consumption_spike, sustained_high): an abnormal extra load of (factor - 1) x the
-    # meter's reference peak (``MeterModel.reference_w``) on top of whatever it runs
-    # (not the load x factor: at night that would be less than a washing machine, and
+    # meter's usual high (``MeterModel.reference_w``) on top of whatever it runs
+    # (not the load x factor: at night that would be less than a kettle, and
     # during EV charging tens of kW).
     load_factor: float = 1.0
     offset_w: float = 0.0  # subtracted from net power: reverse flow on a non-prosumer
@@ -91,8 +90,8 @@ class Effect:
     clock_step_s: float = 0.0  # meter clock error from the start of the effect (a jump)
     powered: bool = True  # False: outage, no voltage, registers stand still
     pv_factor: float = 1.0  # share of the PV output metered (zero use, a stuck meter: 0)
-    holiday: bool = False  # load follows the weekend shapes (a public holiday)
-    variation: Variation | None = None  # real-life variation of the load (see profiles)
+    holiday: bool = False  # a public holiday: the site lives as on a Sunday
+    variation: Variation | None = None  # how the site lives (loads; default: Variation())
 
     def active(self, t: float) -> bool:
         return self.start <= t < self.end
@@ -109,8 +108,8 @@ class _State:
     extra_w: float = 0.0  # abnormal extra load (spike, sustained high), before load_factor
     dead_share: float | None = None  # share of the load still fed when phases are dead
     holiday: bool = False
-    variation: Variation | None = None
-    plain: bool = True  # no effect at all: net power is load - PV
+    variation: Variation = _DEFAULT_VARIATION
+    natural: bool = True  # powered, nothing changed but the day's plan: net = load - PV
 
 
 _PLAIN = _State()
@@ -129,8 +128,6 @@ class RegisterReset:
 class _Params:
     """Per-meter constants drawn once from the meter's own ``random.Random``."""
 
-    mean_kw: float
-    burst_kw: float
     pv_kw: float
     pf: float
     phase_weights: tuple[float, ...]
@@ -142,12 +139,9 @@ class _Params:
 
 def _draw_params(rng: random.Random, profile: Profile, phases: int, prosumer: bool) -> _Params:
     commercial = profile == "commercial"
-    mean_kw = rng.uniform(4.0, 30.0) if commercial else rng.uniform(0.25, 0.6)
     weights = [rng.uniform(0.8, 1.2) for _ in range(phases)]
     total = sum(weights)
     return _Params(
-        mean_kw=mean_kw,
-        burst_kw=mean_kw * 2.0 if commercial else rng.uniform(1.5, 3.0),
         pv_kw=(rng.uniform(10.0, 50.0) if commercial else rng.uniform(3.0, 8.0))
         if prosumer
         else 0.0,
@@ -163,13 +157,26 @@ def _draw_params(rng: random.Random, profile: Profile, phases: int, prosumer: bo
 
 @dataclass(frozen=True, slots=True)
 class _Day:
-    """One meter-day under a ``Variation``: (start minute, end minute, W) windows."""
+    """One meter-day: its load and PV for each minute, and what it imports and exports
+    each minute (W)."""
 
-    var: Variation
-    level: float
-    cycle: tuple[int, int, float]
-    ev: tuple[int, int, float]
-    heat_w: float
+    plan: DayPlan
+    load: array[float]
+    pv: array[float] | None
+    imp: array[float]  # max(load - PV, 0) per minute (the load itself without PV)
+    exp: array[float] | None  # max(PV - load, 0) per minute
+
+
+def _energy(p: array[float], a: float, b: float) -> float:
+    """Joules of the per-minute power ``p`` over seconds [a, b) of its day."""
+    ka, kb = int(a // STEP_S), int(b // STEP_S)
+    if ka == kb:
+        return p[ka] * (b - a)
+    e = p[ka] * ((ka + 1) * STEP_S - a) + STEP_S * sum(p[ka + 1 : kb])
+    tail = b - kb * STEP_S
+    if tail > 0.0:
+        e += p[kb] * tail
+    return e
 
 
 @dataclass(slots=True)
@@ -218,30 +225,30 @@ class MeterModel:
         self.prosumer = prosumer
         self.seed = stable_seed(seed, meter_id)
         self.params = _draw_params(random.Random(self.seed), profile, phases, prosumer)
+        # The household or business behind the meter (its constants; ``loads``).
+        self.site: Site = make_site(profile, self.seed, phases)
+        self._noise_at = mix64(self.seed ^ 0x566F6C7473) % NOISE_LEN  # voltage noise
         self.t: float = float(start) if start is not None else float(math.floor(time.time()))
         self._import_j = self.params.initial_import_kwh * _J_PER_KWH
         self._export_j = self.params.initial_export_kwh * _J_PER_KWH
         self._effects = _EffectSet()
+        self._held: tuple[float, float, _State] = (0.0, 0.0, _PLAIN)  # [lo, hi): the state
         self._resets: list[RegisterReset] = []
-        self._shapes = (minute_shapes(profile, False), minute_shapes(profile, True))
-        self._cloud_day, self._cloud = -1, 0.0
-        self._days: dict[int, _Day] = {}
-        # Appliances a ``Variation`` may give this meter, drawn from its seed (not from
-        # the constants' random stream, which would change every meter's constants).
-        self._ev_u, self._heat_u = unit(self.seed, 0, 40), unit(self.seed, 0, 41)
-        self._ev_w_max = 3700.0 if unit(self.seed, 0, 42) < 0.7 else 7400.0
-        self._ev_minute = 1080 + int(300 * unit(self.seed, 0, 43))  # 18:00 .. 23:00
-        self._heat_w_max = (
-            400.0 * self.params.mean_kw
-            if profile == "commercial"
-            else 1000.0 + 2000.0 * unit(self.seed, 0, 44)
-        )
+        self._plans: dict[tuple[int, bool, Variation], DayPlan] = {}
+        self._days: dict[tuple[int, bool, Variation], _Day] = {}
+        self._last: _Day | None = None  # the last day looked up, and its key
+        self._last_key: tuple[int, bool, Variation] = (-1, False, _DEFAULT_VARIATION)
 
     # -- faults -------------------------------------------------------------------------
 
     def add_effect(self, effect: Effect) -> None:
         """Apply ``effect`` over its time window; effects in the past change nothing."""
         self._effects.add(effect)
+        self._held = (0.0, 0.0, _PLAIN)
+        if effect.holiday or effect.variation is not None:
+            # A day may now follow another plan from the effect's start.
+            self._days.clear()
+            self._last = None
 
     def add_reset(self, reset: RegisterReset) -> None:
         """Schedule a register reset; it happens when ``advance`` crosses ``reset.at``."""
@@ -255,22 +262,42 @@ class MeterModel:
     def clock_offset_s(self, t: float | None = None) -> float:
         """How far the meter's clock is ahead of true time (negative: behind)."""
         t = self.t if t is None else t
-        return sum(e.clock_step_s + e.clock_rate * (t - e.start) for e in self._effects.active(t))
+        return self._clock_offset(t, self._effects.active(t))
+
+    @staticmethod
+    def _clock_offset(t: float, effects: list[Effect]) -> float:
+        return sum(e.clock_step_s + e.clock_rate * (t - e.start) for e in effects)
 
     # -- physics ------------------------------------------------------------------------
 
     def _state(self, t: float) -> _State:
-        """The active effects at ``t``, combined (in the order they were added)."""
-        effects = self._effects.active(t) if self._effects.effects else ()
+        """The active effects at ``t``, combined (in the order they were added); the same
+        between two boundaries of the effects, so kept for the stretch it holds on."""
+        if not self._effects.effects:
+            return _PLAIN
+        lo, hi, st = self._held
+        if lo <= t < hi:
+            return st
+        st = self._combine(self._effects.active(t))
+        bounds = self._effects.boundaries
+        i = bisect.bisect_right(bounds, t)
+        self._held = (
+            bounds[i - 1] if i else -math.inf,
+            bounds[i] if i < len(bounds) else math.inf,
+            st,
+        )
+        return st
+
+    def _combine(self, effects: list[Effect]) -> _State:
         if not effects:
             return _PLAIN
         load_factor, pv_factor, offset, extra = 1.0, 1.0, 0.0, 0.0
         dead: set[int] = set()
         holiday = False
-        variation: Variation | None = None
+        variation = _DEFAULT_VARIATION
         for e in effects:
             if not e.powered:
-                return _State(powered=False, plain=False)
+                return _State(powered=False, natural=False)
             if e.load_factor > 1.0:
                 extra += e.load_factor - 1.0
             else:
@@ -289,6 +316,13 @@ class MeterModel:
             )
         if extra:
             extra *= self.reference_w(variation)
+        natural = (
+            load_factor == 1.0
+            and pv_factor == 1.0
+            and offset == 0.0
+            and extra == 0.0
+            and dead_share is None
+        )
         return _State(
             True,
             load_factor,
@@ -298,98 +332,91 @@ class MeterModel:
             dead_share,
             holiday,
             variation,
-            plain=False,
+            natural,
         )
 
+    def _flags(self, t: float) -> tuple[bool, Variation]:
+        """(holiday, variation) at ``t``, whatever else the effects do."""
+        holiday, variation = False, _DEFAULT_VARIATION
+        for e in self._effects.active(t):
+            holiday = holiday or e.holiday
+            if e.variation is not None:
+                variation = e.variation
+        return holiday, variation
+
     def reference_w(self, var: Variation | None = None) -> float:
-        """The meter's usual peak, W: its average load at the profile's busiest hour, plus
-        its electric heating at full power if it heats electrically (not appliance cycles
-        or EV charging: those are what a fault must stand out from). A load factor above
-        1 adds (factor - 1) x this: a spike of x 8 is about 7 x the evening peak on top of
-        the normal load (3.7-9 kW for a household without heating), sustained high x 4 is
-        3 x it (1.6-3.9 kW: a heater or a grow room left on)."""
-        ref = self.params.mean_kw * 1000.0 * max(self._shapes[0])
-        if var is not None and self._heat_u < var.heating_share:
-            ref += self._heat_w_max
-        return ref
+        """The meter's usual high, W: what its site draws at its busiest on a usual day
+        (standby, the evening's small loads and its biggest appliance; a business's open
+        level), plus its EV charger and its electric heating at full power if it has them.
+        A load factor above 1 adds (factor - 1) x this: a spike of x 4 is three times the
+        usual high on top of the normal load (about 9-15 kW for a household without EV or
+        electric heating), sustained high x 2 is once it (3-5 kW for hours: heaters left
+        on, a grow room)."""
+        return self.site.reference_w(var or _DEFAULT_VARIATION)
 
-    def _load_w(self, k: int, holiday: bool = False, var: Variation | None = None) -> float:
-        """Consumption in step ``k``: profile shape x per-step noise, plus appliance bursts;
-        with a ``Variation``, also the day's level, the hour's occupancy, long appliance
-        cycles, EV charging and electric heating."""
-        p = self.params
-        day, minute = divmod(k, 1440)
-        weekend = holiday or (day + 3) % 7 >= 5
-        level = self._shapes[weekend][minute]
-        h = mix64(self.seed ^ mix64((k << 8) + 1))
-        noise, burst = (h >> 32) * _INV_2_32, (h & 0xFFFFFFFF) * _INV_2_32
-        load = p.mean_kw * level * (0.7 + 0.6 * noise)
-        if var is not None:
-            load *= self._day(day, var).level * self._hour_factor(k // 60, var)
-        # A kettle, oven or compressor: more likely when people are up and about.
-        if burst < 0.04 * level:
-            load += p.burst_kw
-        if var is None:
-            return load * 1000.0
-        return load * 1000.0 + self._extra_w(k, day, var, noise)
+    # -- the day's load ------------------------------------------------------------------
 
-    def _pv_w(self, k: int) -> float:
-        p = self.params
-        if p.pv_kw == 0.0:
-            return 0.0
-        day, minute = divmod(k, 1440)
-        sun = _PV_MINUTE[minute]
-        if sun == 0.0:
-            return 0.0
-        # Cloudiness is a property of the day, flicker a property of the minute.
-        if day != self._cloud_day:
-            self._cloud_day, self._cloud = day, 0.35 + 0.65 * unit(self.seed, day, 3)
-        return p.pv_kw * 1000.0 * sun * self._cloud * (0.85 + 0.15 * unit(self.seed, k, 4))
-
-    # -- real-life variation (only with a Variation effect) ----------------------------
-
-    def _day(self, day: int, var: Variation) -> _Day:
-        """The day's level and appliance, EV and heating plans (cached: two days at a time)."""
-        got = self._days.get(day)
-        if got is not None and got.var is var:
-            return got
-        seed = self.seed
-        commercial = self.profile == "commercial"
-        spread = var.daily * (0.5 if commercial else 1.0)
-        level = 1.0 - spread + 2.0 * spread * unit(seed, day, 20)
-        cycle = ev = (0, 0, 0.0)
-        if not commercial:
-            if unit(seed, day, 22) < var.appliances:
-                start = day * 1440 + 420 + int(840 * unit(seed, day, 23))  # 07:00 .. 21:00
-                length = 45 + int(75 * unit(seed, day, 24))
-                cycle = (start, start + length, 1200.0 + 1000.0 * unit(seed, day, 25))
-            if self._ev_u < var.ev_share and unit(seed, day, 26) < 0.6:
-                start = day * 1440 + self._ev_minute + int(120 * (unit(seed, day, 27) - 0.5))
-                length = 120 + int(120 * unit(seed, day, 28))
-                ev = (start, start + length, self._ev_w_max)
-        heat = 0.0
-        if self._heat_u < var.heating_share:
-            heat = self._heat_w_max * max(0.0, 15.0 - temperature_c(day)) / 15.0
-        got = _Day(var, level, cycle, ev, heat)
-        if len(self._days) > 4:
-            self._days.clear()
-        self._days[day] = got
+    def day_plan(self, day: int, holiday: bool = False, var: Variation | None = None) -> DayPlan:
+        """The site's plan for epoch day ``day`` (its appliance runs, away or not...)."""
+        key = (day, holiday, var or _DEFAULT_VARIATION)
+        got = self._plans.get(key)
+        if got is None:
+            if len(self._plans) >= 4:
+                del self._plans[next(iter(self._plans))]
+            got = self._plans[key] = self.site.plan(*key)
         return got
 
-    def _hour_factor(self, hour: int, var: Variation) -> float:
-        if self.profile == "commercial" or var.hourly == 0.0:
-            return 1.0
-        return 1.0 - var.hourly + 2.0 * var.hourly * unit(self.seed, hour, 21)
+    def _day(self, day: int, holiday: bool, var: Variation) -> _Day:
+        """The day's load, PV, import and export per minute (cached while it is lived)."""
+        got, (d, h, v) = self._last, self._last_key
+        if got is not None and d == day and h == holiday and v is var:
+            return got
+        key = (day, holiday, var)
+        got = self._days.get(key)
+        if got is not None:
+            self._last, self._last_key = got, key
+            return got
+        plan = self.day_plan(day, holiday, var)
+        # Runs of the day before that go on past midnight, as that day was lived.
+        before = self.day_plan(day - 1, *self._flags(day * DAY_S - STEP_S))
+        spill = tuple(r for r in before.runs if r.end > _MINUTES)
+        load = self.site.minutes(plan, spill)
+        if self.params.pv_kw:
+            pv = self._pv_minutes(day)
+            net = list(map(sub, load, pv))
+            got = _Day(
+                plan,
+                array("d", load),
+                array("d", pv),
+                array("d", [x if x > 0.0 else 0.0 for x in net]),
+                array("d", [0.0 if x > 0.0 else -x for x in net]),
+            )
+        else:
+            arr = array("d", load)
+            got = _Day(plan, arr, None, arr, None)
+        # Only the day being lived is kept (with another holiday or variation if one
+        # starts within it): the meter moves on, and the plans of past days are kept.
+        for old in [k for k in self._days if k[0] != day]:
+            del self._days[old]
+        self._days[key] = got
+        self._last, self._last_key = got, key
+        return got
 
-    def _extra_w(self, k: int, day: int, var: Variation, noise: float) -> float:
-        """Long appliance cycles and EV charging (a window may run past midnight), heating."""
-        extra = 0.0
-        for d in (day, day - 1):
-            plan = self._day(d, var)
-            for start, end, watts in (plan.cycle, plan.ev):
-                if start <= k < end:
-                    extra += watts
-        return extra + self._day(day, var).heat_w * (0.8 + 0.4 * noise)
+    def _pv_minutes(self, day: int) -> list[float]:
+        """PV output, W, each minute: clear sky x the day's cloudiness x a flicker."""
+        peak = self.params.pv_kw * 1000.0 * (0.35 + 0.65 * unit(self.seed, day, 3))
+        noise = noise_slice(self.seed, day, 4)
+        out = [0.0] * _MINUTES
+        out[_SUN_FROM:_SUN_TO] = [
+            peak * s * (0.85 + 0.15 * n)
+            for s, n in zip(_PV_MINUTE[_SUN_FROM:_SUN_TO], noise[_SUN_FROM:_SUN_TO], strict=True)
+        ]
+        return out
+
+    def runs(self, day: int) -> tuple[Run, ...]:
+        """The appliance runs of epoch day ``day`` as the meter lives it (its effects'
+        holiday and variation at the day's noon)."""
+        return self.day_plan(day, *self._flags(day * DAY_S + DAY_S / 2)).runs
 
     def power_w(self, t: float | None = None) -> float:
         """Net active power at ``t`` (import positive, export negative), in W."""
@@ -397,14 +424,17 @@ class MeterModel:
         return self._power(math.floor(t / STEP_S), self._state(t))
 
     def _power(self, k: int, st: _State) -> float:
-        if st.plain:
-            return self._load_w(k) - self._pv_w(k)
         if not st.powered:
             return 0.0
-        load = (self._load_w(k, st.holiday, st.variation) + st.extra_w) * st.load_factor
+        day, m = divmod(k, _MINUTES)
+        d = self._day(day, st.holiday, st.variation)
+        pv = d.pv[m] if d.pv is not None else 0.0
+        if st.natural:
+            return d.load[m] - pv
+        load = (d.load[m] + st.extra_w) * st.load_factor
         if st.dead_share is not None:
             load *= st.dead_share
-        return load - self._pv_w(k) * st.pv_factor - st.offset_w
+        return load - pv * st.pv_factor - st.offset_w
 
     def advance(self, t: float) -> None:
         """Move simulated time to ``t``, integrating power into the registers exactly."""
@@ -412,6 +442,7 @@ class MeterModel:
             raise ValueError(f"{self.meter_id}: cannot go back in time ({t} < {self.t})")
         cur = self.t
         resets = self._resets
+        effects = self._effects
         while True:
             while resets and resets[0].at <= cur:
                 # A reset exactly at ``t`` is visible in the reading at ``t``.
@@ -419,115 +450,58 @@ class MeterModel:
             if cur >= t:
                 break
             # The active effects stay the same up to the next boundary (or reset).
-            limit = min(t, self._effects.next_boundary(cur))
+            limit = t
+            if effects.boundaries:
+                limit = min(t, effects.next_boundary(cur))
             if resets:
                 limit = min(limit, resets[0].at)
             cur = self._integrate(cur, limit, self._state(cur))
         self.t = float(t)
 
     def _integrate(self, cur: float, limit: float, st: _State) -> float:
-        """Add the energy of [cur, limit) to the registers, step by step; returns ``limit``.
+        """Add the energy of [cur, limit) to the registers, a day at a time; returns ``limit``.
 
-        The hot loop of a fleet: for a meter without effects the load and PV are computed
-        inline (the same arithmetic, in the same order, as ``_load_w`` and ``_pv_w``).
+        Without faults a stretch is a sum over the day's minutes (and parts of the two it
+        starts and ends in); with one, the minutes are added one at a time, with the same
+        arithmetic as ``_power``.
         """
+        if not st.powered:
+            return limit
         imp, exp = self._import_j, self._export_j
-        if st.plain:
-            p = self.params
-            seed, mean_kw, burst_kw = self.seed, p.mean_kw, p.burst_kw
-            pv_kw = p.pv_kw
-            shapes = self._shapes
-            _inner = _INNER
-            while cur < limit:
-                k = math.floor(cur / STEP_S)
-                nxt = (k + 1) * STEP_S
-                if nxt > limit:
-                    nxt = limit
-                day, minute = divmod(k, 1440)
-                level = shapes[(day + 3) % 7 >= 5][minute]
-                inner = _inner.get(k)
-                if inner is None:
-                    inner = _inner_hash(k)
-                x = ((seed ^ inner) + 0x9E3779B97F4A7C15) & _M64
-                x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-                x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
-                h = x ^ (x >> 31)
-                load = mean_kw * level * (0.7 + 0.6 * ((h >> 32) * _INV_2_32))
-                if (h & 0xFFFFFFFF) * _INV_2_32 < 0.04 * level:
-                    load += burst_kw
-                power = load * 1000.0
-                if pv_kw != 0.0 and _PV_MINUTE[minute] != 0.0:
-                    power -= self._pv_w(k)
-                e = power * (nxt - cur)
-                if e >= 0.0:
-                    imp += e
-                else:
-                    exp -= e
-                cur = nxt
-        elif st.powered:
-            # The same arithmetic as ``_power`` (and ``_load_w``), in the same order.
-            p = self.params
-            seed, mean_kw, burst_kw, pv_kw = self.seed, p.mean_kw, p.burst_kw, p.pv_kw
-            shapes, _inner = self._shapes, _INNER
-            holiday, var = st.holiday, st.variation
-            lf, pf, off, ds = st.load_factor, st.pv_factor, st.offset_w, st.dead_share
-            xw = st.extra_w
-            plan_day = plan_hour = -1
-            today = yesterday = None
-            hour_f = 1.0
-            while cur < limit:
-                k = math.floor(cur / STEP_S)
-                nxt = (k + 1) * STEP_S
-                if nxt > limit:
-                    nxt = limit
-                day, minute = divmod(k, 1440)
-                level = shapes[holiday or (day + 3) % 7 >= 5][minute]
-                inner = _inner.get(k)
-                if inner is None:
-                    inner = _inner_hash(k)
-                x = ((seed ^ inner) + 0x9E3779B97F4A7C15) & _M64
-                x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-                x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
-                h = x ^ (x >> 31)
-                noise = (h >> 32) * _INV_2_32
-                load = mean_kw * level * (0.7 + 0.6 * noise)
-                if var is not None:
-                    if day != plan_day:
-                        today, yesterday, plan_day = (
-                            self._day(day, var),
-                            self._day(day - 1, var),
-                            day,
-                        )
-                    if k // 60 != plan_hour:
-                        plan_hour = k // 60
-                        hour_f = self._hour_factor(plan_hour, var)
-                    load *= today.level * hour_f  # type: ignore[union-attr]
-                if (h & 0xFFFFFFFF) * _INV_2_32 < 0.04 * level:
-                    load += burst_kw
-                if var is None:
-                    power = (load * 1000.0 + xw) * lf
-                else:
-                    extra = 0.0
-                    for start, end, watts in (
-                        today.cycle,  # type: ignore[union-attr]
-                        today.ev,  # type: ignore[union-attr]
-                        yesterday.cycle,  # type: ignore[union-attr]
-                        yesterday.ev,  # type: ignore[union-attr]
-                    ):
-                        if start <= k < end:
-                            extra += watts
-                    power = (
-                        load * 1000.0 + (extra + today.heat_w * (0.8 + 0.4 * noise)) + xw  # type: ignore[union-attr]
-                    ) * lf
-                if ds is not None:
-                    power *= ds
-                pv = self._pv_w(k) if pv_kw != 0.0 and _PV_MINUTE[minute] != 0.0 else 0.0
-                e = (power - pv * pf - off) * (nxt - cur)
-                if e >= 0.0:
-                    imp += e
-                else:
-                    exp -= e
-                cur = nxt
+        while cur < limit:
+            day = int(cur // DAY_S)
+            d0 = day * DAY_S
+            end = min(limit, d0 + DAY_S)
+            d = self._day(day, st.holiday, st.variation)
+            a, b = cur - d0, end - d0
+            if st.natural:
+                imp += _energy(d.imp, a, b)
+                if d.exp is not None:
+                    exp += _energy(d.exp, a, b)
+            else:
+                lf, pf, off, ds, xw = (
+                    st.load_factor,
+                    st.pv_factor,
+                    st.offset_w,
+                    st.dead_share,
+                    st.extra_w,
+                )
+                load, pv = d.load, d.pv
+                while a < b:
+                    m = int(a // STEP_S)
+                    nxt = (m + 1) * STEP_S
+                    if nxt > b:
+                        nxt = b
+                    power = (load[m] + xw) * lf
+                    if ds is not None:
+                        power *= ds
+                    e = (power - (pv[m] if pv is not None else 0.0) * pf - off) * (nxt - a)
+                    if e >= 0.0:
+                        imp += e
+                    else:
+                        exp -= e
+                    a = nxt
+            cur = end
         self._import_j, self._export_j = imp, exp
         return limit
 
@@ -544,33 +518,41 @@ class MeterModel:
     def energy_export_kwh(self) -> float:
         return self._export_j / _J_PER_KWH
 
-    def voltages_v(self, t: float | None = None) -> list[float]:
-        """Per-phase voltage: nominal, minus a load-dependent feeder drop, plus noise."""
+    def voltages_v(
+        self, t: float | None = None, effects: list[Effect] | None = None
+    ) -> list[float]:
+        """Per-phase voltage: nominal, minus a load-dependent feeder drop, plus noise.
+        ``effects``: the effects active at ``t``, if the caller has them."""
         t = self.t if t is None else t
         p = self.params
-        k = math.floor(t / STEP_S)
+        if effects is None:
+            effects = self._effects.active(t)
         factor = 1.0
-        dead: set[int] = set()
-        for e in self._effects.active(t):
+        dead: frozenset[int] | set[int] = frozenset()
+        for e in effects:
             if not e.powered:
                 return [0.0] * self.phases
             factor *= e.voltage_factor
-            dead |= e.dead_phases
+            if e.dead_phases:
+                dead = set(dead) | e.dead_phases
         base = 1.015 - p.feeder_drop * _grid_load(t)
+        nominal = self.nominal_voltage_v
+        at = (self._noise_at + 3 * math.floor(t / STEP_S)) % NOISE_LEN
         out = []
         for i in range(self.phases):
             if i + 1 in dead:
                 out.append(0.0)
                 continue
-            noise = 0.008 * (unit(self.seed, k, 10 + i) - 0.5)
-            out.append(self.nominal_voltage_v * (base + p.phase_offsets[i] + noise) * factor)
+            noise = 0.008 * (NOISE[at + i] - 0.5)
+            out.append(nominal * (base + p.phase_offsets[i] + noise) * factor)
         return out
 
     def reading(self) -> dict[str, object]:
         """The canonical reading at the current simulated time."""
         t = self.t
+        effects = self._effects.active(t) if self._effects.effects else []
         power = self.power_w(t)
-        volts = self.voltages_v(t)
+        volts = self.voltages_v(t, effects)
         pf = self.params.pf if power >= 0 else -self.params.pf
         weights = self.params.phase_weights
         live = [w if v > 0.0 else 0.0 for w, v in zip(weights, volts, strict=True)]
@@ -588,7 +570,7 @@ class MeterModel:
         powered = any(v > 0.0 for v in volts)
         return {
             "meter_id": self.meter_id,
-            "ts": rfc3339(t + self.clock_offset_s(t)),
+            "ts": rfc3339(t + self._clock_offset(t, effects)) if effects else rfc3339(t),
             "energy_import_kwh": round(self.energy_import_kwh, 3),
             "energy_export_kwh": round(self.energy_export_kwh, 3),
             "power_w": round(power, 1) + 0.0,  # + 0.0 turns -0.0 into 0.0

@@ -1,10 +1,13 @@
-"""Load and PV generation profiles, and the counter-based noise they draw from.
+"""The world the meters live in: weather, daylight, PV, the grid's load and frequency, how
+sites live (``Variation``), and the counter-based noise they all draw from.
 
 Every value here is a pure function of (a meter's seed, a time step). That is deliberate: a
 meter's power at time t must not depend on how often or in which order somebody looked at it
 (the MQTT fleet advances meters every interval, a Modbus server on every poll), so the noise
 cannot come from a sequential random stream. A 64-bit mixing hash of (seed, step, salt) gives
-the same numbers whatever the call pattern, and is fast enough for a fleet.
+the same numbers whatever the call pattern, and is fast enough for a fleet; minute-by-minute
+noise comes from a table of such numbers shared by the fleet, at an offset hashed from
+(seed, day).
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ from typing import Literal
 
 __all__ = [
     "DAY_S",
+    "NOISE",
+    "NOISE_LEN",
     "Profile",
     "Variation",
+    "darkness",
     "grid_frequency_hz",
     "grid_load_index",
-    "minute_shapes",
     "mix64",
+    "noise_slice",
+    "outdoor_c",
     "pv_clear_sky",
     "shape",
     "stable_seed",
@@ -68,15 +75,17 @@ def unit_pair(seed: int, step: int, salt: int) -> tuple[float, float]:
 
 
 def _normalised(weekday: list[float], weekend: list[float]) -> tuple[tuple[float, ...], ...]:
-    # Scale both by the weekday mean: a meter's ``mean_kw`` is then its average weekday load,
-    # and a weekend keeps its own level (an office uses far less on a Sunday).
+    # Scale both by the weekday mean; a weekend keeps its own level (an office uses far less
+    # on a Sunday).
     mean = sum(weekday) / len(weekday)
     return tuple(v / mean for v in weekday), tuple(v / mean for v in weekend)
 
 
-# Hourly load relative to the weekday mean, local time, one value per hour (linearly
-# interpolated in between). Households: a breakfast bump and an evening peak; at weekends a
-# later morning and more use at midday. Businesses: open 8-18 on weekdays, base load otherwise.
+# The average load of many sites (not one: each site lives by ``loads``), relative to the
+# weekday mean, local time, one value per hour (linearly interpolated in between): what the
+# low-voltage grid carries, which drives the feeder voltage drop (``grid_load_index``).
+# Households: a breakfast bump and an evening peak; at weekends a later morning and more use
+# at midday. Businesses: open 8-18 on weekdays, base load otherwise.
 # fmt: off
 _HOUSEHOLD = _normalised(
     [0.55, 0.45, 0.40, 0.38, 0.38, 0.45, 0.80, 1.30, 1.20, 0.85, 0.75, 0.75,
@@ -111,27 +120,21 @@ def shape(profile: Profile, t: float) -> float:
     return table[i] * (1.0 - frac) + table[(i + 1) % 24] * frac
 
 
-@functools.cache
-def minute_shapes(profile: Profile, weekend: bool) -> tuple[float, ...]:
-    """``shape`` for each minute of a weekday (or weekend) day, exactly as ``shape`` gives it
-    at whole minutes: the meter model's inner loop looks these up instead of interpolating."""
-    day = 9 if weekend else 4  # 1970-01-05 was a Monday, 1970-01-10 a Saturday
-    return tuple(shape(profile, day * DAY_S + m * 60) for m in range(1440))
-
-
 @dataclass(frozen=True, slots=True)
 class Variation:
-    """Real-life variation on top of the daily shapes (a ``load_variation`` scenario entry).
+    """How the simulated sites live (``loads``): every meter follows these defaults; a
+    ``load_variation`` scenario entry sets other values for its target and window.
 
-    Every part is a pure function of (meter seed, day / hour / minute), like the rest of the
-    noise, so it stays deterministic however the meter is polled.
+    Every part is a pure function of (meter seed, day), so it stays deterministic however
+    the meter is polled.
     """
 
-    daily: float = 0.2  # a meter's level varies day to day within 1 +- daily (commercial: half)
+    daily: float = 0.2  # activity varies day to day within 1 +- daily (businesses: half)
     hourly: float = 0.3  # households: occupancy varies hour to hour within 1 +- hourly
-    appliances: float = 0.6  # households: chance per day of a 45-120 min, 1.2-2.2 kW cycle
-    ev_share: float = 0.05  # households charging an EV (3.7 or 7.4 kW, 2-4 h, most evenings)
-    heating_share: float = 0.15  # meters with electric heating, following the temperature
+    appliances: float = 1.0  # households: how often the appliances run (1: as drawn, 0: never)
+    ev_share: float = 0.08  # households charging an EV (3.7-11 kW, 2-4 h, most evenings)
+    heating_share: float = 0.1  # sites heating electrically, following the outdoor temperature
+    away: float = 1.0  # households away from home (1: a few trips a year, 0: never)
 
 
 _TEMP_SEED = stable_seed("weather")
@@ -146,6 +149,41 @@ def temperature_c(day: int) -> float:
     knot, frac = divmod(day, 3)
     a, b = unit(_TEMP_SEED, knot, 0), unit(_TEMP_SEED, knot + 1, 0)
     return season + 8.0 * ((a + (b - a) * frac / 3.0) - 0.5)
+
+
+@functools.lru_cache(maxsize=64)
+def outdoor_c(day: int) -> tuple[float, ...]:
+    """The outdoor temperature of each hour of epoch day ``day``: the day's mean
+    (``temperature_c``) plus a daily swing of +-3.5 C, coldest around 04:00, warmest around
+    16:00 (a simple weather series: what electric heating follows)."""
+    mean = temperature_c(day)
+    return tuple(mean + 3.5 * math.cos(2.0 * math.pi * (h + 0.5 - 16.0) / 24.0) for h in range(24))
+
+
+@functools.lru_cache(maxsize=64)
+def darkness(day: int) -> tuple[float, ...]:
+    """How dark each hour of epoch day ``day`` is, 0 (daylight) to 1 (night), at about 50 N:
+    about 8 hours of daylight in late December, 16 in late June (lighting follows it)."""
+    length = 12.0 - 4.0 * math.cos(2.0 * math.pi * ((day + 10) % 365.25) / 365.25)
+    rise, set_ = 12.5 - length / 2.0, 12.5 + length / 2.0
+    out = []
+    for h in range(24):
+        light = min(h + 1.0, set_) - max(float(h), rise)
+        out.append(1.0 - min(1.0, max(0.0, light)))
+    return tuple(out)
+
+
+# Uniform noise shared by the fleet: a site-day takes a 1440-minute slice of it at an offset
+# drawn from (its seed, the day), which costs a list slice instead of 1440 hashes.
+_NOISE_SEED = stable_seed("minute-noise")
+NOISE_LEN = 1440 * 16
+NOISE: list[float] = [unit(_NOISE_SEED, i, 0) for i in range(NOISE_LEN + 1440)]
+
+
+def noise_slice(seed: int, day: int, salt: int) -> list[float]:
+    """1440 uniforms in [0, 1) for one site-day, a pure function of (seed, day, salt)."""
+    off = mix64(seed ^ mix64((day << 8) + salt)) % NOISE_LEN
+    return NOISE[off : off + 1440]
 
 
 def grid_load_index(t: float) -> float:
