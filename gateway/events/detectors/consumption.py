@@ -41,8 +41,8 @@ Events (meter subject, judged per interval in the readings' own time), each with
 utility can set its own cut downstream:
 
 - `consumption_spike` (minor): an interval above `spike_factor` x the meter's usual high
-  (and SPIKE_MIN_KW above its slot's expected): far above what
-  this meter does at its busiest, not only at that hour. Raised at that interval (its
+  (at least USUAL_HIGH_FLOOR_KW) and SPIKE_MIN_KW above its slot's expected: far above
+  what this meter does at its busiest, not only at that hour. Raised at that interval (its
   start), cleared by the next interval below the cut, or superseded by a
   sustained_high_consumption when the burst stays. Value: the interval's kW.
 - `sustained_high_consumption` (major): a run of intervals above their expected by at
@@ -100,6 +100,7 @@ __all__ = [
     "PEAK_HALF_LIFE_D",
     "RUN_MARGIN",
     "SPIKE_MIN_KW",
+    "USUAL_HIGH_FLOOR_KW",
     "ZERO_MIN_KW",
     "Consumption",
     "slot_of",
@@ -131,6 +132,9 @@ LEARN_SAMPLES: Final = 48  # gain 1/n up to here, then fixed: about 2.5 weeks of
 MIN_SLOT_SAMPLES: Final = 4  # a slot with fewer is judged on its hour's weekday slot
 SPIKE_MIN_KW: Final = 1.0  # ... and at least this much above the slot's expected
 PEAK_HALF_LIFE_D: Final = 28.0
+# The least usual high a meter is judged by: any household can run a kettle and an oven
+# at once (a household away for its whole warm-up learned only its standby).
+USUAL_HIGH_FLOOR_KW: Final = 2.5
 _PEAK_FADE_PER_H: Final = 0.6931 / (PEAK_HALF_LIFE_D * 24)
 HIGH_MIN_KW: Final = 0.9  # an added load of at least this much (a small heater)
 RUN_MARGIN: Final = 2.0  # ... and more energy above the expected than its longest usual run
@@ -260,7 +264,10 @@ class Consumption:
         book = self._book
         learn = True
         # consumption_spike: above its usual high and far above this slot.
-        cut = self._spike * st.peak_kw
+        usual = st.peak_kw
+        if usual < USUAL_HIGH_FLOOR_KW:
+            usual = USUAL_HIGH_FLOOR_KW
+        cut = self._spike * usual
         if st.open & SPIKE:
             if x <= cut:
                 book.clear_meter(
@@ -389,7 +396,7 @@ class Consumption:
                     hrs[i] = 0.0
 
     def _spike_raised(self, st: MeterState, a: int, x: float, cut: float, now_ns: int) -> None:
-        peak = st.peak_kw
+        peak = cut / self._spike
         self._book.raise_meter(
             st,
             "consumption_spike",
