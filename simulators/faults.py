@@ -270,7 +270,9 @@ class ReverseFlow(_FaultBase):
 
     type: Literal["reverse_flow"] = "reverse_flow"
     duration: Duration | None = 3600.0
-    export_w: float = Field(2000.0, gt=0.0, description="subtracted from the net power")
+    export_w: float = Field(
+        2000.0, gt=0.0, description="flows out of the meter (at least), whatever the load"
+    )
 
 
 class RegisterReset(_FaultBase):

@@ -83,7 +83,7 @@ class Effect:
     # (not the load x factor: at night that would be less than a kettle, and
     # during EV charging tens of kW).
     load_factor: float = 1.0
-    offset_w: float = 0.0  # subtracted from net power: reverse flow on a non-prosumer
+    offset_w: float = 0.0  # reverse flow on a non-prosumer: at least this much flows out
     voltage_factor: float = 1.0  # sag (<1) / swell (>1), all phases
     dead_phases: frozenset[int] = frozenset()  # phase loss: 1-based phase numbers at ~0 V
     clock_rate: float = 0.0  # meter clock error gained per simulated second (drift)
@@ -434,7 +434,14 @@ class MeterModel:
         load = (d.load[m] + st.extra_w) * st.load_factor
         if st.dead_share is not None:
             load *= st.dead_share
-        return load - pv * st.pv_factor - st.offset_w
+        net = load - pv * st.pv_factor
+        if st.offset_w:
+            # Reverse flow: at least offset_w flows out, however much the site draws
+            # (a business at 6 kW would otherwise hide a 2 kW fault).
+            net -= st.offset_w
+            if net > -st.offset_w:
+                net = -st.offset_w
+        return net
 
     def advance(self, t: float) -> None:
         """Move simulated time to ``t``, integrating power into the registers exactly."""
