@@ -105,9 +105,35 @@ def _table(report: ReliabilityReport) -> str:
     return "\n".join(out) + "\n"
 
 
+# A spreadsheet takes a cell starting with one of these as a formula (OWASP's CSV
+# injection): topology-sourced text (customer, meter, feeder ids) must not run as one.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """`value` as a CSV cell that no spreadsheet runs: text starting like a formula gets
+    a leading `'` (a number, negative ones included, stays a number)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        try:
+            float(value)
+        except ValueError:
+            return "'" + value
+    return value
+
+
+class _Writer:
+    """csv.writer with every cell passed through `csv_cell`."""
+
+    def __init__(self, buf: io.StringIO) -> None:
+        self._w = csv.writer(buf, lineterminator="\n")
+
+    def writerow(self, row: list[Any]) -> None:
+        self._w.writerow([csv_cell(v) for v in row])
+
+
 def _csv(report: ReliabilityReport) -> str:
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = _Writer(buf)
     writer.writerow([report.by if c == "group" else c for c in COLUMNS])
     for r in _rows(report):
         writer.writerow(["" if r[c] is None else r[c] for c in COLUMNS])
@@ -276,7 +302,7 @@ def _bill_csv(report: BillingReport, detail: bool) -> str:
     if detail:
         cols.insert(1, "meter_id")
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = _Writer(buf)
     writer.writerow(cols)
     for _kind, r in _bill_rows(report, detail):
         writer.writerow(
@@ -392,7 +418,7 @@ def _tags_table(tags: CustomerTags, tag: str | None, timezone: str) -> str:
 def _tags_csv(tags: CustomerTags, tag: str | None, timezone: str) -> str:
     del timezone
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = _Writer(buf)
     writer.writerow(CUSTOMER_COLUMNS)
     for c in tags.tagged(tag):
         writer.writerow(

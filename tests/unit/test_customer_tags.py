@@ -44,7 +44,7 @@ from meter_gateway.gateway.reports.readings_source import (
     customers_influxql_queries,
 )
 from meter_gateway.gateway.reports.reliability import Window
-from meter_gateway.gateway.reports.render import render_customers
+from meter_gateway.gateway.reports.render import csv_cell, render_customers
 from tests.unit.test_reliability import T0, example_events, example_topology, points_of
 
 DAY = 86_400
@@ -320,3 +320,23 @@ def test_customers_help_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(argv) == 1
     assert "cannot reach the database at http://127.0.0.1:9" in capsys.readouterr().err
     assert main([*argv[:5], "2026-01-03", "--to", "2026-01-02"]) == 2
+
+
+def test_csv_cells_from_the_topology_never_run_as_spreadsheet_formulas() -> None:
+    # OWASP's CSV injection: a customer id from the topology file that starts like a
+    # formula is written as text; numbers, negative ones too, stay numbers.
+    assert csv_cell("=cmd|' /C calc'!A0") == "'=cmd|' /C calc'!A0"
+    for bad in ("+1+1", "-2+3+cmd|' /C calc'!A0", "@SUM(1,1)", "\t=1", "\r=1"):
+        assert csv_cell(bad) == "'" + bad
+    assert csv_cell("-5.250") == "-5.250"
+    assert csv_cell(-5.25) == -5.25
+    assert csv_cell("c-1") == "c-1"
+    topo = topology()
+    evil = '=HYPERLINK("http://x","c")'
+    topo["m10"] = dataclasses.replace(topo["m10"], customer_id=evil)
+    topo["m11"] = dataclasses.replace(topo["m11"], customer_id=evil)
+    result = tag_customers(inputs(), topo, CustomersConfig(), momentary_max_s=300)
+    text = render_customers(result, "csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert "'" + evil in [r["customer_id"] for r in rows]
+    assert not any(r["customer_id"].startswith("=") for r in rows)
