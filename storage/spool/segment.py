@@ -54,6 +54,11 @@ class ScanResult:
     good_bytes: int = 0  # where the last good record ends
     problem: str | None = None  # why the scan stopped before the end of the file
     bad_bytes: int = 0  # what lies after good_bytes
+    # The record the scan stopped at, when its header is whole: what it says it is. A
+    # record cut short is missing `cut_bytes` (its declared size less what is left).
+    torn_seq: int | None = None
+    torn_size: int | None = None  # header and payload, as the header declares them
+    cut_bytes: int = 0  # at least this much of the file is gone (0: none known)
 
 
 def encode_record(seq: int, committed_ns: int, payload: bytes) -> bytes:
@@ -100,10 +105,16 @@ def scan_segment(path: Path, expect_seq: int | None) -> ScanResult:
     while pos < size:
         if size - pos < hs:
             out.problem = f"a record header cut short ({size - pos} of {hs} bytes)"
+            out.cut_bytes = hs - (size - pos)  # and the payload, of a length unknown
             break
         length, crc, seq, ts = RECORD_HEADER.unpack_from(data, pos)
-        if length > MAX_RECORD_BYTES or pos + hs + length > size:
+        if length > MAX_RECORD_BYTES:
+            out.problem = f"a record header that cannot be one (length {length})"
+            break
+        if pos + hs + length > size:
             out.problem = f"a record cut short (needs {length} bytes, {size - pos - hs} left)"
+            out.torn_seq, out.torn_size = seq, hs + length
+            out.cut_bytes = pos + hs + length - size
             break
         payload = data[pos + hs : pos + hs + length]
         if not _check(seq, ts, crc, payload):

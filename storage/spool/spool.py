@@ -16,10 +16,14 @@
   replay stores nothing twice.
 - Bounded by `max_bytes`: at the bound, or when the disk is full, the spool says
   `paused` (sources stop acknowledging, polling waits) until it is below half.
-- On start, every segment is checked record by record. A torn record at the end (a
-  crash while it was written: never acknowledged, so the broker still has it) is cut
-  off; a damaged record inside is reported, and what follows it in that segment is
-  skipped. Each case is logged and noted in the dead-letter store; nothing crashes.
+- On start, every segment is checked record by record. A record cut short at the end
+  of the last segment is cut off: a crash while it was written leaves one (never
+  acknowledged, so the broker still has it), and so does a file cut by anything else
+  (then acknowledged records may be gone with it); the message says how many bytes
+  are missing and which it is when the ledger or the record's number can tell
+  (`damage_reason`). A damaged record inside is reported, and what follows it in
+  that segment is skipped. Each case is logged and noted in the dead-letter store;
+  nothing crashes.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any, Protocol
 
 from meter_gateway.storage.spool.segment import (
     Record,
+    ScanResult,
     append_durably,
     encode_record,
     read_record,
@@ -44,7 +49,7 @@ from meter_gateway.storage.spool.segment import (
     scan_segment,
 )
 
-__all__ = ["Spool", "SpoolNote"]
+__all__ = ["Spool", "SpoolNote", "damage_reason"]
 
 log = logging.getLogger("meter_gateway.spool")
 
@@ -58,6 +63,93 @@ class SpoolNote:
 
     reason: str
     path: str
+
+
+#: Past this much unreadable data at the end of the last segment, it is damage: one
+#: record being appended when the gateway stopped is rarely so large.
+TORN_TAIL_MAX = 1 << 20
+
+
+def damage_reason(path: Path, res: ScanResult, is_last: bool, released: int) -> tuple[str, bool]:
+    """What a segment that did not read to its end tells an operator, and whether it
+    may be the one torn record a crash leaves (True) or is damage done to the file
+    afterwards (False).
+
+    A crash (kill, power cut) can leave only the record being appended, at the end of
+    the last segment: it was not yet fsync'd, so nothing in it was acknowledged. A file
+    cut by anything else (disk damage, a copy or restore cut short, a truncation) can
+    end the same way, but lose records that were acknowledged long before. The file
+    tells them apart only sometimes: a record the ledger says the database already has
+    was in the part cut off (`released`), or the record at the end is not the one that
+    would have come next. Otherwise the message says both, and that the file cannot
+    tell."""
+    last = res.records[-1].seq if res.records else None
+    after = f"after record {last}" if last is not None else "before its first whole record"
+    where = f"{path} at byte {res.good_bytes:,}, {after}"
+    if res.torn_size is not None:
+        left = res.torn_size - res.cut_bytes
+        cut = (
+            f"at least {_bytes(res.cut_bytes)} cut off: record {res.torn_seq} declares "
+            f"{res.torn_size:,} bytes and {left:,} are left"
+        )
+    elif res.cut_bytes:
+        cut = (
+            f"at least {_bytes(res.cut_bytes)} cut off: the rest of the next record's "
+            "header, and all of its payload, whose length the file no longer says"
+        )
+    else:
+        cut = f"{res.bad_bytes:,} bytes there cannot be read"
+    # The record that comes next: after the last whole one, or the segment's first (its
+    # name); a released record from there on was in the part cut off.
+    expected = last + 1 if last is not None else _first_seq(path)
+    beyond = expected is not None and released >= expected
+    unexpected = res.torn_seq is not None and expected is not None and res.torn_seq != expected
+    torn = (
+        is_last
+        and not beyond
+        and not unexpected
+        and (res.torn_size is not None or res.cut_bytes > 0 or res.bad_bytes < TORN_TAIL_MAX)
+    )
+    if beyond:
+        reason = (
+            f"spool: {res.problem} at the end of {where}; {cut}. The ledger says record "
+            f"{released} is in the database already, so the file was cut after it was "
+            f"written (disk damage, a copy or restore cut short), not by a crash: records "
+            f"{expected} to {released} ({released - expected + 1:,}) were in the part cut "
+            "off (the database has them); "
+            "any records after them are lost, acknowledged or not, and the file cannot say "
+            "how many. Cut off."
+        )
+    elif torn:
+        reason = (
+            f"spool: {res.problem} at the end of {where}; {cut}. Its readings are lost "
+            "from the spool. If the gateway was killed or lost power while writing it "
+            "(the only way it leaves a record cut short), it was never acknowledged and "
+            "its messages are still at the broker, which sends them again; if the file was "
+            "cut by anything else (disk damage, a copy or restore cut short), acknowledged "
+            "records may have been in the part cut off and are lost: the file cannot tell "
+            "which. Cut off."
+        )
+    else:
+        why = ""
+        if unexpected:
+            why = f" (record {res.torn_seq} where {expected} was next: not a record being written)"
+        reason = (
+            f"spool: {res.problem} in {where}{why}; the {res.bad_bytes:,} bytes after it "
+            "cannot be read and are skipped (disk damage?); the readings in them are lost "
+            "unless their source sends them again"
+        )
+    return reason, torn
+
+
+def _bytes(n: int) -> str:
+    return "1 byte" if n == 1 else f"{n:,} bytes"
+
+
+def _first_seq(path: Path) -> int | None:
+    """The first record's seq, from the segment's name (`<seq, 20 digits>.seg`)."""
+    stem = path.stem
+    return int(stem) if stem.isascii() and stem.isdigit() and len(stem) <= 20 else None
 
 
 class Feed(Protocol):
@@ -211,7 +303,7 @@ class Spool:
             res = scan_segment(path, expect)
             is_last = i == len(paths) - 1
             if res.problem is not None:
-                self._damaged(path, res, is_last)
+                self._damaged(path, res, is_last, released)
             keep = [r for r in res.records if r.seq > released]
             if res.records:
                 last_seq = max(last_seq, res.records[-1].seq)
@@ -233,24 +325,10 @@ class Spool:
         self._next_seq = last_seq + 1
         self.durable = last_seq
 
-    def _damaged(self, path: Path, res: Any, is_last: bool) -> None:
+    def _damaged(self, path: Path, res: ScanResult, is_last: bool, released: int) -> None:
         self.damaged += 1
-        where = f"{path} at byte {res.good_bytes}"
-        if is_last and res.bad_bytes < (1 << 20):
-            # The crash case: the last record was being written. It was never acked.
-            reason = (
-                f"spool: {res.problem} at the end of {where} ({res.bad_bytes} bytes): "
-                "a crash while it was being written; it was never acknowledged, so its "
-                "messages are still at the broker. Cut off."
-            )
-            log.warning("%s", reason)
-        else:
-            reason = (
-                f"spool: {res.problem} in {where}; the {res.bad_bytes} bytes after it "
-                "cannot be read and are skipped (disk damage?); the readings in them are "
-                "lost unless their source sends them again"
-            )
-            log.error("%s", reason)
+        reason, torn = damage_reason(path, res, is_last, released)
+        log.log(logging.WARNING if torn else logging.ERROR, "%s", reason)
         self._on_note(SpoolNote(reason, str(path)))
         # Cut the file there so the next start does not report it again.
         try:
