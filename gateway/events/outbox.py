@@ -22,12 +22,15 @@
   Both are logged; neither stops the gateway.
 - A segment is deleted once every destination's cursor is past it and it is below
   the hold point (`hold()`: the engine's last snapshot, whose reconcile reads
-  `events_since()`). Over `max_bytes`, the oldest segments go even if a destination
-  has not taken them (logged, counted in `stats()` as `skipped`), so one dead
-  destination cannot fill the disk.
+  `events_since()`; `open(hold=...)`: what the caller's state does not cover yet,
+  from the first event on before there is any snapshot). Over `max_bytes`, the oldest
+  segments go even if a destination has not taken them (logged, counted in `stats()`
+  as `skipped`), so one dead destination cannot fill the disk.
 - A full disk does not crash anything: the commit fails, is logged once, the events
   wait in memory (at most `max_pending`; past it new ones are dropped and counted)
-  and the commit is retried every `retry_s`.
+  and the commit is retried every `retry_s`. `wait_written(seq)` tells a caller that
+  cannot wait for room (the gateway's own events) whether an event is on disk or was
+  refused.
 
 Files under `directory`: `<first seq, 20 digits>.seg`, `cursor.<destination>`, `hold`.
 """
@@ -61,7 +64,7 @@ from meter_gateway.storage.spool.segment import (
     scan_segment,
 )
 
-__all__ = ["Outbox", "Send", "decode_event", "encode_event"]
+__all__ = ["Outbox", "Send", "backoff", "decode_event", "encode_event"]
 
 log = logging.getLogger("meter_gateway.events.outbox")
 
@@ -211,7 +214,25 @@ class Outbox:
             self._durable_changed.clear()
             await self._durable_changed.wait()
 
+    async def wait_written(self, seq: int) -> bool:
+        """Until event `seq` is on disk (True), or a write that held it was refused
+        (False: the disk is full or failing; it stays queued and is tried again).
+        Commits itself rather than waiting for `run()`, which may not run (yet)."""
+        if self._durable < seq:
+            await self.commit()  # takes the lock: after a commit under way, which may hold it
+        return self._durable >= seq
+
+    @property
+    def failing(self) -> bool:
+        """The last write was refused (a full or failing disk): what is appended waits
+        in memory."""
+        return self._failing_since is not None
+
     # -- state --------------------------------------------------------------------------
+    def delivered_to(self, name: str) -> int:
+        """The last seq destination `name` has taken (its cursor)."""
+        return self._dests[name].cursor
+
     def backlog(self, name: str) -> int:
         """Events appended that destination `name` has not taken yet."""
         return max(0, self.last_seq - self._dests[name].cursor)
@@ -248,8 +269,12 @@ class Outbox:
         }
 
     # -- start: recover what is on disk ---------------------------------------------------
-    async def open(self) -> None:
-        await asyncio.to_thread(self._recover)
+    async def open(self, hold: int | None = None) -> None:
+        """Recover what is on disk. `hold`: the events the caller will read back with
+        `events_since(hold)` (its state covers those before); they are kept whatever the
+        `hold` file says, so none is compacted before the caller has them. No state yet
+        is `hold=1`: everything is kept until the first `hold()` call."""
+        await asyncio.to_thread(self._recover, hold)
         self._compact()
         behind = {d.name: self.backlog(d.name) for d in self._dests.values()}
         if any(behind.values()):
@@ -260,12 +285,18 @@ class Outbox:
                 ", ".join(f"{n} {k}" for k, n in behind.items()),
             )
 
-    def _recover(self) -> None:
+    def _recover(self, hold: int | None) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         cursors = self._read_cursors()
         for d in self._dests.values():
             d.cursor = d.written = cursors.get(d.name, 0)
-        self._hold = _read_int(self.directory / HOLD_FILE)
+        # The lower of the two: the caller's state may be older than the hold file (a
+        # snapshot lost or refused) or missing while the file is not, and the events it
+        # will read back must survive the compaction below and every one until the next
+        # hold() (a delivered segment would otherwise go at once: a kill before the
+        # first snapshot then left nothing to restore the open conditions from).
+        held = [h for h in (_read_int(self.directory / HOLD_FILE), hold) if h is not None]
+        self._hold = max(1, min(held)) if held else None
         paths = sorted(self.directory.glob(f"*{SEGMENT_SUFFIX}"))
         for i, path in enumerate(paths):
             # No expected seq across files: a missing segment must not make the next
@@ -312,16 +343,38 @@ class Outbox:
     def _damaged(self, path: Path, res: ScanResult, is_last: bool) -> None:
         self.damaged += 1
         where = f"{path} at byte {res.good_bytes}"
-        if is_last and res.bad_bytes < (1 << 20):
+        last = res.records[-1].seq if res.records else None
+        # A crash leaves at most the batch being appended, at the end of the last
+        # segment, never durable nor delivered. A destination whose cursor is past the
+        # last whole record took events that were in the part cut off: the file was cut
+        # afterwards (disk damage, a copy or restore cut short), not by a crash.
+        delivered = max((d.cursor for d in self._dests.values()), default=0)
+        cut = f"at least {res.cut_bytes} bytes cut off" if res.cut_bytes else ""
+        if is_last and res.bad_bytes < (1 << 20) and (last is None or delivered <= last):
             log.warning(
-                "outbox: %s at the end of %s (%d bytes): a crash while it was written; "
-                "those events were never durable nor delivered. Cut off.",
+                "outbox: %s at the end of %s (%s): if the gateway was killed or lost power "
+                "while writing them, those events were never durable nor delivered; if the "
+                "file was cut by anything else, events after seq %s may be lost: the file "
+                "cannot tell which. Cut off.",
                 res.problem,
                 where,
-                res.bad_bytes,
+                cut or f"{res.bad_bytes} bytes",
+                last,
+            )
+        elif is_last and last is not None and delivered > last:
+            log.error(
+                "outbox: %s at the end of %s (%s), but events up to seq %d were delivered: "
+                "the file was cut after it was written (disk damage, a copy or restore cut "
+                "short), not by a crash; events %d to %d are gone from it (delivered), and "
+                "any after them are lost",
+                res.problem,
+                where,
+                cut or f"{res.bad_bytes} bytes",
+                delivered,
+                last + 1,
+                delivered,
             )
         else:
-            last = res.records[-1].seq if res.records else None
             log.error(
                 "outbox: %s in %s; the %d bytes after it cannot be read and are skipped "
                 "(disk damage?): the events after seq %s in this segment are lost",
@@ -550,7 +603,7 @@ class Outbox:
                     raise
                 except Exception as exc:
                     attempt += 1
-                    delay = _backoff(attempt, getattr(exc, "retry_after", None), max_retry_delay_s)
+                    delay = backoff(attempt, getattr(exc, "retry_after", None), max_retry_delay_s)
                     self._failed(dest, exc, delay, len(items))
                     await asyncio.sleep(delay)
                     continue
@@ -701,7 +754,7 @@ def _seq(rec: Record) -> int:
     return rec.seq
 
 
-def _backoff(attempt: int, retry_after: float | None, max_delay: float) -> float:
+def backoff(attempt: int, retry_after: float | None, max_delay: float) -> float:
     # Full jitter: a fleet of gateways does not retry a recovering server in lockstep.
     ceiling = min(max_delay, 0.5 * 2 ** min(attempt, 30))
     delay = random.uniform(ceiling / 2, ceiling)

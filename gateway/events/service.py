@@ -9,7 +9,12 @@ never holds back MQTT, and nothing of it blocks ingestion.
 Detector state is snapshotted under `<data_dir>/events/` every few seconds and at a
 clean stop. After a crash the snapshot is older than the outbox: the events appended
 since it are read back and reconciled, so an open outage is neither forgotten nor
-raised twice, and its clear still comes with the same `event_id`.
+raised twice, and its clear still comes with the same `event_id`. Until the first
+snapshot the outbox keeps every event, and a snapshot is kept only once the events it
+covers are on disk.
+
+The gateway's own events (the spool full) are published on MQTT from memory when the
+outbox cannot write them: the disk that filled is the outbox's disk too.
 """
 
 from __future__ import annotations
@@ -32,12 +37,13 @@ from meter_gateway.config.topology import MeterPlace
 from meter_gateway.gateway.events.delivery import (
     AckedPublisher,
     database_sender,
+    event_topic,
     mqtt_sender,
     webhook_sender,
 )
 from meter_gateway.gateway.events.engine import Engine
 from meter_gateway.gateway.events.event import Event
-from meter_gateway.gateway.events.outbox import Outbox
+from meter_gateway.gateway.events.outbox import Outbox, Send, backoff
 from meter_gateway.gateway.reading import Reading
 from meter_gateway.gateway.validate import Flag
 from meter_gateway.protocols.formats import Signal
@@ -58,6 +64,7 @@ SNAPSHOT_S = 10.0
 SNAPSHOT_COST_FACTOR = 60.0
 STOP_GRACE_S = 5.0  # a clean stop waits this long for events still being delivered
 STATE_FILE = "detectors.state"
+MQTT_TIMEOUT_S = 30.0  # a publish from memory waits this long for its PUBACK, then again
 _MAGIC = b"MGEV1\n"  # state file: magic, then the outbox seq it covers, then the engine's blob
 
 
@@ -95,6 +102,13 @@ class EventService:
         self._senders: dict[str, Any] = {
             "database": database_sender(add_line, wait_line_durable, precision_divisor)
         }
+        # The gateway's own events (the spool full) published from memory while the
+        # outbox cannot write them (the same disk is full): seq -> done, so the MQTT
+        # drainer does not say them again once they are on disk.
+        self._publish_now: Callable[[Event], Awaitable[None]] | None = None
+        self._said_from_memory: set[int] = set()
+        self._from_memory: set[asyncio.Task[None]] = set()
+        self.published_from_memory = 0
         if mqtt_client is not None:
             # Waits for each PUBACK; a retry after a timeout awaits the same queued
             # message rather than queueing a copy.
@@ -107,7 +121,14 @@ class EventService:
                     publisher.append(AckedPublisher(get_client()))
                 await publisher[0](topic, payload)
 
-            self._senders["mqtt"] = mqtt_sender(publish, ev.topic_prefix, gid)
+            self._senders["mqtt"] = self._unless_said(mqtt_sender(publish, ev.topic_prefix, gid))
+            prefix = ev.topic_prefix
+
+            async def publish_now(event: Event) -> None:
+                async with asyncio.timeout(MQTT_TIMEOUT_S):
+                    await publish(event_topic(prefix, event, gid), event.to_json(gid))
+
+            self._publish_now = publish_now
         if self._webhook is not None:
             self._senders["webhook"] = webhook_sender(
                 self._webhook, gid, dead_letter, ev.webhook_max_attempts
@@ -138,7 +159,79 @@ class EventService:
         )
         if self._hold is not None:
             self._hold(seq)
+        publish_now = self._publish_now
+        if "gateway_id" in ev.subject and publish_now is not None:
+            # The gateway's own condition: what keeps the outbox from writing (a full
+            # disk) may be the very thing it reports, and it must reach someone anyway.
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a tool, a test): the outbox delivers it
+                return seq
+            task = loop.create_task(
+                self._say_from_memory(seq, ev, publish_now), name=f"event-{ev.type}-{ev.state}"
+            )
+            self._from_memory.add(task)
+            task.add_done_callback(self._from_memory.discard)
         return seq
+
+    async def _say_from_memory(
+        self, seq: int, ev: Event, publish_now: Callable[[Event], Awaitable[None]]
+    ) -> None:
+        """Publish `ev` on MQTT from memory if the outbox cannot write it; it stays queued
+        there and is recorded (and delivered to the other destinations) once it can.
+        `seq` 0: the outbox dropped it (memory at its bound too); MQTT is all it gets."""
+        if seq and await self.outbox.wait_written(seq):
+            return  # on disk: delivered from there like any event
+        later = (
+            "recorded in the outbox (for the database and the webhook) once the disk has room"
+            if seq
+            else "not kept: the outbox dropped it (its memory bound is reached too), so the "
+            "database and the webhook will not get it"
+        )
+        log.warning(
+            "events: the outbox cannot write to %s (the disk is full?); event %s %s "
+            "(event_id %s) is published on MQTT from memory now and %s",
+            self.outbox.directory,
+            ev.type,
+            ev.state,
+            ev.event_id,
+            later,
+        )
+        attempt = 0
+        while not seq or self.outbox.delivered_to("mqtt") < seq:
+            try:
+                await publish_now(ev)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker away or refusing: as the drainer would
+                attempt += 1
+                delay = backoff(attempt, None, 60.0)
+                log.debug(
+                    "events: publishing %s from memory failed (%s); again in %.1f s",
+                    ev.event_id,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            if seq:
+                self._said_from_memory.add(seq)
+            self.published_from_memory += 1
+            return
+
+    def _unless_said(self, send: Send) -> Send:
+        """The MQTT drainer, skipping what was published from memory already (the same
+        event_id; a crash before it could skip them says them again, as at least once
+        allows)."""
+
+        async def skip_said(items: list[tuple[int, Event]]) -> None:
+            said = self._said_from_memory
+            fresh = [(seq, ev) for seq, ev in items if seq not in said]
+            if fresh:
+                await send(fresh)
+            said.difference_update(seq for seq, _ in items)
+
+        return skip_said
 
     def readings_hook(self) -> Callable[[list[Reading]], None] | None:
         """The pipeline's hook for the readings of one input: the engine takes them in
@@ -159,9 +252,16 @@ class EventService:
     # -- lifecycle --------------------------------------------------------------------------
     async def open(self) -> None:
         """Recover the outbox and the detectors' state; events may be appended from here."""
-        await self.outbox.open()
-        if self.enabled:
-            self._restore()
+        if not self.enabled:
+            await self.outbox.open()
+            return
+        data = self._read_state()
+        covered = _covered(data)
+        # The outbox keeps every event the state does not cover: on a new data_dir, from
+        # the first one until the first snapshot (a kill before it must still find the
+        # raises of the conditions open then, or their clears never come).
+        await self.outbox.open(hold=(covered or 0) + 1)
+        self._restore(data, covered)
 
     def start(self) -> None:
         """Start committing, delivering and judging silence (after the spool is open)."""
@@ -182,7 +282,7 @@ class EventService:
         """Keep the detectors' state and every event appended; drainers stop where they are
         (what is not delivered yet goes out at the next start)."""
         ticker = [t for t in self._tasks if t.get_name() == "events-tick"]
-        for t in ticker:
+        for t in [*ticker, *self._from_memory]:
             t.cancel()
         if self.enabled:
             await self._snapshot()
@@ -214,6 +314,7 @@ class EventService:
             "enabled": self.enabled,
             "this_run": {f"{t} {st}": n for (t, st), n in sorted(self.counts.items())},
             "state_snapshots": self.snapshots,
+            "published_from_memory": self.published_from_memory,
             "state_snapshot_s": self.snapshot_s,
             "outbox": self.outbox.stats(),
         }
@@ -246,6 +347,13 @@ class EventService:
         cost = time.monotonic() - started
         self.snapshots += 1
         self.snapshot_s = round(cost, 3)
+        # A state that knows a condition whose raise is not on disk yet must not be
+        # kept: after a crash the input that raised it comes again (it was never
+        # acknowledged), finds the condition open and says nothing, and the raise is
+        # never told to anyone. Kept only once every event it covers is durable.
+        if not await self.outbox.wait_written(seq):
+            log.debug("events: the outbox cannot write; detector state not kept this time")
+            return cost
         try:
             await asyncio.to_thread(_write_atomic, self._state_path, data)
         except OSError as exc:
@@ -255,22 +363,22 @@ class EventService:
         self.outbox.hold(seq + 1)
         return cost
 
-    def _restore(self) -> None:
-        now = self._clock()
-        covered = 0
+    def _read_state(self) -> bytes:
         try:
-            data = self._state_path.read_bytes()
+            return self._state_path.read_bytes()
         except FileNotFoundError:
-            data = b""
+            return b""
         except OSError as exc:
             log.warning("events: cannot read detector state %s: %s", self._state_path, exc)
-            data = b""
+            return b""
+
+    def _restore(self, data: bytes, covered: int | None) -> None:
+        now = self._clock()
         if data:
             try:
-                if not data.startswith(_MAGIC):
+                if covered is None:
                     raise ValueError("not a detector state file")
-                head, blob = data[len(_MAGIC) :].split(b"\n", 1)
-                covered = int(head)
+                blob = data[len(_MAGIC) :].split(b"\n", 1)[1]
                 self.engine.restore(blob, now, downtime_grace=True)
             except (ValueError, orjson.JSONDecodeError) as exc:
                 log.warning(
@@ -280,7 +388,7 @@ class EventService:
                     exc,
                 )
                 covered = 0
-        later = self.outbox.events_since(covered + 1)
+        later = self.outbox.events_since((covered or 0) + 1)
         if later:
             self.engine.reconcile(later)
         opened = self.engine.active()
@@ -291,6 +399,18 @@ class EventService:
                 len(later),
                 len(opened),
             )
+
+
+def _covered(data: bytes) -> int | None:
+    """The last outbox seq a state file covers; None when it is no state file (empty,
+    another format, a damaged head)."""
+    if not data.startswith(_MAGIC):
+        return None
+    head, sep, _ = data[len(_MAGIC) :].partition(b"\n")
+    try:
+        return int(head) if sep and head.isdigit() else None
+    except ValueError:
+        return None
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
