@@ -31,6 +31,13 @@ from yaml.error import Mark, MarkedYAMLError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from meter_gateway.config.schema import Config, GatewayConfig, MqttConfig, TopologyConfig, shown
+from meter_gateway.config.secrets import (
+    describe,
+    is_secret_key,
+    redact_text,
+    scrub,
+    scrub_message,
+)
 from meter_gateway.config.topology import TopologyError, load_topology
 
 __all__ = [
@@ -98,6 +105,18 @@ def _dotted(path: KeyPath) -> str:
 
 def _short(value: Any) -> str:
     return _repr.repr(value)
+
+
+def _secret_path(path: KeyPath) -> bool:
+    return any(is_secret_key(p) for p in path)
+
+
+def _shown(path: KeyPath, value: Any) -> str:
+    """A value as an error may echo it: a secret's kind and length only, never its
+    text; anything else shortened, with URLs' credentials and secrets inside masked."""
+    if _secret_path(path):
+        return describe(value)
+    return _short(scrub(value, path))
 
 
 def _var(name: str) -> str:
@@ -200,10 +219,14 @@ class _Loader(yaml.SafeLoader):
         except Exception as exc:
             where = self.paths.get(id(node))
             prefix = f"{_dotted(where)}: " if where is not None else ""
+            # Where the node sits is not always known here: then it may be a secret.
+            path: KeyPath = where if where is not None else ("secret",)
+            shown_value = _shown(path, node.value)
+            why = scrub_message(str(exc), node.value, path)
             raise ConstructorError(
                 None,
                 None,
-                f"{prefix}cannot read {_short(node.value)} as {_tag_name(node.tag)} ({exc})",
+                f"{prefix}cannot read {shown_value} as {_tag_name(node.tag)} ({why})",
                 node.start_mark,
             ) from None
 
@@ -217,13 +240,13 @@ def _children(node: Node) -> Iterator[Node]:
             yield value
 
 
-def _scalar_problem(node: ScalarNode) -> str | None:
+def _scalar_problem(node: ScalarNode, path: KeyPath = ()) -> str | None:
     if node.tag in _SCALAR_TAGS:
         return None
     if node.tag == f"{_TAG}timestamp":
         return (
-            f"{_short(node.value)} is read as a date (a YAML timestamp), which no key takes; "
-            "quote it if it is text"
+            f"{_shown(path, node.value)} is read as a date (a YAML timestamp), which no key "
+            "takes; quote it if it is text"
         )
     return (
         f"the YAML tag {_tag_name(node.tag)} is not used in this configuration: values are "
@@ -248,7 +271,7 @@ def _check_nodes(root: Node, loader: _Loader) -> list[tuple[Mark | None, str]]:
         if isinstance(node, ScalarNode):
             if node.tag == f"{_TAG}value":  # a plain `=`: text, as PyYAML treats it as a key
                 node.tag = _STR
-            problem = _scalar_problem(node)
+            problem = _scalar_problem(node, path)
             if problem:
                 bad(node, path, problem)
         elif isinstance(node, SequenceNode):
@@ -498,8 +521,8 @@ class _Overrides:
                 by = self._set_by(walked)
                 origin = f"environment {_var(by)}" if by else source
                 return (
-                    f"cannot set {_dotted(path)}: {_dotted(walked)} is {_short(child)} in "
-                    f"{origin}, not a section"
+                    f"cannot set {_dotted(path)}: {_dotted(walked)} is {_shown(walked, child)} "
+                    f"in {origin}, not a section"
                 )
             node[slot] = child
             node = child
@@ -716,7 +739,8 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         raise ConfigError(
             source,
             [
-                f"{source}: cannot be checked: {type(exc).__name__}: {_short(str(exc))} "
+                f"{source}: cannot be checked: {type(exc).__name__}: "
+                f"{_short(redact_text(str(exc)))} "
                 "(an internal error of meter-gateway; please report it with this file)"
             ],
         ) from exc
@@ -817,8 +841,9 @@ def _load(path: str | Path | None, env: Mapping[str, str], source: str) -> Confi
             value = err.get("input")
             # A rule across keys is about the section: the whole section is no help.
             whole = err["type"] == "value_error" and isinstance(value, dict)
-            got = "" if err["type"] == "missing" or whole else f" (got {_short(value)})"
-            report(key_path, f"{msg}{got}")
+            got = "" if err["type"] == "missing" or whole else f" (got {_shown(key_path, value)})"
+            # A secret's value never appears, not even inside the validator's message.
+            report(key_path, f"{scrub_message(msg, value, key_path)}{got}")
 
     if cfg is not None:
         startup = _startup_problems(cfg.gateway, cfg.topology, cfg.mqtt)

@@ -10,10 +10,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from meter_gateway.config.schema import Config
+from meter_gateway.config.secrets import redact_text
 from meter_gateway.config.topology import MeterPlace, load_topology
 from meter_gateway.gateway.events import Condition, Event, compiled
 from meter_gateway.gateway.events.service import EventService
 from meter_gateway.gateway.http import StatusServer
+from meter_gateway.gateway.logs import library_limit
 from meter_gateway.gateway.pipeline import Pipeline, Sink
 from meter_gateway.gateway.reading import canonical_from_fields
 from meter_gateway.gateway.validate import Flag, MeterRules, Validator
@@ -32,6 +34,10 @@ __all__ = ["Gateway"]
 log = logging.getLogger("meter_gateway")
 
 STALL_S = 60.0  # messages unacknowledged this long without progress: not ready
+# The database refusing lines in every write this long (a tag-value limit reached: every
+# new meter refused; a schema conflict): it answers, so nothing else says that readings
+# are not stored, and it will not pass by itself.
+REFUSING_NOT_READY_S = 300.0
 WATCH_S = 5.0  # how often readiness is checked for the log
 
 
@@ -111,6 +117,13 @@ class Gateway:
             publish=lambda line: self.mqtt.publish_nowait(rejected_topic, line, qos=1),
         )
         self.client = make_client(config)
+        # The database as people may see it (logs, /status, the page): no credentials.
+        self.storage_target = redact_text(self.client.target)
+        # Refusals seen by `storage_refusals()`, for the writers that do not track them.
+        self._refused_seen = 0
+        self._written_seen = 0
+        self._refusing_since: float | None = None
+        self._last_refused_at: float | None = None
         st = config.storage
         self.writer = BatchWriter(
             self.client,
@@ -249,7 +262,7 @@ class Gateway:
     def _bad_line(self, line: str, reason: str) -> None:
         self.dead_letter.add(
             dead_letter_record(
-                reason=reason, source="storage", payload=line, device=self.client.target
+                reason=reason, source="storage", payload=line, device=self.storage_target
             )
         )
 
@@ -261,7 +274,7 @@ class Gateway:
             "duplicates %d; spool %d readings (%s bytes, oldest %.0f s); mqtt %s; storage %s",
             self.rate.per_second,
             sum(p.received.values()),
-            w.lines_written,
+            self.readings_stored(),
             sum(p.rejected.values()),
             sum(p.flagged.values()),
             p.duplicates,
@@ -269,8 +282,35 @@ class Gateway:
             f"{self.spool.bytes:,}",
             self.spool.oldest_age_s(),
             "connected" if self.mqtt.connected else "DISCONNECTED",
-            "ok" if w.healthy else f"FAILING ({w.last_error})",
+            "ok" if w.healthy else f"FAILING ({redact_text(str(w.last_error))})",
         )
+
+    def readings_stored(self) -> int:
+        """Readings the database accepted: what `meter_gateway_readings_stored_total`
+        counts (lines with a `source` tag), not events or daily figures."""
+        return sum(self.writer.lines_by_source.values())
+
+    def storage_refusals(self) -> tuple[float | None, float | None]:
+        """(seconds the database has refused lines in every write, or None; seconds
+        since it last refused a line, or None if it never did).
+
+        The writer's own `refusing_since` (monotonic) is used when it has one; else
+        refusals are told from its counters, sampled whenever readiness is asked (a
+        refusal with nothing written since)."""
+        now = time.monotonic()
+        w = self.writer.stats()
+        refused, written = int(w["lines_refused"]), int(w["lines_written"])
+        if refused > self._refused_seen:
+            self._last_refused_at = now
+            if written == self._written_seen and self._refusing_since is None:
+                self._refusing_since = now
+        if written > self._written_seen:
+            self._refusing_since = None
+        self._refused_seen, self._written_seen = refused, written
+        since = w.get("refusing_since", self._refusing_since)
+        refusing = None if since is None else max(0.0, now - float(since))
+        last = None if self._last_refused_at is None else now - self._last_refused_at
+        return refusing, last
 
     def ready(self) -> tuple[bool, list[str]]:
         """Broker connected and ingesting, and storage writable or its backlog below the bound."""
@@ -292,9 +332,26 @@ class Gateway:
             )
         if self._sink.paused:
             cause = self.backpressure or "storage is behind"
-            state = "" if self.writer.healthy else f"; storage failing ({self.writer.last_error})"
+            error = redact_text(str(self.writer.last_error))
+            state = "" if self.writer.healthy else f"; storage failing ({error})"
             why.append(f"the spool is full ({cause}): sources are paused{state}")
+        refusing, _ = self.storage_refusals()
+        if refusing is not None and refusing > REFUSING_NOT_READY_S:
+            why.append(self.refusing_text(refusing))
         return not why, why
+
+    def refusing_text(self, refusing_s: float) -> str:
+        """Why readings are not stored though the database answers: for /readyz and the page."""
+        w = self.writer.stats()
+        last = w.get("last_refusal")
+        said = f"; it said: {redact_text(str(last))}" if last else ""
+        return (
+            f"the database {self.storage_target} has refused lines in every write for "
+            f"{refusing_s:.0f} s ({w['lines_refused']:,} lines refused so far{said}): "
+            "readings are dead-lettered (source storage), not stored; fix the database "
+            "(a tag-value or series limit, a field type conflict), then write them again "
+            "(`meter-gateway dead-letter list --source storage` shows them)"
+        )
 
     async def _watch(self) -> None:
         """Say in the log when readiness changes, and why; report held-back log lines."""
@@ -312,6 +369,7 @@ class Gateway:
             n += 1
             if n % round(60 / WATCH_S) == 0:
                 self.pipeline.flush_logs()
+                library_limit().flush()
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -327,7 +385,7 @@ class Gateway:
             "gateway %s starting: storage %s, broker %s:%d, data in %s; status page "
             "http://%s:%s/ (also /metrics /healthz /readyz /status)",
             self.config.gateway.id,
-            self.client.target,
+            self.storage_target,
             self.config.mqtt.host,
             self.config.mqtt.port,
             self.config.gateway.data_dir,
@@ -402,7 +460,7 @@ class Gateway:
             log.error(
                 "shutdown: %d readings could not be written to %s within %.0f s; %s",
                 left,
-                self.client.target,
+                self.storage_target,
                 self.shutdown_timeout_s,
                 "they are in the spool and go first at the next start"
                 if self._sink is self.spool
@@ -421,16 +479,21 @@ class Gateway:
         self._rate_task.cancel()
         self._watch_task.cancel()
         self.pipeline.flush_logs(final=True)
+        library_limit().flush(final=True)
         await self.http.stop()
+        log.info("%s", self.stop_summary())
+
+    def stop_summary(self) -> str:
+        """The last log line. One meaning per word, as on /metrics: `readings ... stored`
+        are readings the database accepted (`meter_gateway_readings_stored_total`);
+        the lines it accepted in all (estimates, daily figures and events too) are
+        `meter_gateway_storage_lines_written_total`."""
         p = self.pipeline
-        log.info(
-            "gateway stopped: %d messages, %d readings received, %d stored, %d rejected, "
-            "%d duplicates dropped",
-            p.messages,
-            sum(p.received.values()),
-            self.writer.lines_written,
-            sum(p.rejected.values()),
-            p.duplicates,
+        return (
+            f"gateway stopped: {p.messages} messages, {sum(p.received.values())} readings "
+            f"received, {self.readings_stored()} stored, {sum(p.rejected.values())} rejected, "
+            f"{p.duplicates} duplicates dropped; {self.writer.lines_written} lines written "
+            "to the database in all (readings, estimates, daily figures, events)"
         )
 
     async def run(self, stop: asyncio.Event) -> int:

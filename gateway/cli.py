@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from meter_gateway.config.loader import ConfigError, load_config, load_config_or_say
+from meter_gateway.config.secrets import redact_url
 
 __all__ = ["main"]
 
@@ -212,7 +213,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     print(
         f"{args.config}: OK (gateway {cfg.gateway.id}, storage {cfg.storage.api} at "
-        f"{cfg.storage.url}, broker {cfg.mqtt.host}:{cfg.mqtt.port}, "
+        f"{redact_url(cfg.storage.url)}, broker {cfg.mqtt.host}:{cfg.mqtt.port}, "
         f"{len(cfg.mqtt.subscriptions)} subscriptions, {len(cfg.modbus.devices)} Modbus devices)"
     )
     return 0

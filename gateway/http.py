@@ -29,12 +29,15 @@ import base64
 import hashlib
 import hmac
 import html
+import logging
 import platform
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -44,8 +47,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from meter_gateway import __version__
+from meter_gateway.config.secrets import redact_text
 from meter_gateway.gateway.events import compiled
 from meter_gateway.gateway.events.detectors import POINT_TYPES, SEVERITY
+from meter_gateway.gateway.logs import printable
 from meter_gateway.gateway.validate import format_ts
 
 if TYPE_CHECKING:
@@ -78,6 +83,14 @@ EVENT_TYPES = (*SEVERITY, "storage_backpressure")
 MODBUS_ERROR_KINDS = ("connection", "timeout", "exception", "garbled", "protocol", "nan", "io")
 
 _NS = 1_000_000_000
+# What one cell of the page shows of a text written by others (an id, a message): the
+# rest is cut, with the full length said.
+CELL_LIMIT = 300
+SUBJECT_LIMIT = 80
+# A line the database refused this recently is shown under "Needs attention".
+REFUSAL_ATTENTION_S = 600.0
+
+log = logging.getLogger("meter_gateway.http")
 
 
 # -- /status ------------------------------------------------------------------------------
@@ -86,7 +99,22 @@ _NS = 1_000_000_000
 def status_snapshot(gw: Gateway) -> dict[str, Any]:
     """What /status returns: each component's own `stats()`, plus what the page needs."""
     p = gw.pipeline.stats()
-    w = gw.writer.stats()
+    w = dict(gw.writer.stats())
+    # The database's address and its errors as people may see them: no credentials.
+    w["target"] = gw.storage_target
+    if w.get("last_error") is not None:
+        w["last_error"] = redact_text(str(w["last_error"]))
+    if w.get("last_refusal") is not None:
+        w["last_refusal"] = redact_text(str(w["last_refusal"]))
+    refusing_s, last_refused_s = gw.storage_refusals()
+    w.pop("refusing_since", None)  # monotonic: meaningless outside the process
+    w["refusing_s"] = None if refusing_s is None else round(refusing_s, 1)
+    w["last_refused_s"] = None if last_refused_s is None else round(last_refused_s, 1)
+    if refusing_s is not None:
+        w["refusing_text"] = gw.refusing_text(refusing_s)
+    # TO WIRE: admission of new meters (limits.max_meters). The pipeline's counters go
+    # here (meters admitted, readings refused as over the limit), as a metric in
+    # `_Collector.collect` and under "Needs attention" in `page_view` (both marked too).
     now_ns = time.time_ns()
     ready, why = gw.ready()
     events = gw.events.stats()
@@ -154,6 +182,7 @@ def status_snapshot(gw: Gateway) -> dict[str, Any]:
                 "polls": s.polls,
                 "readings": s.readings,
                 "failed_polls": s.failed_polls,
+                "unusable_polls": s.unusable_polls,
                 "skipped_slots": s.skipped,
                 "missed_slots": s.missed_slots,
                 "errors": dict(s.errors),
@@ -220,7 +249,9 @@ Row = dict[str, Any]  # {"cells": [str, ...], "cls": "" | "bad" | "warn"}
 
 
 def _row(*cells: object, cls: str = "") -> Row:
-    return {"cells": [str(c) for c in cells], "cls": cls}
+    # Every cell may hold text a client wrote (ids, topics, reasons): made printable
+    # here, once, for the server's rendering and the script's alike.
+    return {"cells": [printable(str(c), CELL_LIMIT) for c in cells], "cls": cls}
 
 
 def _section(
@@ -281,8 +312,9 @@ def _device_state(d: Mapping[str, Any]) -> str:
 
 def _subject(ev: Mapping[str, Any]) -> str:
     subject = ev.get("meter_id") or ev.get("transformer_id") or ev.get("gateway_id") or "?"
+    subject = printable(str(subject), SUBJECT_LIMIT)
     if ev.get("feeder_id") and not ev.get("meter_id"):
-        subject += f" (feeder {ev['feeder_id']})"
+        subject += f" (feeder {printable(str(ev['feeder_id']), SUBJECT_LIMIT)})"
     return f"{ev['type']} {subject}"
 
 
@@ -308,11 +340,21 @@ def page_view(s: Mapping[str, Any]) -> dict[str, Any]:
         attention.append(f"Modbus: no connection to {', '.join(lost[:5])}")
     if not st["healthy"]:
         attention.append(f"Database {st['target']} failing: {st['last_error']}")
+    if st.get("refusing_s") is not None:
+        attention.append(f"Database refusing: {st['refusing_text']}")
+    elif st.get("last_refused_s") is not None and st["last_refused_s"] < REFUSAL_ATTENTION_S:
+        said = f"; the last: {st['last_refusal']}" if st.get("last_refusal") else ""
+        attention.append(
+            f"Database {st['target']} refused lines {_age(st['last_refused_s'])} ago "
+            f"({st['lines_refused']:,} since start, dead-lettered with source storage{said})"
+        )
     if m["offline"]:
         attention.append(
             f"{m['offline']:,} meter{'' if m['offline'] == 1 else 's'} offline "
             f"({m['power_outage']:,} power outage, {m['comms_loss']:,} comms loss)"
         )
+    # TO WIRE: meters refused as over limits.max_meters, from the snapshot's admission
+    # counters (see status_snapshot).
     if s["internal_errors"]:
         attention.append(f"{s['internal_errors']:,} internal errors (bugs): see the log")
     daily = s.get("daily")
@@ -591,11 +633,11 @@ def page_view(s: Mapping[str, Any]) -> dict[str, Any]:
     )
     ready = bool(s["ready"])
     return {
-        "title": f"meter-gateway {s['gateway_id']}",
+        "title": f"meter-gateway {printable(str(s['gateway_id']), SUBJECT_LIMIT)}",
         "ready": ready,
         "ready_text": "Ready" if ready else "Not ready",
-        "reasons": list(s["not_ready_because"]),
-        "attention": attention,
+        "reasons": [printable(str(x), CELL_LIMIT * 4) for x in s["not_ready_because"]],
+        "attention": [printable(x, CELL_LIMIT * 4) for x in attention],
         "sections": sections,
         "updated": f"as of {_clock(now)}; up {_age(s['uptime_s'])}; version {s['version']}",
     }
@@ -834,6 +876,9 @@ class _Collector(Collector):
             gw.writer.stats(),
             gw.dead_letter.stats(),
         )
+        refusing_s, _ = gw.storage_refusals()
+        # TO WIRE: admission counters of limits.max_meters (see status_snapshot) as
+        # `meter_gateway_meters_admitted_total` / `..._readings_over_meter_limit_total`.
 
         def counter(name: str, doc: str, label: str | None, values: Mapping[str, int]) -> Any:
             fam = CounterMetricFamily(
@@ -986,6 +1031,11 @@ class _Collector(Collector):
             "ready": ("1 while /readyz says ready.", float(gw.ready()[0])),
             "storage_pending_lines": ("Lines waiting for the database.", float(w["pending_lines"])),
             "storage_healthy": ("1 while the database accepts writes.", float(w["healthy"])),
+            "storage_refusing_seconds": (
+                "How long the database has refused lines (HTTP 400/422; dead-lettered) "
+                "in every write; 0 once a write has none refused.",
+                refusing_s or 0.0,
+            ),
             "storage_paused": (
                 "1 while sources are paused by backpressure.",
                 float(w["paused_sources"]),
@@ -1079,8 +1129,10 @@ def _event_metrics(gw: Gateway) -> Iterator[Any]:
 def _daily_metrics(d: Mapping[str, Any]) -> Iterator[Any]:
     """Daily figures and estimates (VEE)."""
     counters = {
-        "daily_meter_days": (
-            "Meter-days of daily figures computed (meter_daily points).",
+        # One point per meter and local day; named by what it counts, not in days
+        # (Prometheus wants base units, and days are not one).
+        "daily_points": (
+            "Daily figures computed: meter_daily points, one per meter and local day.",
             "meter_days",
         ),
         "estimates_written": ("Estimated register points written for gaps.", "estimates_written"),
@@ -1112,6 +1164,11 @@ def _modbus_metrics(gw: Gateway) -> Iterator[Any]:
         "polls": ("Modbus polls, by device.", lambda s: s.polls),
         "readings": ("Modbus polls that gave a reading, by device.", lambda s: s.readings),
         "failed_polls": ("Modbus polls that gave nothing, by device.", lambda s: s.failed_polls),
+        "unusable_polls": (
+            "Modbus polls a device answered with nothing usable (exception codes, garbled "
+            "frames, NaN or 'no value' registers): failed polls for its breaker, by device.",
+            lambda s: s.unusable_polls,
+        ),
         "skipped_slots": (
             "Poll slots skipped while the device's circuit breaker was open.",
             lambda s: s.skipped,
@@ -1179,6 +1236,92 @@ def _modbus_metrics(gw: Gateway) -> Iterator[Any]:
 
 # -- the server -----------------------------------------------------------------------------
 
+
+def _bad_request_kind(exc: BaseException | None) -> str:
+    """What was wrong with a request aiohttp could not parse, in words, without any of
+    its text: the request line may hold a token (`/?token=...`)."""
+    if isinstance(exc, http_exceptions.LineTooLong):
+        return "a request line or header longer than the server takes (8190 bytes)"
+    if isinstance(exc, http_exceptions.BadHttpMethod):
+        return "not HTTP (TLS to a plain HTTP port, or another protocol)"
+    if isinstance(exc, http_exceptions.InvalidURLError):
+        return "an invalid URL"
+    if isinstance(exc, http_exceptions.InvalidHeader):
+        return "an invalid header"
+    if isinstance(exc, http_exceptions.BadStatusLine):
+        return "an invalid request line"
+    if isinstance(exc, http_exceptions.HttpProcessingError):
+        return f"a malformed request ({type(exc).__name__})"
+    return type(exc).__name__ if exc is not None else "an unknown problem"
+
+
+class _QuietRequestHandler(RequestHandler):
+    """aiohttp's connection handler, except for the answer to a request it cannot use.
+
+    aiohttp logs such a request with a traceback whose message quotes the request line,
+    and echoes that line in the 400 body: a request for `/?token=...&x=<9000 bytes>`
+    would write the token to the log and back to whoever sent it, and every such
+    request would write nine lines. Here it is one line, rate-limited by kind, naming
+    the client and what was wrong, never the request's text; the body is the status's
+    name. A 500 (a bug in a handler) keeps its traceback in the log, once a minute."""
+
+    __slots__ = ()  # the same layout as aiohttp's, so an instance can take this class
+    _limit: dict[tuple[int, str], list[float]] = {}
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        kind = _bad_request_kind(exc) if status < 500 else f"{type(exc).__name__ if exc else ''}"
+        now = time.monotonic()
+        seen = self._limit.get((status, kind))
+        if seen is None or now - seen[0] >= 60:
+            more = int(seen[1]) if seen else 0
+            also = f" (and {more} more like it in the last 60 s)" if more else ""
+            if status >= 500:
+                log.error(
+                    "http: internal error answering %s %s%s",
+                    request.method,
+                    printable(str(request.rel_url.path), 200),
+                    also,
+                    exc_info=exc,
+                )
+            else:
+                log.warning(
+                    "http: refused a request from %s with %d: %s%s",
+                    request.remote,
+                    status,
+                    kind,
+                    also,
+                )
+            if len(self._limit) > 100:
+                self._limit.clear()  # a bound on memory; at most a repeated line
+            self._limit[(status, kind)] = [now, 0.0]
+        else:
+            seen[1] += 1
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response was sent already; closing the connection")
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        resp = web.Response(status=status, text=f"{status} {phrase}\n")
+        resp.force_close()
+        return resp
+
+
+class _QuietServer(web.Server):
+    """Makes `_QuietRequestHandler`s: the one change to aiohttp's server."""
+
+    def __call__(self) -> RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = _QuietRequestHandler
+        return handler
+
+
 _NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
@@ -1205,11 +1348,15 @@ class StatusServer:
     def _allowed(self, request: web.Request) -> bool:
         """The bearer token in the header; for the page only, also `?token=`."""
         assert self._token
-        expected = f"Bearer {self._token}".encode()
-        # Bytes: compare_digest refuses non-ASCII text, and a client may send any.
-        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-        if hmac.compare_digest(given, expected):
-            return True
+        expected = self._token.encode()
+        # The scheme's name is case-insensitive (RFC 7235: `bearer`, `BEARER`); the
+        # token is not. Bytes: compare_digest refuses non-ASCII text, and a client may
+        # send any.
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            given = credentials.strip(" ").encode("utf-8", "surrogateescape")
+            if hmac.compare_digest(given, expected):
+                return True
         if request.path == "/" and "token" in request.query:
             query = request.query["token"].encode("utf-8", "surrogateescape")
             return hmac.compare_digest(query, self._token.encode())
@@ -1227,6 +1374,9 @@ class StatusServer:
     async def start(self) -> None:
         host, _, port = self._gw.config.http.listen.rpartition(":")
         await self._runner.setup()
+        # Bad requests answered without a traceback or an echo (see _QuietRequestHandler).
+        assert self._runner.server is not None
+        self._runner.server.__class__ = _QuietServer
         site = web.TCPSite(self._runner, host.strip("[]"), int(port))
         await site.start()
         sockets = site._server.sockets if site._server else []  # the real port when 0 was asked

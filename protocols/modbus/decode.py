@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from meter_gateway.protocols.modbus.datatypes import DATA_TYPES, ByteOrder, DataType, WordOrder
 from meter_gateway.protocols.modbus.registermap import RegisterEntry
 
-__all__ = ["DecodeProblem", "decode", "decode_block", "encode", "nan_words"]
+__all__ = ["FLOAT32_MAX", "DecodeProblem", "decode", "decode_block", "encode", "nan_words"]
 
 
 def _to_wire(words: Sequence[int], word_order: WordOrder, byte_order: ByteOrder) -> bytes:
@@ -79,9 +79,14 @@ def nan_words(entry: RegisterEntry) -> list[int]:
     return _from_wire(data, entry.word_order, entry.byte_order)
 
 
+# The largest float32 (0x7F7FFFFF): what many meters send for "no value" instead of a
+# NaN. No quantity a meter measures comes near it (registers end at 10^12 kWh).
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 @dataclass(frozen=True, slots=True)
 class DecodeProblem:
-    """A value that cannot be stored (NaN, infinite)."""
+    """A value that cannot be stored (NaN, infinite, the float32 'no value' marker)."""
 
     entry: RegisterEntry
     words: tuple[int, ...]
@@ -89,21 +94,32 @@ class DecodeProblem:
 
     def __str__(self) -> str:
         words = " ".join(f"{w:04X}" for w in self.words)
-        kind = "NaN" if math.isnan(self.value) else "infinite value"
+        if math.isnan(self.value):
+            kind = "NaN"
+        elif math.isinf(self.value):
+            kind = "infinite value"
+        else:
+            kind = "the largest float32 (a 'no value' marker)"
         return f"{kind} in {self.entry.field} at 0x{self.entry.address:04X} (words {words})"
 
 
 def decode_block(
     words: Sequence[int], start: int, entries: Iterable[RegisterEntry]
 ) -> tuple[dict[str, float], list[DecodeProblem]]:
-    """Decode the entries found in a block read from `start`; NaN/inf become problems."""
+    """Decode the entries found in a block read from `start`; NaN, inf and the float32
+    'no value' marker (+-3.4e38) become problems."""
     values: dict[str, float] = {}
     problems: list[DecodeProblem] = []
     for entry in entries:
         lo = entry.address - start
         chunk = words[lo : lo + entry.count]
         value = decode(chunk, entry)
-        if math.isfinite(value):
+        marker = (
+            entry.type == DataType.FLOAT32
+            and math.isfinite(value)
+            and abs(decode_raw(chunk, entry)) >= FLOAT32_MAX
+        )
+        if math.isfinite(value) and not marker:
             values[entry.field] = value
         else:
             problems.append(DecodeProblem(entry, tuple(chunk), value))

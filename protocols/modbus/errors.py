@@ -8,6 +8,7 @@ ModbusError                       root of everything this package raises
     +-- GarbledFrameError         bytes came back, but no valid frame (CRC, header)
     +-- DeviceExceptionError      the device answered with a Modbus exception code
     +-- ProtocolError             a frame that does not answer the request sent
+    +-- UnusableDataError         a whole poll answered, but nothing in it usable
 
 `from_device` splits them in two: the device sent something (an exception response, a
 garbled or wrong frame), worth keeping as evidence; or nothing came back at all
@@ -29,6 +30,7 @@ __all__ = [
     "ModbusTimeout",
     "ProtocolError",
     "RegisterMapError",
+    "UnusableDataError",
     "map_pymodbus_errors",
 ]
 
@@ -106,6 +108,15 @@ class ProtocolError(ModbusIOError):
     """A frame that does not answer the request (wrong unit, function, length, stale reply)."""
 
     kind = "protocol"
+    from_device = True
+
+
+class UnusableDataError(ModbusIOError):
+    """A poll the device answered with nothing usable: every block an exception, a
+    garbled frame or registers holding NaN or a 'no value' marker. For the breaker, a
+    failed poll like silence: a device that only sends garbage is failing."""
+
+    kind = "unusable"
     from_device = True
 
 

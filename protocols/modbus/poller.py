@@ -36,8 +36,17 @@ After `breaker.failures` such polls in a row its circuit breaker opens and one W
 names the device, its address and the cause; from then on a probe at a slot now and
 then, after a doubling backoff, checks on it. When it answers again, one INFO line says
 so and how long it was down. `on_error` is for what a device did send: exception
-responses, garbled frames, frames that do not answer the request, NaN registers
-(the first of a run at WARNING, repeats at DEBUG).
+responses, garbled frames, frames that do not answer the request, NaN registers and
+the float32 "no value" marker (3.4e38).
+
+A device that answers, but with nothing usable in a whole poll (every block an
+exception, garbled, or NaN), fails that poll like a silent one: its breaker opens after
+`breaker.failures` of them, with the one WARNING, and `unusable_polls` counts them.
+What it sent is evidence, kept once: each kind of problem (a block's exception code,
+its garbling, the set of registers holding NaN) goes to `on_error` once per run of bad
+polls, one record per block (all its NaN registers in one), and repeats are only
+counted (`errors`), never a stream of records; the run ends with a clean poll. A poll
+that still gave a reading but had problems logs its first of a run at WARNING.
 
 The devices behind one connection share its reconnect backoff (`connection.py`): a
 device in that wait fails at once and counts the failure, since the connection failed
@@ -67,6 +76,7 @@ from meter_gateway.protocols.modbus.errors import (
     DeviceExceptionError,
     ModbusConnectError,
     ModbusIOError,
+    UnusableDataError,
 )
 from meter_gateway.protocols.modbus.plan import ReadRequest
 
@@ -91,6 +101,7 @@ class DeviceStats:
     failed_polls: int = 0  # polls that produced nothing
     skipped: int = 0  # slots skipped because the breaker was open
     missed_slots: int = 0  # slots that passed while a poll (or the queue) overran
+    unusable_polls: int = 0  # polls answered with nothing usable (exceptions, garbage, NaN)
     requests: int = 0  # the start-up probe's included
     retries: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # by kind: timeout, exception, ...
@@ -115,6 +126,8 @@ class _Device:
     failing_since: float | None = None  # epoch s of the first of the failed polls in a row
     last_failure: ModbusIOError | None = None  # of the failed polls in a row, the latest
     bad_data: bool = False  # for logging: the first data error at WARNING, repeats at DEBUG
+    # Kinds of bad data already handed to `on_error` in the current run of bad polls.
+    reported: set[tuple[object, ...]] = field(default_factory=set)
 
     @property
     def proven(self) -> bool:
@@ -264,7 +277,7 @@ class Poller:
         assert err is not None
         # Not dead-lettered even when bytes came back: the first slot's poll asks again
         # and reports what it gets then.
-        self._note(dev, err.kind, f"{err} reading {req.describe()}", None, tries, report=False)
+        self._note(dev, err.kind, f"{err} reading {req.describe()}", tries)
         self._failed(dev, err)
 
     # -- one poll --------------------------------------------------------------------
@@ -280,36 +293,57 @@ class Poller:
         priority = 0 if proven else 1
         values: dict[str, float] = {}
         first_sent: float | None = None
-        answered = False
-        bad_data = False
         failure: ModbusIOError | None = None
+        # What the device sent that cannot be used: (signature, kind, reason, raw).
+        bad: list[tuple[tuple[object, ...], str, str, bytes | None]] = []
         for k, req in enumerate(dev.plan):
             result, err, tries = await self._read(dev, req, attempts, priority)
             if k == 0:
                 first_sent = result.sent_at if result else (err.sent_at if err else None)
             if err is not None:
                 cause = f"{err} reading {req.describe()}"
-                self._note(dev, err.kind, cause, err.raw, tries, report=err.from_device)
-                bad_data = bad_data or err.from_device
+                reason = self._note(dev, err.kind, cause, tries)
+                if err.from_device:
+                    code = err.code if isinstance(err, DeviceExceptionError) else None
+                    sig = (err.kind, req.function, req.address, code)
+                    bad.append((sig, err.kind, reason, err.raw))
                 if isinstance(err, DeviceExceptionError):
-                    answered = True  # alive, this block refused: try the others
-                    continue
+                    continue  # alive, this block refused: try the others
                 failure = err
                 break  # silent, unreachable or garbling: spare the line the other blocks
             assert result is not None
-            answered = True
             block, problems = decode_block(result.registers, req.address, req.entries)
             values.update(block)
-            for p in problems:
-                bad_data = True
-                self._note(dev, "nan", str(p), result.raw or None, 1, report=True)
-        if answered:
+            if problems:
+                # One record for the block, however many of its registers are unusable.
+                shown = "; ".join(str(p) for p in problems[:3])
+                if len(problems) > 3:
+                    shown += f"; and {len(problems) - 3} more"
+                cause = (
+                    str(problems[0])
+                    if len(problems) == 1
+                    else f"{len(problems)} registers unusable reading {req.describe()}: {shown}"
+                )
+                reason = self._note(dev, "nan", cause, 1, count=len(problems))
+                fields = tuple(sorted(p.entry.field for p in problems))
+                sig = ("nan", req.function, req.address, fields)
+                bad.append((sig, "nan", reason, result.raw or None))
+        if values:
             self._answered(dev)
-        elif failure is not None:
+        elif failure is not None and not failure.from_device:
             self._failed(dev, failure)
-        if dev.bad_data and not bad_data and failure is None:
+        else:
+            # It answered (exceptions, garbage, NaN), but nothing in the poll can be used:
+            # as failed as silence, for the breaker and for the operator.
+            stats.unusable_polls += 1
+            first = bad[0][2] if bad else "no usable value"
+            self._failed(dev, UnusableDataError(first.split(": ", 1)[-1]))
+        self._report_bad_data(dev, bad, usable=bool(values))
+        if dev.bad_data and not bad and failure is None:
             dev.bad_data = False
             log.info("modbus %s (%s): sending valid data again", cfg.meter_id, cfg.label)
+        if not bad and failure is None:
+            dev.reported.clear()  # a clean poll ends the run of bad data
         if slot is not None and first_sent is not None:
             stats.lateness_s.append(max(0.0, first_sent - slot * cfg.interval_s))
         if not values:
@@ -407,41 +441,62 @@ class Poller:
         if isinstance(err, ModbusConnectError) and dev.conn.stats.last_error:
             cause = dev.conn.stats.last_error  # without the connection's retry timing
         n = breaker.consecutive_failures
+        if isinstance(err, UnusableDataError):
+            state, until = "is failing: it answers, but with nothing usable", "it sends valid data"
+        else:
+            state, until = "is down", "it answers"
         log.warning(
-            "modbus %s (%s) is down: %s (%d failed poll%s in a row since %s UTC); asking "
-            "again in %s, then less and less often, at most every %s, until it answers",
+            "modbus %s (%s) %s: %s (%d failed poll%s in a row since %s UTC); asking "
+            "again in %s, then less and less often, at most every %s, until %s",
             dev.cfg.meter_id,
             dev.cfg.label,
+            state,
             cause,
             n,
             "" if n == 1 else "s",
             _clock(dev.failing_since),
             _duration(breaker.retry_in()),
             _duration(dev.cfg.breaker.max_backoff_s),
+            until,
         )
 
-    def _note(
-        self, dev: _Device, kind: str, cause: str, raw: bytes | None, tries: int, *, report: bool
-    ) -> None:
-        """Count a failed request; with `report`, dead-letter what the device sent."""
+    def _note(self, dev: _Device, kind: str, cause: str, tries: int, *, count: int = 1) -> str:
+        """Count a failed request (or `count` unusable registers); the reason in words."""
         cfg = dev.cfg
         suffix = f" ({tries} attempts)" if tries > 1 else ""
         reason = f"{cfg.meter_id} ({cfg.label}): {kind}: {cause}{suffix}"
-        dev.stats.errors[kind] = dev.stats.errors.get(kind, 0) + 1
+        dev.stats.errors[kind] = dev.stats.errors.get(kind, 0) + count
         dev.stats.last_error = reason
-        if not report:
-            # No answer: the breaker's WARNING when it goes down is the one line.
-            log.debug("modbus %s", reason)
-            return
-        if not dev.bad_data:
-            dev.bad_data = True
-            log.warning("modbus %s", reason)
-        else:
-            log.debug("modbus %s", reason)
-        try:
-            self._on_error(cfg.label, reason, raw)
-        except Exception:
-            log.exception("modbus %s: on_error failed", cfg.meter_id)
+        log.debug("modbus %s", reason)
+        return reason
+
+    def _report_bad_data(
+        self,
+        dev: _Device,
+        bad: list[tuple[tuple[object, ...], str, str, bytes | None]],
+        *,
+        usable: bool,
+    ) -> None:
+        """Hand what a device sent to `on_error`: each kind once per run of bad polls.
+
+        A device known to be failing (its breaker opened on unusable polls) sends
+        nothing new by repeating itself: its repeats are counted, not kept again."""
+        cfg = dev.cfg
+        for sig, _kind, reason, raw in bad:
+            if sig in dev.reported or dev.stats.down_since is not None:
+                continue
+            if len(dev.reported) >= 64:
+                dev.reported.clear()  # a bound on memory; the cost is a repeated record
+            dev.reported.add(sig)
+            if usable and not dev.bad_data:
+                # A reading was made, some of it unusable: the one line that says so. (A
+                # poll with nothing usable gets its line from the breaker when it opens.)
+                dev.bad_data = True
+                log.warning("modbus %s", reason)
+            try:
+                self._on_error(cfg.label, reason, raw)
+            except Exception:
+                log.exception("modbus %s: on_error failed", cfg.meter_id)
 
 
 def _stamp(slot: int | None, interval: float, first_sent: float | None) -> float:

@@ -117,22 +117,35 @@ async def test_garbled_frames_are_reported_with_the_bytes(
     server = await modbus_meters(1, live=False, framer=framer)
     server.set_fault(1, "garbled")
     transport = "rtu-over-tcp" if framer == "rtu" else "tcp"
-    cfg = ModbusConfig.model_validate(
-        {"devices": [tcp("noisy", server.port, 1, transport=transport, timeout_s=0.2, retries=0)]}
+    dev = tcp(
+        "noisy",
+        server.port,
+        1,
+        transport=transport,
+        timeout_s=0.2,
+        retries=0,
+        breaker={"failures": 2},
     )
+    cfg = ModbusConfig.model_validate({"devices": [dev]})
     poller = Poller(cfg, on_reading=sink.on_reading, on_error=sink.on_error)
     assert await poller.poll_once("noisy") is None
     _, reason, raw = sink.errors[0]
     assert "garbled: no valid frame within 0.2 s" in reason
     assert raw is not None
     assert len(raw) > 100  # 76 registers came back, just not as a valid frame
-    assert await poller.poll_once("noisy") is None  # still garbling: reported, not logged
-    assert len(sink.errors) == 2
+    # Still garbling: counted, not kept again; the breaker opens on it (failing, not
+    # a stream of records) with the one WARNING.
+    assert await poller.poll_once("noisy") is None
+    assert len(sink.errors) == 1
+    s = poller.stats()["noisy"]
+    assert (s.breaker, s.unusable_polls, s.breaker_openings) == ("open", 2, 1)
     server.set_fault(1, "none")  # the line recovers, and so does the poller
     assert await poller.poll_once("noisy") is not None
     assert poller.stats()["noisy"].errors == {"garbled": 2}
-    assert len(log_watch.lines(logging.WARNING, "noisy (", "garbled")) == 1
-    assert len(log_watch.lines(logging.INFO, "noisy (", "sending valid data again")) == 1
+    warnings = log_watch.lines(logging.WARNING, "noisy (")
+    assert len(warnings) == 1
+    assert "is failing: it answers, but with nothing usable: garbled: no valid frame" in warnings[0]
+    assert len(log_watch.lines(logging.INFO, "noisy (", "answering again, after")) == 1
 
 
 async def test_garbled_on_a_serial_line(modbus_meters, serial_pty_pair, sink) -> None:
@@ -168,15 +181,17 @@ async def test_nan_registers_are_dropped_and_reported(modbus_meters, sink) -> No
     cfg = ModbusConfig.model_validate({"devices": [tcp("nan", server.port, 1)]})
     poller = Poller(cfg, on_reading=sink.on_reading, on_error=sink.on_error)
     assert await poller.poll_once("nan") is None  # nothing storable: no reading at all
-    reasons = [r for _, r, _ in sink.errors]
-    assert len(reasons) == 11
-    assert reasons[0] == (
-        f"nan (tcp://127.0.0.1:{server.port}/1): nan: "
-        "NaN in voltage_l1_v at 0x0000 (words 7FC0 0000)"
-    )
+    # One record for the block, naming the first registers and how many more.
+    assert [r for _, r, _ in sink.errors] == [
+        f"nan (tcp://127.0.0.1:{server.port}/1): nan: 11 registers unusable reading input "
+        "registers 0x0000-0x004B: NaN in voltage_l1_v at 0x0000 (words 7FC0 0000); NaN in "
+        "voltage_l2_v at 0x0002 (words 7FC0 0000); NaN in voltage_l3_v at 0x0004 (words "
+        "7FC0 0000); and 8 more"
+    ]
     s = poller.stats()["nan"]
     assert s.errors == {"nan": 11}
-    assert s.breaker == "closed"  # it answers; its values are the problem
+    # Nothing usable: a failed poll for the breaker (closed until `failures` of them).
+    assert (s.unusable_polls, s.breaker) == (1, "closed")
 
 
 async def test_reconnects_after_the_server_comes_back(sink) -> None:
