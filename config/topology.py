@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meter_gateway.storage.lineprotocol import unstorable
+
 __all__ = ["COLUMNS", "MeterPlace", "TopologyError", "load_topology"]
 
 COLUMNS = (
@@ -26,6 +28,11 @@ COLUMNS = (
     "nominal_voltage_v",
     "prosumer",
 )
+
+
+# Stored as tags on every reading, event and daily figure: a value the database cannot
+# hold exactly is refused here rather than changed on the way in.
+TAG_COLUMNS = ("meter_id", "transformer_id", "feeder_id", "customer_id")
 
 
 class TopologyError(ValueError):
@@ -81,6 +88,14 @@ def _read(path: Path, f: Any) -> dict[str, MeterPlace]:
         meter_id = (row.get("meter_id") or "").strip()
         if not meter_id:
             raise TopologyError(f"{path}: line {line}: meter_id is empty")
+        for column in TAG_COLUMNS:
+            value = (row.get(column) or "").strip()
+            problem = unstorable(value)
+            if problem:
+                raise TopologyError(
+                    f"{path}: line {line}: {column} {value!r} contains {problem}, which "
+                    "InfluxDB cannot store in a tag; change the id in the file"
+                )
         try:
             phases = int(row["phases"]) if row.get("phases") else None
             if phases not in (None, 1, 3):

@@ -29,6 +29,7 @@ __all__ = [
     "BILLING_DESCRIPTION",
     "CUSTOMERS_DESCRIPTION",
     "RELIABILITY_DESCRIPTION",
+    "no_daily_hint",
     "parse_local",
     "parse_time",
     "register",
@@ -435,6 +436,25 @@ def run_billing(args: argparse.Namespace) -> int:
     return 0
 
 
+def no_daily_hint(cfg: Config, start: datetime, end: datetime) -> str:
+    """Why no customer has the tags that come from daily figures, and how they get made."""
+    period = f"{start.isoformat()} to {end.isoformat()}"
+    how = (
+        "the running gateway (`meter-gateway run`) computes them for each local day of "
+        "gateway.timezone once the day has ended and daily.settle_s have passed, from "
+        "the readings it received (and `meter-gateway replay` without --no-store does "
+        "for recorded traffic)"
+    )
+    if not cfg.daily.enabled:
+        how = "daily.enabled is false in this configuration, so the gateway computes none; " + how
+    return (
+        f"no daily figures (measurement meter_daily) in the database for {period}: "
+        "high_standby, night_heavy and peak_contributor need them, so no customer has "
+        f"those tags (outage_sensitive, tamper_risk and prosumer come from the events and "
+        f"the topology). {how[0].upper()}{how[1:]}"
+    )
+
+
 def run_customers(args: argparse.Namespace) -> int:
     loaded = _load(args)
     if isinstance(loaded, int):
@@ -450,6 +470,8 @@ def run_customers(args: argparse.Namespace) -> int:
         inputs, topology, cfg.customers, momentary_max_s=cfg.events.momentary_max_s
     )
     _name_unknown(tags.unknown_meters, "with daily figures or events")
+    if not inputs.daily:
+        print(f"meter-gateway report: {no_daily_hint(cfg, start, end)}", file=sys.stderr)
     out = render_customers(tags, args.format, tag=args.tag, timezone=cfg.gateway.timezone)
     sys.stdout.write(out)
     return 0

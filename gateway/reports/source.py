@@ -99,25 +99,50 @@ def _read_v1(cfg: StorageConfig, window: Window, read_until_s: float) -> list[Ev
 def run_influxql(cfg: StorageConfig, statements: list[str]) -> list[list[dict[str, Any]]]:
     """The statements in one `GET /query` (joined by ";"); per statement, its series.
 
-    Raises SourceError naming the URL and what to check when the database cannot be
-    read or refuses a statement.
+    Raises SourceError with the server's own error and what to do when the database
+    cannot be read or refuses a statement.
     """
     body = _get_v1(cfg, ";\n".join(statements))
     out: list[list[dict[str, Any]]] = [[] for _ in statements]
     for i, result in enumerate(body.get("results", [])):
         if "error" in result:
-            hint = (
-                f"; check storage.database ({cfg.database!r})"
-                if "database not found" in str(result["error"])
-                else ""
-            )
-            raise SourceError(f"InfluxDB at {cfg.url} refused the query: {result['error']}{hint}")
+            error = str(result["error"])
+            if error == "not executed" and len(statements) > 1:
+                # InfluxDB 1.x answers a multi-statement query that cannot run at all
+                # (a missing database) with only this; the first statement alone says why.
+                first = _get_v1(cfg, statements[0]).get("results") or [{}]
+                error = str(first[0].get("error") or error)
+            raise SourceError(_query_problem(cfg, error))
         index = result.get("statement_id", i)
         if isinstance(index, int) and 0 <= index < len(out):
             out[index] = list(result.get("series", []))
     if "error" in body:
-        raise SourceError(f"InfluxDB at {cfg.url} refused the query: {body['error']}")
+        raise SourceError(_query_problem(cfg, str(body["error"])))
     return out
+
+
+def _query_problem(cfg: StorageConfig, error: str) -> str:
+    """The server's error as it said it, and what to do about it."""
+    said = f"InfluxDB at {cfg.shown_url} refused the query: {error}"
+    if error.startswith("database not found"):
+        return (
+            f"{said}. The database storage.database ({cfg.database!r}) does not exist "
+            "there: check storage.database and storage.url, or, on a new server, run the "
+            "gateway (`meter-gateway run` creates it at start, storage.create_database) "
+            "so that it holds data to report on"
+        )
+    if error.startswith("retention policy not found"):
+        return (
+            f"{said}. Check storage.retention_policy ({cfg.retention_policy!r}); "
+            f'SHOW RETENTION POLICIES ON "{cfg.database}" lists the ones there are'
+        )
+    if "authoriz" in error:  # "error authorizing query: ... not authorized to execute"
+        user = cfg.basic_auth[0] if cfg.basic_auth else "the user in storage.username"
+        return (
+            f"{said}. Give {user} READ on the database as an admin: "
+            f'GRANT READ ON "{cfg.database}" TO "{user}"'
+        )
+    return said
 
 
 def series_rows(series: dict[str, Any]) -> list[dict[str, Any]]:
@@ -128,9 +153,9 @@ def series_rows(series: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _get_v1(cfg: StorageConfig, q: str) -> dict[str, Any]:
     params = urllib.parse.urlencode({"db": cfg.database, "q": q, "epoch": "ns"})
-    req = urllib.request.Request(f"{cfg.url}/query?{params}")
-    if cfg.username:
-        cred = f"{cfg.username}:{cfg.password or ''}".encode("latin-1")
+    req = urllib.request.Request(f"{cfg.endpoint}/query?{params}")
+    if cfg.basic_auth:
+        cred = ":".join(cfg.basic_auth).encode("latin-1")
         req.add_header("Authorization", "Basic " + base64.b64encode(cred).decode("ascii"))
     try:
         with urllib.request.urlopen(req, timeout=cfg.timeout_s) as resp:
@@ -142,7 +167,9 @@ def _get_v1(cfg: StorageConfig, q: str) -> dict[str, Any]:
         reason = getattr(exc, "reason", exc)
         raise SourceError(_unreachable(cfg, reason)) from None
     except ValueError as exc:  # not JSON: something else answers on that port
-        raise SourceError(f"{cfg.url}/query did not answer as InfluxDB 1.x does: {exc}") from None
+        raise SourceError(
+            f"{cfg.shown_url}/query did not answer as InfluxDB 1.x does: {exc}"
+        ) from None
 
 
 # -- InfluxDB 2.x / 1.8+: Flux ---------------------------------------------------------------
@@ -206,7 +233,7 @@ def run_flux(cfg: StorageConfig, queries: list[str]) -> list[list[dict[str, Any]
 
     out: list[list[dict[str, Any]]] = []
     client = InfluxDBClient(
-        url=cfg.url, token=cfg.token or "", org=cfg.org or "-", timeout=int(cfg.timeout_s * 1000)
+        url=cfg.endpoint, org=cfg.org or "-", timeout=int(cfg.timeout_s * 1000), **cfg.client_auth()
     )
     try:
         api = client.query_api()
@@ -252,20 +279,25 @@ def _point(time_ns: Any, meter_id: str, rec: dict[str, Any]) -> EventPoint | Non
 
 def _unreachable(cfg: StorageConfig, reason: object) -> str:
     return (
-        f"cannot reach the database at {cfg.url} ({reason}): is InfluxDB running there, "
+        f"cannot reach the database at {cfg.shown_url} ({reason}): is InfluxDB running there, "
         "and is storage.url in the configuration right?"
     )
 
 
 def _http_problem(cfg: StorageConfig, status: int, text: str) -> str:
+    said = " ".join(text.split())[:300]
+    url = cfg.shown_url
     if status in (401, 403):
         what = (
             "storage.username and storage.password"
             if cfg.api == "v1"
-            else "storage.token and storage.org"
+            else "storage.token (it needs read access to the bucket) and storage.org"
         )
-        return f"the database at {cfg.url} refused the credentials (HTTP {status}); check {what}"
+        return (
+            f"the database at {url} refused the credentials (HTTP {status}: {said}); check {what}"
+        )
     if status == 404:
         where = f"database {cfg.database!r}" if cfg.api == "v1" else f"bucket {cfg.bucket!r}"
-        return f"the database at {cfg.url} does not have {where} (HTTP 404): {text.strip()}"
-    return f"the database at {cfg.url} answered HTTP {status}: {text.strip()}"
+        key = "storage.database" if cfg.api == "v1" else "storage.bucket and storage.org"
+        return f"the database at {url} does not have {where} (HTTP 404: {said}); check {key}"
+    return f"the database at {url} answered HTTP {status}: {said}"

@@ -8,13 +8,19 @@ The model forbids unknown keys (a typo in a deployed config must stop the gatewa
 start), numbers are finite and bounded, and the URL, token and credentials are
 checked the way the HTTP client would use them, so the error names the key instead
 of the first write failing hours later.
+
+Credentials have one rule: `user:password@` in `url` is HTTP basic authentication,
+the same as `username` / `password`; one of the two, never both, and never together
+with `token` (api v2 sends one Authorization header). The clients send them as a
+header and never put them in a URL they log (`StorageConfig.endpoint`,
+`redacted_url`).
 """
 
 from __future__ import annotations
 
 import re
 import urllib.parse
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     Field,
@@ -31,8 +37,61 @@ __all__ = [
     "host_problem",
     "http_url_problem",
     "read_secret",
+    "redacted_url",
     "shown",
+    "url_credentials",
+    "url_without_credentials",
 ]
+
+MASK = "***"
+
+# Query keys whose values are secrets: InfluxDB 1.x takes `?u=user&p=password`, and
+# tokens, keys and signatures go by many names.
+_SECRET_QUERY_KEY = re.compile(
+    r"(?i)^(u|p|pw|pwd|pass.*|.*(token|secret|passw|password|key|auth|sig|signature|"
+    r"credential|session|code).*)$"
+)
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)@")
+
+
+def redacted_url(url: str) -> str:
+    """`url` as a log line or a status page may show it.
+
+    `http://user:pass@db:8086/x?db=m&p=pw&token=t` -> `http://***@db:8086/x?db=m&p=***&token=***`:
+    the whole user information (a lone `token@` may be the secret itself) and the
+    values of query keys that look like secrets are replaced by `***`. Any text is
+    taken, a URL that does not parse too (an error may be about one).
+    """
+    out = _USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", url, count=1)
+    head, sep, rest = out.partition("?")
+    if not sep:
+        return out
+    query, hash_, fragment = rest.partition("#")
+    parts = []
+    for item in re.split(r"([&;])", query):
+        key, eq, value = item.partition("=")
+        secret = eq and value and _SECRET_QUERY_KEY.match(urllib.parse.unquote_plus(key))
+        parts.append(f"{key}={MASK}" if secret else item)
+    return f"{head}?{''.join(parts)}{hash_}{fragment}"
+
+
+def url_credentials(url: str) -> tuple[str, str] | None:
+    """(user, password) from `user:password@` in `url` (percent-decoded); None without."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return None
+    return (
+        urllib.parse.unquote(parts.username or ""),
+        urllib.parse.unquote(parts.password or ""),
+    )
+
+
+def url_without_credentials(url: str) -> str:
+    """`url` without its `user:password@`: what requests go to and messages name."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def http_url_problem(url: str) -> str | None:
@@ -73,6 +132,9 @@ class StorageConfig(Section):
     org: str | None = None
     bucket: str = "meters"
     database: str = "meters"
+    # api v1: `CREATE DATABASE` for `database` at start and whenever a write finds it
+    # missing (as Telegraf's influxdb output does); needs an admin user. False: never.
+    create_database: bool = True
     retention_policy: str | None = None
     username: str | None = None
     password: str | None = Field(None, repr=False)
@@ -114,6 +176,72 @@ class StorageConfig(Section):
                 "must be Latin-1 text (HTTP basic authentication cannot send other characters)"
             ) from None
         return v
+
+    @model_validator(mode="after")
+    def _one_kind_of_credentials(self) -> StorageConfig:
+        # Messages name keys, never values: these are secrets.
+        in_url = url_credentials(self.url)
+        if in_url is None:
+            if self.api == "v2" and self.token is not None and self.username is not None:
+                raise ValueError(
+                    "storage.token and storage.username are both set: api v2 sends one "
+                    "Authorization header; keep storage.token (InfluxDB 1.8 takes "
+                    "`token: username:password`) or storage.username/storage.password"
+                )
+            return self
+        user, password = in_url
+        if self.username is not None or self.password is not None:
+            raise ValueError(
+                "storage.url has user:password@ and storage.username/storage.password are "
+                "set too: keep one; better remove user:password@ from storage.url and use "
+                "storage.username with storage.password_file"
+            )
+        if self.api == "v2" and self.token is not None:
+            raise ValueError(
+                "storage.url has user:password@ and storage.token is set: api v2 sends one "
+                "Authorization header; remove user:password@ from storage.url (InfluxDB "
+                "1.8 takes `token: username:password`)"
+            )
+        if not user or ":" in user:
+            raise ValueError(
+                "storage.url: the user name before '@' is empty or holds ':'; put the "
+                "credentials in storage.username and storage.password instead"
+            )
+        try:
+            f"{user}:{password}".encode("latin-1")
+        except UnicodeEncodeError:
+            raise ValueError(
+                "storage.url: the user name and password before '@' must be Latin-1 text "
+                "(HTTP basic authentication cannot send other characters)"
+            ) from None
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        """The URL requests go to, without credentials."""
+        return url_without_credentials(self.url)
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as logs, errors and the status page show it."""
+        return redacted_url(self.url)
+
+    @property
+    def basic_auth(self) -> tuple[str, str] | None:
+        """HTTP basic credentials: from the URL or username/password; None for none."""
+        in_url = url_credentials(self.url)
+        if in_url is not None:
+            return in_url
+        if self.username is not None:
+            return (self.username, self.password or "")
+        return None
+
+    def client_auth(self) -> dict[str, Any]:
+        """influxdb-client's keyword arguments for these credentials (token or basic)."""
+        basic = self.basic_auth
+        if basic is not None:
+            return {"token": f"{basic[0]}:{basic[1]}", "auth_basic": True}
+        return {"token": self.token or ""}
 
     @model_validator(mode="after")
     def _batch_vs_buffer(self) -> StorageConfig:

@@ -28,16 +28,18 @@ class V2Client:
         self._cfg = cfg
         self._precision = _PRECISION[cfg.precision]
         self._client: InfluxDBClientAsync | None = None
-        self.target = f"{cfg.url} bucket {cfg.bucket!r} (v2 /api/v2/write)"
+        self.target = f"{cfg.shown_url} bucket {cfg.bucket!r} (v2 /api/v2/write)"
 
     def _connect(self) -> InfluxDBClientAsync:
         cfg = self._cfg
         # The library wants a token; VictoriaMetrics and unsecured 1.8+ ignore it.
+        # Credentials go in a header (token or basic), never in the URL: aiohttp refuses
+        # a URL's user:password@ next to an Authorization header.
         return InfluxDBClientAsync(
-            url=cfg.url,
-            token=cfg.token or "",
+            url=cfg.endpoint,
             org=cfg.org or "-",
             timeout=int(cfg.timeout_s * 1000),
+            **cfg.client_auth(),
         )
 
     async def write(self, body: bytes) -> None:
@@ -63,7 +65,7 @@ class V2Client:
             ) from exc
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise RetryableWriteError(
-                f"cannot reach {cfg.url}: {exc or type(exc).__name__}"
+                f"cannot reach {cfg.shown_url}: {exc or type(exc).__name__}"
             ) from exc
         except InfluxDBError as exc:
             raise WriteError(f"influxdb-client: {exc}") from exc

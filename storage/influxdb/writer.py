@@ -79,6 +79,8 @@ class Histogram:
 
 
 class LineClient(Protocol):
+    """Writes one body; may also have `async prepare()`, run once before the first batch."""
+
     target: str
 
     async def write(self, body: bytes) -> None: ...
@@ -122,6 +124,14 @@ class BatchWriter:
         self.write_seconds = Histogram(WRITE_SECONDS_BUCKETS)  # accepted requests only
         self.batch_lines = Histogram(BATCH_LINES_BUCKETS)  # lines per accepted request
         self.lines_rejected = 0
+        # Refusals (400/422 lines, dead-lettered) for attention, a metric and readiness:
+        # `refusing_since` is the monotonic time of the first refusal in the current
+        # unbroken run of batches with refusals (None once a batch has none), and
+        # `last_refusal` the database's reason for the latest one.
+        self.refusing_since: float | None = None
+        self.last_refusal: str | None = None
+        self._batch_refused = 0
+        self._batch_first_reason: str | None = None
         self.lines_done = 0  # lines finished (written or refused), in the order taken
         self.batches_written = 0
         self.retries = 0
@@ -165,6 +175,8 @@ class BatchWriter:
             "lines_written": self.lines_written,
             "lines_by_source": dict(self.lines_by_source),
             "lines_refused": self.lines_rejected,
+            "refusing_since": self.refusing_since,
+            "last_refusal": self.last_refusal,
             "batches_written": self.batches_written,
             "pending_lines": self.pending,
             "paused_sources": self.paused,
@@ -181,6 +193,10 @@ class BatchWriter:
     # -- the loop -----------------------------------------------------------------------
     async def run(self) -> None:
         """Write batches until `close()`; then write what is left, then return."""
+        # A client may check its target first (v1: the database exists, or is created).
+        prepare = getattr(self._client, "prepare", None)
+        if prepare is not None:
+            await prepare()
         while True:
             if len(self._buf) < self._batch_size and not self._closing:
                 # Draining (shutdown): write what there is at once, but keep taking more.
@@ -220,6 +236,9 @@ class BatchWriter:
     async def _write_with_retry(self, batch: list[str]) -> None:
         attempt = 0
         while True:
+            # Counted per attempt: a retried batch refuses its bad lines again.
+            self._batch_refused = 0
+            self._batch_first_reason = None
             try:
                 await self._write(batch)
             except RetryableWriteError as exc:
@@ -247,7 +266,25 @@ class BatchWriter:
                 log.info("storage: %s accepts writes again", self._client.target)
                 self.healthy = True
                 self._on_state(True)
+            self._note_refusals(len(batch))
             return
+
+    def _note_refusals(self, lines: int) -> None:
+        """One WARNING per batch with refusals (never one per line), and the refusal state."""
+        refused = self._batch_refused
+        if not refused:
+            if self.refusing_since is not None:
+                log.info("storage: %s accepts every line again", self._client.target)
+            self.refusing_since = None
+            return
+        log.warning(
+            "storage: %s refused %d of %d lines (kept in the dead-letter store, source "
+            "storage); the first: %s",
+            self._client.target,
+            refused,
+            lines,
+            self._batch_first_reason,
+        )
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         # Full jitter (AWS architecture blog): spreads a fleet of gateways apart
@@ -321,6 +358,12 @@ class BatchWriter:
         await self._write(lines[mid:])
 
     def _reject(self, line: str, reason: str) -> None:
+        # Logged once per batch by _note_refusals: a flood of bad lines is one line of log.
         self.lines_rejected += 1
-        log.warning("storage: the database refused a line: %s", reason)
+        if self.refusing_since is None:
+            self.refusing_since = time.monotonic()
+        self._batch_refused += 1
+        if self._batch_first_reason is None:
+            self._batch_first_reason = reason
+        self.last_refusal = reason
         self._on_bad_line(line, f"refused by the database: {reason}")

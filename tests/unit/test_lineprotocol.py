@@ -4,7 +4,12 @@ import pytest
 
 from meter_gateway.config.topology import MeterPlace
 from meter_gateway.gateway.reading import Reading
-from meter_gateway.storage.lineprotocol import ReadingEncoder, encode_point, escape_tag
+from meter_gateway.storage.lineprotocol import (
+    ReadingEncoder,
+    encode_point,
+    escape_tag,
+    unstorable,
+)
 
 
 @pytest.mark.parametrize(
@@ -14,6 +19,14 @@ from meter_gateway.storage.lineprotocol import ReadingEncoder, encode_point, esc
         ("a,b", r"a\,b"),
         ("k=v", r"k\=v"),
         ("plain-id_1.2:3", "plain-id_1.2:3"),
+        # A backslash is kept where no server reads it as an escape...
+        ("a\\b", "a\\b"),
+        # ...and replaced where one would: at the end (it would swallow the separator
+        # after it) or before a backslash, a separator or a space.
+        ("bs\\", "bs\ufffd"),
+        ("a\\,b", "a\ufffd\\,b"),
+        ("a\\\\b", "a\ufffd\\b"),
+        ("line\nbreak\r", "line\ufffdbreak\ufffd"),
     ],
 )
 def test_tag_escaping(raw, escaped):
@@ -67,3 +80,33 @@ def test_float_fields_round_trip_exactly(value):
     text = line.split("power_w=", 1)[1].split(",", 1)[0]
     assert float(text) == value
     assert "." in text or "e" in text  # never mistaken for an integer field
+
+
+def test_a_trailing_backslash_never_swallows_the_next_tag():
+    line = encode_point(
+        "meter_event", {"meter_id": "bs\\", "severity": "critical"}, {"state": "raised"}, 1
+    )
+    assert line == 'meter_event,meter_id=bs\ufffd,severity=critical state="raised" 1'
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("tx-1", None),
+        ("a b,c=d", None),
+        ("a\\b", None),
+        ("bs\\", "a backslash at the end"),
+        ("a\\ b", "a backslash before a space"),
+        ("a\\=b", "a backslash before '='"),
+        ("a\nb", "a newline"),
+        ("a\rb", "a carriage return"),
+    ],
+)
+def test_unstorable_names_the_character(value, problem):
+    assert unstorable(value) == problem
+
+
+def test_string_fields_escape_quotes_and_backslashes_and_keep_one_line():
+    line = encode_point("m", {}, {"s": 'a"b\\c\nd\re\\'}, None)
+    assert line == 'm s="a\\"b\\\\c\\nd\\re\\\\"'
+    assert "\n" not in line

@@ -74,3 +74,44 @@ def test_any_file_is_places_or_an_error_naming_the_file(tmp_path_factory, header
         assert problem.startswith(str(path))
         assert "Error(" not in problem
     assert all(isinstance(k, str) and k for k in places)
+
+
+@pytest.mark.parametrize(
+    ("cell", "what"),
+    [
+        ("tx-1\\", "a backslash at the end"),
+        ('"tx\n1"', "a newline"),
+        ('"tx\r1"', "a carriage return"),
+        ('"tx\\,1"', "a backslash before ','"),
+        ('"tx\\ 1"', "a backslash before a space"),
+    ],
+)
+def test_ids_the_database_cannot_store_are_refused(tmp_path, cell, what):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"meter_id,transformer_id\nm-1,tx-2\nm-2," + cell.encode() + b"\n")
+    with pytest.raises(TopologyError) as info:
+        load_topology(path)
+    message = str(info.value)
+    line = 3 + cell.count("\n") + cell.count("\r")  # csv counts to the row's last line
+    assert f"line {line}: transformer_id {cell.strip(chr(34))!r} contains {what}" in message
+    assert "InfluxDB cannot store in a tag" in message
+
+
+def test_storable_odd_ids_are_kept(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('meter_id,feeder_id,customer_id\nm-1,"f 1,a=b",c\\d\n', encoding="utf-8")
+    place = load_topology(path)["m-1"]
+    assert (place.feeder_id, place.customer_id) == ("f 1,a=b", "c\\d")
+
+
+def test_check_config_refuses_an_id_the_database_cannot_store(tmp_path, capsys):
+    from meter_gateway.gateway.cli import main
+
+    topo = tmp_path / "topology.csv"
+    topo.write_bytes(b'meter_id,feeder_id\nm-1,f-1\nm-2,"f,meter_id=m-v2\\"\n')
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(f"gateway: {{data_dir: {tmp_path / 'var'}}}\ntopology: {{file: {topo}}}\n")
+    assert main(["check-config", "-c", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "topology.file" in err
+    assert "line 3: feeder_id 'f,meter_id=m-v2\\\\' contains a backslash at the end" in err

@@ -23,8 +23,11 @@ class FakeInflux:
         self.script: Callable[[list[str], int], web.Response | None] = lambda lines, n: None
 
     async def handle(self, request: web.Request) -> web.Response:
+        text = await request.text()
+        if not text:  # the v1 client's probe at start: is the database there?
+            return web.Response(status=204)
         self.requests += 1
-        lines = (await request.text()).split("\n")
+        lines = text.split("\n")
         answer = self.script(lines, self.requests)
         if answer is not None:
             return answer
@@ -127,3 +130,54 @@ async def test_backpressure_pauses_above_the_bound_and_resumes(fake):
     assert not w.paused
     assert len(server.accepted) == 21
     await client.close()
+
+
+@pytest.mark.parametrize(
+    ("poisoned_batches", "still_refusing"), [((0, 1, 2), True), ((0, 1), False)]
+)
+async def test_refusals_are_logged_once_per_batch_and_tracked(
+    fake, caplog, poisoned_batches, still_refusing
+):
+    import logging
+    import time
+
+    server, url = fake
+    all_lines = lines(150)  # three batches of 50
+    poison = {all_lines[b * 50 + k] for b in poisoned_batches for k in (3, 17, 40)}
+
+    def script(body: list[str], n: int) -> web.Response | None:
+        if poison & set(body):
+            return web.Response(status=400, text='{"error":"unable to parse: bad tag"}')
+        return None
+
+    server.script = script
+    seen: list[float] = []
+    bad: list[tuple[str, str]] = []
+    w = BatchWriter(
+        V1Client(StorageConfig(url=url, api="v1")),
+        batch_size=50,
+        flush_interval_s=0.01,
+        max_retry_delay_s=0.05,
+        on_bad_line=lambda line, why: (bad.append((line, why)), seen.append(time.monotonic())),
+    )
+    for line in all_lines:
+        w.add(line)
+    w.close()
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="meter_gateway.storage"):
+        await w.run()
+    stats = w.stats()
+    assert stats["lines_refused"] == len(poison) == len(bad)
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == len(poisoned_batches)  # one per batch, not one per line
+    assert all(r.levelno == logging.WARNING for r in refusals)
+    assert "refused 3 of 50 lines" in refusals[0].getMessage()
+    assert "unable to parse: bad tag" in refusals[0].getMessage()
+    assert "unable to parse: bad tag" in stats["last_refusal"]
+    if still_refusing:
+        # The first refusal of the unbroken run, not the latest.
+        assert started <= stats["refusing_since"] <= seen[0]
+    else:
+        assert stats["refusing_since"] is None
+        assert any("accepts every line again" in r.getMessage() for r in caplog.records)
+    await w._client.close()
