@@ -27,6 +27,12 @@ The clock is the recording's own, so history from any date replays:
 
 Validation's age and future bounds are judged against that clock, and the detectors run on
 it: `tick` each time it advances by a second or more, never past the last line's time.
+
+Bounds, so that no line can end the run or exhaust memory: a line whose `_at` is not epoch
+seconds up to `localday.MAX_NS` (9999-12-01), or whose `ts` is later than that, is
+rejected with the reason (the local days of such times cannot be computed); a line longer
+than `mqtt.max_payload_bytes` (what live ingest takes) is skipped as it is read, never
+held whole, and kept in the dead-letter store with its first bytes and its length.
 """
 
 from __future__ import annotations
@@ -52,11 +58,13 @@ from meter_gateway.gateway.events.event import Event, event_line
 from meter_gateway.gateway.pipeline import Pipeline
 from meter_gateway.gateway.reading import Reading
 from meter_gateway.gateway.validate import Flag, MeterRules, Validator, format_ts
+from meter_gateway.gateway.vee.localday import MAX_NS
 from meter_gateway.gateway.vee.service import VeeService
 from meter_gateway.protocols.formats import (
     Decoded,
     Rejection,
     Signal,
+    id_problem,
     json_reading,
     last_will,
     meter_event,
@@ -65,13 +73,16 @@ from meter_gateway.protocols.formats import (
 from meter_gateway.storage.deadletter import DeadLetterStore, dead_letter_record
 from meter_gateway.storage.lineprotocol import PRECISION_DIVISOR, ReadingEncoder
 
-__all__ = ["EngineLike", "Replay", "ReplaySummary", "open_lines", "run_cli"]
+__all__ = ["EngineLike", "LongLine", "Replay", "ReplaySummary", "open_lines", "run_cli"]
 
 log = logging.getLogger("meter_gateway.replay")
 
 NS = 1_000_000_000
 CHUNK_BYTES = 4 << 20  # read and decompress in big chunks: per-read overhead stays small
-_EPOCH_S_MAX = 253_402_300_799  # end of year 9999
+MAX_LINE_BYTES = 1 << 20  # open_lines' default; a replay uses mqtt.max_payload_bytes
+LONG_LINE_HEAD = 1024  # bytes of a too-long line kept in its dead-letter record
+_EPOCH_S_MAX = 253_402_300_799  # end of year 9999: validation's bound for epoch seconds
+_LAST = format_ts(MAX_NS)
 
 
 class EngineLike(Protocol):
@@ -168,6 +179,7 @@ class ReplaySummary:
     rejected: Counter[str] = field(default_factory=Counter)  # by the field at fault
     reasons: list[str] = field(default_factory=list)  # the first few, with file:line
     duplicates: int = 0
+    too_long: int = 0  # lines over the length limit, skipped unread
     flagged: Counter[str] = field(default_factory=Counter)
     signals: Counter[str] = field(default_factory=Counter)
     events: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, state)
@@ -201,6 +213,11 @@ class ReplaySummary:
         top = ", ".join(f"{k} {n:,}" for k, n in self.rejected.most_common(6))
         out.append(f"  rejected: {total:,}" + (f" (by field: {top})" if total else ""))
         out += [f"    e.g. {r}" for r in self.reasons[:3]]
+        if self.too_long:
+            out.append(
+                f"  lines too long: {self.too_long:,} (over mqtt.max_payload_bytes; skipped, "
+                "their first bytes kept in the dead-letter store)"
+            )
         if self.flagged:
             out.append("  suspect: " + ", ".join(f"{k} {n:,}" for k, n in self.flagged.items()))
         if self.signals:
@@ -233,24 +250,66 @@ class ReplaySummary:
 # -- reading the files ---------------------------------------------------------------------
 
 
-def open_lines(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[list[bytes]]:
-    """The file's lines, a big chunk at a time (`.gz` decompressed); no trailing newline."""
+@dataclass(slots=True)
+class LongLine:
+    """A line over the length limit, in place of its bytes: its start and its length."""
+
+    head: bytes
+    size: int
+
+
+def open_lines(
+    path: Path, chunk_bytes: int = CHUNK_BYTES, *, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[list[bytes | LongLine]]:
+    """The file's lines, a big chunk at a time (`.gz` decompressed); no trailing newline.
+
+    A line longer than `max_line_bytes` comes as a `LongLine`: it is skipped as it is read,
+    so memory stays within about `max_line_bytes + chunk_bytes` whatever the file holds.
+    """
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rb") as f:
         rest = b""
+        long: LongLine | None = None  # a line being skipped to its end
         while True:
             chunk = f.read(chunk_bytes)
             if not chunk:
                 break
-            lines = (rest + chunk).split(b"\n")
+            out: list[bytes | LongLine] = []
+            if long is not None:
+                nl = chunk.find(b"\n")
+                end = len(chunk) if nl < 0 else nl
+                if len(long.head) < LONG_LINE_HEAD:
+                    long.head += chunk[: min(end, LONG_LINE_HEAD - len(long.head))]
+                long.size += end
+                if nl < 0:
+                    continue
+                out.append(long)
+                long = None
+                chunk = chunk[nl + 1 :]
+            lines: list[bytes] = (rest + chunk).split(b"\n")
             rest = lines.pop()
-            yield lines
-        if rest:
+            if len(rest) > max_line_bytes:
+                long = LongLine(rest[:LONG_LINE_HEAD], len(rest))
+                rest = b""
+            if any(len(line) > max_line_bytes for line in lines):
+                out.extend(
+                    LongLine(x[:LONG_LINE_HEAD], len(x)) if len(x) > max_line_bytes else x
+                    for x in lines
+                )
+            elif out:
+                out.extend(lines)
+            else:
+                out = lines  # type: ignore[assignment]
+            if out:
+                yield out
+        if long is not None:
+            yield [long]
+        elif rest:
             yield [rest]
 
 
 def _seconds_ns(value: Any) -> int | None:
-    """`_at` (epoch seconds) in ns; None when it is not a usable time."""
+    """Epoch seconds in ns; None when they are not a usable time."""
     t = type(value)
     if (t is float or t is int) and 0 <= value <= _EPOCH_S_MAX:
         return int(value * NS)
@@ -293,6 +352,7 @@ class Replay:
         self._gateway_id = config.gateway.id
         self._precision = PRECISION_DIVISOR[config.storage.precision]
         self._max_jump_ns = int(config.validation.max_age_s * NS)
+        self._max_line = config.mqtt.max_payload_bytes
         if not config.events.enabled:
             self._factory, self.summary.detectors = None, "off (events.enabled is false)"
         elif engine_factory is not None:
@@ -405,6 +465,28 @@ class Replay:
             return decoded
         obj = decoded.readings[0]
         at = obj.pop("_at", None)
+        ts_ns = self._ts_ns(obj.get("ts"))
+        at_ns = None
+        if at is not None:
+            at_ns = _seconds_ns(at)
+            if at_ns is None:
+                return _refused(
+                    f"_at: {short_repr(at)} is not epoch seconds from 1970 to year 9999 "
+                    "(when the gateway received the line)",
+                    "_at",
+                )
+            if at_ns > MAX_NS:
+                # The clock would stand where no local day can be computed: refused, and
+                # the clock stays where it was.
+                return _refused(
+                    f"_at: {format_ts(at_ns)} is later than {_LAST}, the last time replay takes",
+                    "_at",
+                )
+        if ts_ns is not None and ts_ns > MAX_NS:
+            return _refused(
+                f"ts: {format_ts(ts_ns)} is later than {_LAST}, the last time replay takes",
+                "ts",
+            )
         if "status" in obj:
             decoded = _status(obj)
         elif "type" in obj:
@@ -412,7 +494,7 @@ class Replay:
             for sig in decoded.signals:
                 if sig.body is not None:
                     sig.body.pop("_at", None)
-        self._advance(obj.get("ts"), at)
+        self._advance(ts_ns, at_ns)
         return decoded
 
     def _ts_ns(self, ts: Any) -> int | None:
@@ -433,14 +515,12 @@ class Replay:
             return ns
         return _seconds_ns(ts)
 
-    def _advance(self, ts: Any, at: Any) -> None:
-        ts_ns = self._ts_ns(ts)
+    def _advance(self, ts_ns: int | None, at_ns: int | None) -> None:
         wm = self.watermark
         if ts_ns is not None and ts_ns > wm and (not wm or ts_ns - wm <= self._max_jump_ns):
             self.watermark = ts_ns
             if not self.summary.first_ns:
                 self.summary.first_ns = ts_ns
-        at_ns = _seconds_ns(at) if at is not None else None
         if at_ns is not None:
             self._has_at = True
             if at_ns > self.now:
@@ -449,21 +529,36 @@ class Replay:
             self.now = self.watermark
 
     # -- the loop --------------------------------------------------------------------------
-    def _lines(self, lines: list[bytes], name: str, first: int) -> None:
+    def _lines(self, lines: list[bytes | LongLine], name: str, first: int) -> None:
         """One chunk of lines; never raises for what a line holds."""
         handle = self.pipeline.handle_message
         decode = self._decode
         n = first
         for line in lines:
             n += 1
-            if not line or line.isspace():
+            if type(line) is LongLine:
+                self._long_line(line, f"replay:{name}:{n}")
+                continue
+            if not line or line.isspace():  # type: ignore[union-attr]
                 continue
             self._decoded = decode(line)
             now = self.now
             if now >= self._next_tick:
                 self._tick(now)
-            handle(f"replay:{name}:{n}", line, self._take, None)
+            handle(f"replay:{name}:{n}", line, self._take, None)  # type: ignore[arg-type]
         self.summary.lines += n - first
+
+    def _long_line(self, line: LongLine, where: str) -> None:
+        self.summary.too_long += 1
+        self.pipeline.received["mqtt"] += 1
+        self.pipeline.reject(
+            source="mqtt",
+            reason=f"line of {line.size:,} bytes is over mqtt.max_payload_bytes "
+            f"({self._max_line:,}); skipped unread, its first {len(line.head):,} bytes are kept",
+            topic=where,
+            payload=line.head,
+            category="too_large",
+        )
 
     def _tick(self, now: int) -> None:
         """The detectors' clock moves on (at most once per second of recorded time)."""
@@ -490,7 +585,7 @@ class Replay:
             for path in files:
                 self.summary.files.append(str(path))
                 n = 0
-                for lines in open_lines(Path(path)):
+                for lines in open_lines(Path(path), max_line_bytes=self._max_line):
                     self._lines(lines, Path(path).name, n)
                     n += len(lines)
                     await self._breathe()
@@ -570,11 +665,18 @@ class Replay:
         )
 
 
+def _refused(reason: str, field: str) -> Decoded:
+    return Decoded(rejections=[Rejection(reason, field)])
+
+
 def _status(obj: dict[str, Any]) -> Decoded:
     """A status line, checked as the `lwt` format checks a last will, with its ts kept."""
     meter_id, status = obj.get("meter_id"), obj.get("status")
     if type(meter_id) is not str:
         return Decoded(rejections=[Rejection("meter_id: missing", "meter_id")])
+    problem = id_problem(meter_id)
+    if problem is not None:
+        return _refused(problem, "meter_id")
     if type(status) is not str:
         return Decoded(
             rejections=[

@@ -11,7 +11,6 @@ model construction beyond the Reading itself.
 from __future__ import annotations
 
 import math
-import re
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,11 +18,31 @@ from typing import NoReturn
 
 from meter_gateway.config.schema import ValidationConfig
 from meter_gateway.gateway.reading import CURRENT_FIELDS, FIELDS, VOLTAGE_FIELDS, Reading
-from meter_gateway.protocols.formats import short_repr
+from meter_gateway.protocols.formats import (
+    ID_RULE,
+    METER_ID,
+    BadId,
+    check_meter_id,
+    id_problem,
+    short_repr,
+)
 
-__all__ = ["Flag", "Invalid", "MeterRules", "Validator", "format_ts"]
+__all__ = [
+    "ID_RULE",
+    "METER_ID",
+    "BadId",
+    "Flag",
+    "Invalid",
+    "MeterRules",
+    "Validator",
+    "check_meter_id",
+    "format_ts",
+]
 
-_METER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# The id rule lives with the payload formats (the lowest layer, which checks topic
+# levels and device names before anything is made of them); validation applies the
+# same rule to every reading's meter_id, whatever format made it.
+_METER_ID = METER_ID
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INF = math.inf
 _MAX = sys.float_info.max  # a finite "no upper bound", so the fast path rejects infinity
@@ -257,11 +276,7 @@ class Validator:
                 got += f" {short_repr(meter_id)}"
             raise Invalid(f"meter_id: expected text, got {got}", field="meter_id", kind="type")
         if not _METER_ID.fullmatch(meter_id):
-            raise Invalid(
-                f"meter_id: {meter_id[:70]!r} is not 1-64 characters of A-Z a-z 0-9 . _ : -",
-                field="meter_id",
-                kind="format",
-            )
+            raise Invalid(id_problem(meter_id) or "", field="meter_id", kind="format")
         if len(self._ids) < 1_000_000:
             self._ids.add(meter_id)
 

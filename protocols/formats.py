@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import import_module, metadata
@@ -36,15 +37,21 @@ import orjson
 __all__ = [
     "ENTRY_POINT_GROUP",
     "FORMATS",
+    "ID_RULE",
     "MAX_NESTING",
+    "METER_ID",
+    "BadId",
     "Decoded",
     "PayloadFormat",
     "Rejection",
     "Signal",
+    "check_meter_id",
     "decode_json",
     "get_format",
+    "id_problem",
     "register_format",
     "short_repr",
+    "shown_id",
     "too_deep",
     "wants_full_topic",
 ]
@@ -54,6 +61,52 @@ METER_EVENT_TYPES = frozenset({"last_gasp", "power_restored", "tamper", "cover_o
 #: A reading is flat (lists of three at most); anything nested deeper than this is
 #: not a reading, and is not worth walking (or serialising) any further.
 MAX_NESTING = 32
+
+#: The one rule for an id, wherever it comes from: a payload's `meter_id`, a topic level,
+#: a device's, Sparkplug edge node's or device's name as it becomes a meter id, a
+#: concentrator's id. Ids become database tags, MQTT topic levels, webhook fields and
+#: page text: anything else (markup, spaces, commas, escapes, invisible or
+#: right-to-left characters, unbounded length) would break or forge one of them.
+ID_RULE = "1-64 characters of A-Z a-z 0-9 . _ : -"
+METER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_id_ok = METER_ID.fullmatch
+_SHOWN_MAX = 60  # characters of an offending id's repr in a reason
+
+
+class BadId(ValueError):
+    """An id outside the rule (`ID_RULE`); the message names where it came from."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def shown_id(text: str) -> str:
+    """An id as a reason may show it: escaped (repr) and at most about 80 characters."""
+    head = text[:_SHOWN_MAX]
+    shown = repr(head)
+    while len(shown) > _SHOWN_MAX + 2:  # escapes (\u202e) make a repr longer than its text
+        head = head[: len(head) * 2 // 3]
+        shown = repr(head)
+    if len(head) < len(text):
+        shown += f"... ({len(text)} characters)"
+    return shown
+
+
+def id_problem(text: object, where: str = "meter_id") -> str | None:
+    """None when `text` follows the id rule; else the reason, naming `where` it came from."""
+    if type(text) is str:
+        if _id_ok(text):
+            return None
+        return f"{where}: {shown_id(text)} is not {ID_RULE} (the id rule)"
+    return f"{where}: expected text ({ID_RULE}), got {short_repr(text)}"
+
+
+def check_meter_id(text: object, where: str = "meter_id", field: str = "meter_id") -> str:
+    """`text` when it follows the id rule; else BadId with the reason (`field`: its label)."""
+    if type(text) is str and _id_ok(text):
+        return text
+    raise BadId(id_problem(text, where) or "", field)
 
 
 def short_repr(v: object, limit: int = 40) -> str:
@@ -238,6 +291,8 @@ def _own_meter(obj: dict[str, Any], topic_id: str | None) -> str | None:
     if type(named) is not str:
         return f"meter_id: expected text, got {short_repr(named)}"
     if topic_id is not None and named != topic_id:
+        if not _id_ok(topic_id):
+            return id_problem(topic_id, "topic's meter id")
         return (
             f"meter_id: payload names {short_repr(named)} but the topic is for {topic_id!r} "
             "(a meter cannot write as another)"
@@ -291,6 +346,11 @@ def json_batch(payload: bytes, topic_id: str | None) -> Decoded:
             Rejection(f"concentrator_id: expected text, got {short_repr(named)}", "concentrator_id")
         )
         return out
+    concentrator = topic_id if topic_id is not None else named
+    if concentrator is not None and not _id_ok(concentrator):
+        where = "concentrator_id" if topic_id is None else "topic's concentrator id"
+        out.rejections.append(Rejection(id_problem(concentrator, where) or "", "concentrator_id"))
+        return out
     if named is not None and topic_id is not None and named != topic_id:
         out.rejections.append(
             Rejection(
@@ -338,10 +398,15 @@ def meter_event(payload: bytes, topic_id: str | None) -> Decoded:
                 "type",
             )
         )
-    elif not isinstance(obj.get("meter_id"), str):
+    elif obj.get("meter_id") is None:
         out.rejections.append(
             Rejection("meter_id: missing (not in the payload nor the topic)", "meter_id")
         )
+    elif not _id_ok(obj["meter_id"]):
+        # A last gasp raises an outage at once: an id outside the rule must not reach
+        # the detectors, the event stream or the page.
+        where = "meter_id" if topic_id is None else "topic's meter id"
+        out.rejections.append(Rejection(id_problem(obj["meter_id"], where) or "", "meter_id"))
     else:
         out.signals.append(Signal("event", obj["meter_id"], kind, obj.get("ts"), obj))
     return out
@@ -353,6 +418,10 @@ def last_will(payload: bytes, topic_id: str | None) -> Decoded:
     text = payload.decode("utf-8", "replace").strip().lower()
     if topic_id is None:
         out.rejections.append(Rejection("lwt: the topic names no meter (use a `+` level)", "lwt"))
+    elif not _id_ok(topic_id):
+        out.rejections.append(
+            Rejection(id_problem(topic_id, "lwt: topic's meter id") or "", "meter_id")
+        )
     elif text not in ("online", "offline"):
         got = short_repr(text)
         out.rejections.append(Rejection(f"lwt: expected 'online' or 'offline', got {got}", "lwt"))

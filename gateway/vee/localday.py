@@ -35,6 +35,11 @@ from zoneinfo import ZoneInfo
 
 NS = 1_000_000_000
 DAY_S = 86_400
+#: The last instant local days are computed for: 9999-12-01T00:00:00Z. `datetime` ends with
+#: 9999-12-31, and a day's end is the next day's start, in any zone, plus settle times:
+#: a month short of the calendar's end leaves room for all of them. Callers refuse later
+#: times (replay does, per line); validation's future bound keeps live data far below.
+MAX_NS = 253_399_622_400 * NS
 _EPOCH = datetime(1970, 1, 1)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _SECOND = timedelta(seconds=1)
@@ -106,7 +111,13 @@ def day_bounds(day: date, tz: ZoneInfo) -> tuple[int, int]:
     Days are the unit of billing and of the daily figures, so their length is whatever
     the calendar says (23, 24 or 25 hours), never a fixed 86400 s.
     """
-    return _day_start_s(day, tz) * NS, _day_start_s(day + timedelta(days=1), tz) * NS
+    try:
+        return _day_start_s(day, tz) * NS, _day_start_s(day + timedelta(days=1), tz) * NS
+    except OverflowError:
+        raise ValueError(
+            f"local day {day} is beyond the last one the gateway computes "
+            "(times up to 9999-12-01T00:00:00Z)"
+        ) from None
 
 
 @lru_cache(maxsize=4096)

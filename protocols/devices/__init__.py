@@ -11,6 +11,12 @@ import; `protocols.formats` imports this package, so the names are always known:
 | `shelly-online` | `+/online` | Shelly's `true` / `false` last will, for every channel seen |
 | `sparkplug-b` | `spBv1.0/#` | readings from mapped metrics; BIRTH/DEATH as online/offline |
 
+Ids: a device's id (the topic level, or a notification's `src`), `<id>:<N>` of a
+channel, a Sparkplug edge node and device, and `<edge>:<device>`, become meter ids, so
+each follows the gateway's id rule (`formats.ID_RULE`: 1-64 characters of
+A-Z a-z 0-9 . _ : -); a message whose id breaks it is rejected with a reason naming the
+rule, before anything of it is kept or signalled.
+
 Times: a reading takes the device's own time when it sends one with an offset (or
 as epoch numbers); otherwise the time it arrived (`arrival_ts`), never a guess at
 the device's time zone. See each module for its rules.

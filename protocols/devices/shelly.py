@@ -47,6 +47,7 @@ from meter_gateway.protocols.formats import (
     Rejection,
     Signal,
     decode_json,
+    id_problem,
     register_format,
     short_repr,
 )
@@ -114,14 +115,18 @@ def _remember(device: str, channel: int) -> None:
     _channels.setdefault(device, set()).add(channel)
 
 
-def _meter(device: str, channel: object) -> str | None:
-    """The meter id of `channel` of `device`; None if the channel is not a number."""
+def _meter(device: str, channel: object) -> str | Rejection:
+    """The meter id of `channel` of `device`, or the rejection saying why there is none."""
     if channel is None or channel == 0:
         return device
     if type(channel) is not int or channel < 0:
-        return None
+        return Rejection(f"shelly: id: expected a channel number, got {short_repr(channel)}", "id")
+    meter = f"{device}:{channel}"
+    problem = id_problem(meter, "shelly: meter id of a channel")
+    if problem is not None:  # a long device id plus its channel: too long to be one
+        return Rejection(problem, "meter_id")
     _remember(device, channel)
-    return f"{device}:{channel}"
+    return meter
 
 
 @register_format("shelly")
@@ -152,10 +157,16 @@ def shelly(payload: bytes, topic_id: str | None) -> Decoded:
     else:
         device, ts = topic_id, obj.get("ts")
         statuses = [("", obj)]
-    if type(device) is not str or not device:
+    if type(device) is not str:
         out.rejections.append(
             Rejection("shelly: no device id (use a `+` level for it in the topic)", "meter_id")
         )
+        return out
+    problem = id_problem(
+        device, "shelly: device id" if topic_id is None else "shelly: topic's device id"
+    )
+    if problem is not None:
+        out.rejections.append(Rejection(problem, "meter_id"))
         return out
     if ts is None:
         ts = devices.arrival_ts()
@@ -169,10 +180,8 @@ def shelly(payload: bytes, topic_id: str | None) -> Decoded:
             tail = key.rpartition(":")[2]
             channel = int(tail) if tail.isdigit() else tail
         meter = _meter(device, channel)
-        if meter is None:
-            out.rejections.append(
-                Rejection(f"shelly: id: expected a channel number, got {short_repr(channel)}", "id")
-            )
+        if type(meter) is Rejection:
+            out.rejections.append(meter)
             continue
         reading = readings.get(meter)
         if reading is None:
@@ -191,6 +200,8 @@ def shelly_online(payload: bytes, topic_id: str | None) -> Decoded:
         out.rejections.append(
             Rejection("shelly-online: the topic names no device (use +/online)", "lwt")
         )
+    elif (problem := id_problem(topic_id, "shelly-online: topic's device id")) is not None:
+        out.rejections.append(Rejection(problem, "meter_id"))
     elif text not in ("true", "false"):
         out.rejections.append(
             Rejection(f"shelly-online: expected 'true' or 'false', got {short_repr(text)}", "lwt")

@@ -24,6 +24,11 @@ registered with `full_topic=True`: subscribe to `spBv1.0/#` (or one group's
   is a stale last will from an earlier session and is ignored (as the Sparkplug B
   specification says).
 - Other types (NCMD, DCMD, STATE) are ignored.
+- Ids: the edge node and device ids make the meter id, so each follows the gateway's id
+  rule (`formats.ID_RULE`), as does `<edge node>:<device>`; a message on a topic whose
+  ids break it is rejected before anything of it is kept or signalled.
+- Bounds: a BIRTH defining more than `MAX_ALIASES` aliases is rejected (its node or
+  device keeps no aliases); across all nodes at most `MAX_ALIASES_TOTAL` are kept.
 - Time: each metric's `timestamp` (ms), else the payload's, else the arrival time.
   Metrics of one message with different timestamps make one reading per timestamp.
 
@@ -56,9 +61,18 @@ from meter_gateway.protocols.devices.protobuf import (
     as_float,
     fields,
 )
-from meter_gateway.protocols.formats import Decoded, Rejection, Signal, register_format
+from meter_gateway.protocols.formats import (
+    METER_ID,
+    Decoded,
+    Rejection,
+    Signal,
+    id_problem,
+    register_format,
+)
 
 __all__ = ["DEFAULT_METRICS", "MetricValue", "SparkplugB", "decode_payload", "parse_mapping"]
+
+_id_ok = METER_ID.fullmatch
 
 NAMESPACE = "spBv1.0"
 MESSAGE_TYPES = frozenset({"NBIRTH", "NDATA", "NDEATH", "DBIRTH", "DDATA", "DDEATH"})
@@ -109,6 +123,12 @@ _SIGNED_BITS = {INT8: 8, INT16: 16, INT32: 32, INT64: 64}
 #: Bounds on what hostile topics can make the format remember.
 MAX_NODES = 10_000
 MAX_NAMES = 10_000
+#: Aliases one BIRTH may define (per edge node, per device): far more metrics than a
+#: meter has; a BIRTH defining more is rejected, and its node or device keeps none.
+MAX_ALIASES = 10_000
+#: Aliases kept across every node and device: past it, all are forgotten (as nodes are
+#: past MAX_NODES) and the edge nodes asked to rebirth by the DATA they send next.
+MAX_ALIASES_TOTAL = 500_000
 
 Target = tuple[str, int | None, float]  # field, phase or None, scale
 
@@ -233,6 +253,7 @@ class SparkplugB:
 
     def __init__(self, metrics: Mapping[str, str] | None = None) -> None:
         self._nodes: dict[tuple[str, str], _Node] = {}
+        self._alias_total = 0  # aliases held across every node and device
         self.set_metrics(DEFAULT_METRICS if metrics is None else metrics)
 
     def set_metrics(self, metrics: Mapping[str, str]) -> None:
@@ -243,6 +264,21 @@ class SparkplugB:
     def reset(self) -> None:
         """Forget every node's aliases and state (tests; a reconnect without session)."""
         self._nodes.clear()
+        self._alias_total = 0
+
+    @property
+    def alias_count(self) -> int:
+        """Aliases held across every node and device."""
+        return self._alias_total
+
+    def _forget_node(self, key: tuple[str, str]) -> None:
+        node = self._nodes.pop(key, None)
+        if node is not None:
+            self._alias_total -= len(node.aliases) + sum(len(a) for a in node.devices.values())
+
+    def _clear_nodes(self) -> None:
+        self._nodes.clear()
+        self._alias_total = 0
 
     def _target(self, name: str) -> Target | None:
         hit = self._resolved.get(name, False)
@@ -279,12 +315,40 @@ class SparkplugB:
             out.rejections.append(Rejection(f"sparkplug-b: {kind} takes {want}", "topic"))
             return out
         meter = edge if device is None else f"{edge}:{device}"
+        if not (edge and _id_ok(meter)):  # one match when all is well; else say which
+            problem = id_problem(edge, f"sparkplug-b: {kind}: edge node id")
+            if problem is None and device is not None:
+                problem = id_problem(device, f"sparkplug-b: {kind}: device id")
+            if problem is None:
+                problem = id_problem(meter, f"sparkplug-b: {kind}: meter id")
+            out.rejections.append(Rejection(problem or "", "meter_id"))
+            return out
         try:
             ts_ms, metrics, _seq = decode_payload(payload)
         except ProtobufError as exc:
             out.rejections.append(Rejection(f"sparkplug-b: invalid protobuf: {exc}", "protobuf"))
             return out
         key = (group, edge)
+        if kind.endswith("BIRTH"):
+            defined = sum(1 for m in metrics if m.name is not None and m.alias is not None)
+            if defined > MAX_ALIASES:
+                # Its aliases are not kept, and the ones before it are stale: DATA that
+                # uses them is rejected asking for a rebirth, never misread.
+                if kind == "NBIRTH":
+                    self._forget_node(key)
+                else:
+                    self._forget_device(key, device)  # type: ignore[arg-type]
+                out.rejections.append(
+                    Rejection(
+                        f"sparkplug-b: {kind} from {group}/{edge} for {meter!r} defines "
+                        f"{defined:,} aliases, more than the {MAX_ALIASES:,} one birth may "
+                        "define; nothing of it is kept (fewer metrics per node or device)",
+                        "alias",
+                    )
+                )
+                return out
+            if self._alias_total + defined > MAX_ALIASES_TOTAL:
+                self._clear_nodes()
         node = self._nodes.get(key)
         if kind == "NDEATH":
             bdseq = next((m.value for m in metrics if m.name == "bdSeq"), None)
@@ -295,37 +359,51 @@ class SparkplugB:
                 for dev in node.devices:
                     sig = Signal("status", f"{edge}:{dev}", "offline", _epoch_or_none(ts_ms))
                     out.signals.append(sig)
-                del self._nodes[key]
+                self._forget_node(key)
             return out
         if kind == "NBIRTH":
             if len(self._nodes) >= MAX_NODES and key not in self._nodes:
-                self._nodes.clear()
+                self._clear_nodes()
+            self._forget_node(key)
             node = self._nodes[key] = _Node()
             node.bdseq = next((m.value for m in metrics if m.name == "bdSeq"), None)
         elif node is None:
             if kind == "DBIRTH":  # a device born while its node's birth was missed
                 if len(self._nodes) >= MAX_NODES:
-                    self._nodes.clear()
+                    self._clear_nodes()
                 node = self._nodes[key] = _Node()
             else:
                 node = _Node()  # not kept: DATA from a node never born
         if kind == "DDEATH":
             out.signals.append(Signal("status", meter, "offline", _epoch_or_none(ts_ms)))
-            node.devices.pop(device, None)  # type: ignore[arg-type]
+            gone = node.devices.pop(device, None)  # type: ignore[arg-type]
+            if gone is not None and self._nodes.get(key) is node:
+                self._alias_total -= len(gone)
             node.phases.pop(meter, None)
             return out
         if kind == "DBIRTH":
             if len(node.devices) >= MAX_NODES and device not in node.devices:
+                self._alias_total -= sum(len(a) for a in node.devices.values())
                 node.devices.clear()
+            self._forget_device(key, device)  # type: ignore[arg-type]
             node.devices[device] = {}  # type: ignore[index]
         aliases = node.aliases if device is None else node.devices.get(device, {})
         if kind.endswith("BIRTH"):
             out.signals.append(Signal("status", meter, "online", _epoch_or_none(ts_ms)))
+            before = len(aliases)
             for m in metrics:
                 if m.name is not None and m.alias is not None:
                     aliases[m.alias] = m.name
+            self._alias_total += len(aliases) - before
         self._readings(out, metrics, aliases, meter, node, ts_ms, kind, f"{group}/{edge}")
         return out
+
+    def _forget_device(self, key: tuple[str, str], device: str) -> None:
+        node = self._nodes.get(key)
+        if node is not None:
+            gone = node.devices.pop(device, None)
+            if gone is not None:
+                self._alias_total -= len(gone)
 
     def _readings(
         self,

@@ -43,6 +43,7 @@ from meter_gateway.protocols.formats import (
     Decoded,
     Rejection,
     decode_json,
+    id_problem,
     register_format,
     short_repr,
 )
@@ -152,6 +153,10 @@ def tasmota(payload: bytes, topic_id: str | None) -> Decoded:
         out.rejections.append(
             Rejection("tasmota: the topic names no device (use tele/+/SENSOR)", "meter_id")
         )
+        return out
+    problem = id_problem(topic_id, "tasmota: topic's device id")
+    if problem is not None:
+        out.rejections.append(Rejection(problem, "meter_id"))
         return out
     reading: dict[str, Any] = {"meter_id": topic_id, "ts": _ts(obj.get("Time"))}
     reason = _energy(energy, reading)

@@ -1,7 +1,8 @@
 """Outages: a meter without power, a meter gone silent, a transformer's meters all out.
 
-- `power_outage` (meter): a last gasp at once; an LWT `offline` followed by
-  `offline_after_s` of silence; a reading with every phase near 0 V. Cleared by
+- `power_outage` (meter): a last gasp at once; a status `offline` (an MQTT last will:
+  `lwt`, `shelly-online`; or a Sparkplug NDEATH / DDEATH) followed by `offline_after_s`
+  of silence; a reading with every phase near 0 V. Cleared by
   `power_restored` or a reading (newer than the outage's start) with voltage back;
   `momentary` when shorter than `momentary_max_s` (IEEE 1366).
 - `comms_loss` (meter): silent longer than max(offline_after_s, offline_missed_intervals
@@ -30,6 +31,7 @@ from meter_gateway.gateway.events.state import (
     MeterState,
     TransformerState,
 )
+from meter_gateway.gateway.validate import format_ts
 
 __all__ = ["DEFAULT_SPACING_S", "Outage"]
 
@@ -128,7 +130,8 @@ class Outage:
             self.clear_power(st, ts, now_ns, "power_restored")
 
     def status(self, st: MeterState, online: bool, now_ns: int) -> int:
-        """An LWT status; the time to check the meter again (0: no need)."""
+        """A status signal (a last will, a Sparkplug BIRTH or DEATH); the time to check the
+        meter again (0: no need)."""
         if online:
             st.lwt_offline_ns = 0
             return 0
@@ -149,12 +152,16 @@ class Outage:
                 at = st.lwt_offline_ns
                 st.lwt_offline_ns = 0
                 if not st.open & _OUT:
+                    # The detectors are told offline, not by what: a last will and a
+                    # Sparkplug death certificate both say it, so the message names both.
+                    silent_s = (now_ns - at) / _NS
                     self.raise_power(
                         st,
                         at,
                         now_ns,
                         "lwt_offline",
-                        f"{st.meter_id}: offline (MQTT last will) and silent since",
+                        f"{st.meter_id}: reported offline at {format_ts(at)} (last will or "
+                        f"Sparkplug NDEATH/DDEATH) and silent since, for {silent_s:.0f} s",
                     )
             else:
                 return due  # an LWT offline is a sign of a power loss: no comms verdict
