@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meter_gateway.protocols.formats import id_problem
 from meter_gateway.storage.lineprotocol import unstorable
 
 __all__ = ["COLUMNS", "MeterPlace", "TopologyError", "load_topology"]
@@ -88,6 +89,10 @@ def _read(path: Path, f: Any) -> dict[str, MeterPlace]:
         meter_id = (row.get("meter_id") or "").strip()
         if not meter_id:
             raise TopologyError(f"{path}: line {line}: meter_id is empty")
+        # A meter id outside the rule every format applies could never match a reading.
+        id_wrong = id_problem(meter_id, "meter_id")
+        if id_wrong is not None:
+            raise TopologyError(f"{path}: line {line}: {id_wrong}; change the id in the file")
         for column in TAG_COLUMNS:
             value = (row.get(column) or "").strip()
             problem = unstorable(value)

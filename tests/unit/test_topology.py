@@ -115,3 +115,14 @@ def test_check_config_refuses_an_id_the_database_cannot_store(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "topology.file" in err
     assert "line 3: feeder_id 'f,meter_id=m-v2\\\\' contains a backslash at the end" in err
+
+
+@pytest.mark.parametrize("meter_id", ["<img src=x>", "m 1", "m\u202e1", "E" * 65])
+def test_meter_ids_outside_the_id_rule_are_refused(tmp_path, meter_id):
+    # Such a row could never match a reading: every format refuses the id.
+    path = tmp_path / "t.csv"
+    path.write_text(f'meter_id,feeder_id\nm-1,f\n"{meter_id}",f\n', encoding="utf-8")
+    with pytest.raises(TopologyError) as info:
+        load_topology(path)
+    assert "line 3: meter_id:" in str(info.value)
+    assert "(the id rule)" in str(info.value)
