@@ -37,6 +37,7 @@ __all__ = [
     "EventsConfig",
     "GatewayConfig",
     "HttpConfig",
+    "LimitsConfig",
     "ModbusConfig",
     "MqttConfig",
     "StorageConfig",
@@ -237,6 +238,31 @@ class ValidationConfig(Section):
         return self
 
 
+class LimitsConfig(Section):
+    """What hostile or runaway input may make the gateway (and the database) hold."""
+
+    max_meters: int = Field(
+        10_000,
+        description="meters outside the topology file taken since start; 0: no limit",
+    )
+
+    @field_validator("max_meters", mode="before")
+    @classmethod
+    def _max_meters(cls, v: object) -> object:
+        # Said in words an operator can act on: a negative count or a fraction is a typo,
+        # and a limit beyond what a time-series database keeps per tag is no limit.
+        if type(v) is bool or not isinstance(v, int):
+            raise ValueError(
+                "must be a whole number of meters (0: no limit), e.g. 10000 or 0; "
+                f"got {type(v).__name__}"
+            )
+        if v < 0:
+            raise ValueError("must be 0 (no limit) or a positive number of meters")
+        if v > 100_000_000:
+            raise ValueError("must be at most 100000000 (use 0 for no limit)")
+        return v
+
+
 class Config(Section):
     gateway: GatewayConfig = GatewayConfig()
     mqtt: MqttConfig = MqttConfig()
@@ -249,6 +275,7 @@ class Config(Section):
     estimation: EstimationConfig = EstimationConfig()
     daily: DailyConfig = DailyConfig()
     customers: CustomersConfig = CustomersConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     @property
     def client_id(self) -> str:

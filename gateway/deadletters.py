@@ -14,16 +14,25 @@ reason in full).
   `mqtt.subscriptions` (first match, as the gateway routes), then the validator and the
   meter rules (`Pipeline.handle_message`, the live path);
 - one element of a batch (a record with `index`): that element alone, through the
-  `json-batch` format's checks, then validation; reasons keep its position;
+  `json-batch` format's checks, then validation; reasons keep its position. Only when
+  today's subscriptions still route its topic to `json-batch`;
+- the elements of a batch rejected for one reason (`"kind": "elements"`: a count, their
+  indexes, and the elements): those elements, each judged as above;
 - a Modbus reading the validator refused: the reading again (`Pipeline.handle_reading`);
-- recorded traffic rejected by `meter-gateway replay` (topic `replay:FILE:LINE`): the
-  line as a `json` reading.
+- recorded traffic rejected by `meter-gateway replay` (`"origin": "replay"`, a field only
+  the gateway writes; its topic `replay:FILE:LINE` is only a label): the line as a
+  `json` reading. A record without that field is a client's, whatever its topic says:
+  its topic goes through today's subscriptions like any other.
+
+Every check live ingest applies applies here too: the format its topic maps to (a
+meter cannot write as another), the meter id rule, validation, and `limits.max_meters`
+(counted from zero in each run, the topology's meters always taken).
 
 Not replayable, skipped and counted: Modbus poll errors (no reading was made), lines the
 database refused (`storage`: not a validation matter; fix and write them by hand), spool
 and webhook notes, payloads cut at `max_payload_bytes`, MQTT topics today's
 subscriptions do not route, meter events and status messages (events are not raised
-from the past).
+from the past), elements nested too deep (no configuration takes them).
 
 Validation's clock is each record's `received_at`: a reading is judged as if it arrived
 when it did, with today's bounds (one that was too old then is still too old). What now
@@ -37,6 +46,9 @@ to the ledger `<data_dir>/dead-letter/replayed` (its line hash, file and line; f
 after the database has accepted the batch); the next replay skips it ("already
 replayed"). A record counts as replayed once any reading of it is stored (a batch
 message partly valid: the rest is reported as still rejected, and not retried again).
+A record standing for several elements of a batch is replayed element by element: the
+ledger keeps the indexes of those still rejected (`rest`), and the next replay takes
+those only, as if each had a record of its own.
 The ledger is written only then: an interrupted replay replays the rest next time
 (the database overwrites a point written twice with the same values anyway).
 
@@ -67,7 +79,7 @@ from typing import Any
 import orjson
 
 from meter_gateway.config.schema import Config
-from meter_gateway.gateway.pipeline import Pipeline
+from meter_gateway.gateway.pipeline import Pipeline, expand_indexes, index_runs
 from meter_gateway.gateway.validate import MeterRules, Validator
 from meter_gateway.protocols.formats import FORMATS, Decoded, PayloadFormat
 from meter_gateway.protocols.mqtt.source import match_topic
@@ -89,6 +101,7 @@ __all__ = [
     "group_reasons",
     "normalise_reason",
     "parse_since",
+    "record_count",
     "register",
     "run_list",
     "run_replay",
@@ -173,14 +186,30 @@ def select(directory: Path, selection: Selection) -> Iterator[DeadLetterLine]:
 
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ][0-9:.]+(?:Z|[+-]\d{2}:?\d{2})?")
 _NUMBER = re.compile(r"(?<![A-Za-z0-9_.])[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+# Text of the gateway's own that looks like a number but is not a value: a UTC offset
+# quoted as an example (`add 'Z' or '+01:00'`). Kept as written, or the hint would read
+# `'N:N'`.
+_LITERAL = re.compile(r"'[+-]\d{2}:\d{2}'")
+_TOKENS = re.compile(f"(?P<keep>{_LITERAL.pattern})|(?P<num>{_NUMBER.pattern})")
+# The tail the gateway adds to a record that stands for several elements of one message.
+_SAME_REASON = re.compile(r" \(and \d+ more element\(s\) of this message, the same reason\)$")
 
 
 def normalise_reason(reason: str) -> str:
     """One cause, one text: times become `T` and numbers `N` (indexes, values, bounds).
 
     Digits inside names (`l1_voltage`, `sdm-0001` stays `sdm-N`) are left where a letter
-    or `_` comes right before them."""
-    return _NUMBER.sub("N", _TIME.sub("T", reason))
+    or `_` comes right before them; hints of the gateway's own (a quoted UTC offset) are
+    left as written. A record standing for several elements of a message with one
+    reason is grouped with the single ones of that reason."""
+    text = _SAME_REASON.sub("", _TIME.sub("T", reason))
+    return _TOKENS.sub(lambda m: m.group("keep") or "N", text)
+
+
+def record_count(rec: dict[str, Any]) -> int:
+    """How many rejections a record stands for (several elements of one message: `count`)."""
+    n = rec.get("count")
+    return n if type(n) is int and n > 0 else 1
 
 
 @dataclass(slots=True)
@@ -189,7 +218,8 @@ class ReasonGroup:
 
     source: str
     pattern: str
-    count: int = 0
+    count: int = 0  # rejections (a record may stand for several elements of a message)
+    records: int = 0
     first: str = ""  # received_at, as written
     last: str = ""
     example: DeadLetterLine | None = None
@@ -201,6 +231,7 @@ class ReasonGroup:
             "source": self.source,
             "reason": self.pattern,
             "count": self.count,
+            "records": self.records,
             "first": self.first,
             "last": self.last,
             "example": {
@@ -229,7 +260,8 @@ def group_reasons(lines: Iterable[DeadLetterLine]) -> tuple[list[ReasonGroup], i
         g = groups.get((source, pattern))
         if g is None:
             g = groups[source, pattern] = ReasonGroup(source, pattern, example=dl)
-        g.count += 1
+        g.count += record_count(rec)
+        g.records += 1
         at = str(rec.get("received_at", ""))
         if at and (not g.first or at < g.first):
             g.first = at
@@ -266,7 +298,11 @@ def render_table(groups: list[ReasonGroup], unreadable: int = 0) -> str:
                 + f": {rec['reason']}"
             )
     total = sum(g.count for g in groups)
-    out.append(f"{total:,} record(s), {len(groups)} reason(s)")
+    records = sum(g.records for g in groups)
+    out.append(
+        f"{records:,} record(s), {len(groups)} reason(s)"
+        + (f", {total:,} rejection(s)" if total != records else "")
+    )
     if unreadable:
         out.append(f"{unreadable:,} line(s) are not dead-letter records (skipped)")
     return "\n".join(out)
@@ -381,7 +417,8 @@ class _Sink:
 # ("element", topic, payload, index), ("reading", obj, source, device), or ("skip", why).
 _Plan = tuple[Any, ...]
 
-_TRUNCATED = re.compile(r"^payload of \d+ bytes is over max_payload_bytes")
+# A payload (or a line of `meter-gateway replay`) kept only in part: not replayable.
+_TRUNCATED = re.compile(r"^(?:payload|line) of [\d,]+ bytes is over (?:mqtt\.)?max_payload_bytes")
 
 
 class DeadLetterReplay:
@@ -442,8 +479,11 @@ class DeadLetterReplay:
             dead_letter=self.rejections,
             max_payload_bytes=config.mqtt.max_payload_bytes,
             clock=lambda: self.now,
+            max_meters=config.limits.max_meters,
+            known_meters=topology,
         )
         self._refused_ids: set[str] = set()
+        self._rests: dict[str, Any] = {}  # record id -> indexes still rejected (partly replayed)
 
     # -- what a record is ------------------------------------------------------------------
     def _route(self, topic: str) -> tuple[PayloadFormat, str | None, str] | None:
@@ -467,22 +507,40 @@ class DeadLetterReplay:
             if obj is None or "meter_id" not in obj:
                 return ("skip", "modbus: a poll error (no reading was made)")
             return ("reading", obj, "modbus", str(rec.get("device") or "modbus"))
-        if payload is None:
-            return ("skip", "mqtt: no payload kept")
         if _TRUNCATED.match(reason):
             return ("skip", "mqtt: payload cut at max_payload_bytes")
         topic = rec.get("topic")
         if type(topic) is not str:
             return ("skip", "mqtt: no topic")
-        index = rec.get("index")
-        if type(index) is int:
-            return ("element", topic, payload, index)
-        if topic.startswith("replay:"):
+        if rec.get("origin") == "replay" and payload is not None:
+            # Written by `meter-gateway replay` for a line of the operator's own file (a
+            # field no client can set): the line as a reading naming its meter.
             return ("message", topic, payload, FORMATS["json"], None)
         route = self._route(topic)
         if route is None:
             return ("skip", "mqtt: today's mqtt.subscriptions route no format for the topic")
         fmt, topic_id, name = route
+        index = rec.get("index")
+        if type(index) is int:
+            if name != "json-batch":
+                return (
+                    "skip",
+                    "mqtt: an element of a batch, but today's mqtt.subscriptions route its "
+                    "topic to another format than json-batch",
+                )
+            if "nested deeper than" in reason:
+                return ("skip", "mqtt: elements nested too deep (no configuration takes them)")
+            if rec.get("kind") == "elements":
+                indexes = expand_indexes(rec.get("indexes"))
+                elements = rec.get("elements")
+                if indexes is None or type(elements) is not str:
+                    return ("skip", "mqtt: elements kept only inside the raw message")
+                return ("elements", topic, elements.encode("utf-8"), indexes)
+            if payload is None:
+                return ("skip", "mqtt: no payload kept")
+            return ("element", topic, payload, index)
+        if payload is None:
+            return ("skip", "mqtt: no payload kept")
         if name in ("lwt", "meter-event"):
             return ("skip", f"mqtt: a {name} message (events are not raised from the past)")
         return ("message", topic, payload, fmt, topic_id)
@@ -508,7 +566,7 @@ class DeadLetterReplay:
                 if dl.id in done:
                     self.report.already += 1
                     continue
-                stored = self._one(dl, rec)
+                stored = self._one(dl, rec, self.ledger.rest(dl.id))
                 if stored is not None:
                     pending.append((dl, stored))
                 if len(pending) >= self._chunk:
@@ -534,10 +592,13 @@ class DeadLetterReplay:
         self.report.elapsed_s = time.monotonic() - wall0
         return self.report
 
-    def _one(self, dl: DeadLetterLine, rec: dict[str, Any]) -> int | None:
-        """Replay one record; the readings it stored, or None when it is not replayed."""
+    def _one(self, dl: DeadLetterLine, rec: dict[str, Any], rest: Any = None) -> int | None:
+        """Replay one record; the readings it stored, or None when it is not replayed.
+        `rest`: of a record replayed in part before, the indexes still to replay."""
         plan = self.plan(rec)
         kind = plan[0]
+        if kind == "elements" and rest is not None:
+            plan = _only(plan, expand_indexes(rest))
         if kind == "skip":
             self.report.skipped[plan[1]] += 1
             return None
@@ -553,6 +614,9 @@ class DeadLetterReplay:
         elif kind == "element":
             _, topic, payload, index = plan
             p.handle_message(topic, payload, _element_format(index), None)
+        elif kind == "elements":
+            _, topic, elements, indexes = plan
+            p.handle_message(topic, elements, _elements_format(indexes), None)
         else:
             _, obj, source, device = plan
             p.handle_reading(obj, source, device)
@@ -561,7 +625,7 @@ class DeadLetterReplay:
         self.report.duplicates += dups
         for r in self.rejections.records:
             why = normalise_reason(r["reason"])
-            self.report.still_rejected[why] += 1
+            self.report.still_rejected[why] += record_count(r)
             self.report.examples.setdefault(why, f"{dl.where}: {r['reason']}")
         if not stored and not dups:
             if not self.rejections.records:  # signals only (an event in a json topic)
@@ -569,6 +633,14 @@ class DeadLetterReplay:
             return None
         if stored and self.rejections.records:
             self.report.partly += 1
+            if kind == "elements":
+                # Its elements still rejected get the next replay's chance, as they would
+                # have each as a record of its own.
+                left: list[int] = []
+                for r in self.rejections.records:
+                    more = expand_indexes(r.get("indexes"))
+                    left.extend(more if more is not None else [int(r.get("index", -1))])
+                self._rests[dl.id] = index_runs(sorted(i for i in left if i >= 0))
         return stored
 
     async def _commit(
@@ -594,7 +666,8 @@ class DeadLetterReplay:
         self.report.replayed += len(ok)
         self.report.stored += sum(n for _, n in ok)
         if not self.dry_run and ok:
-            self.ledger.add_many(ok)
+            self.ledger.add_many(ok, self._rests)
+        self._rests.clear()
 
     def _bad_line(self, line: str, reason: str) -> None:
         """A line the database refused for good: its record is not marked replayed."""
@@ -634,27 +707,58 @@ def _json_object(payload: bytes) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
+def _only(plan: _Plan, wanted: list[int] | None) -> _Plan:
+    """An "elements" plan narrowed to the elements at `wanted` (those still to replay)."""
+    _, topic, elements, indexes = plan
+    if wanted is None:
+        return plan
+    keep = set(wanted)
+    try:
+        items = json.loads(elements)
+    except ValueError:
+        return plan
+    if type(items) is not list or len(items) != len(indexes):
+        return plan
+    pairs = [(i, item) for i, item in zip(indexes, items, strict=True) if i in keep]
+    text = json.dumps([item for _, item in pairs], separators=(",", ":"))
+    return ("elements", topic, text.encode("utf-8"), [i for i, _ in pairs])
+
+
 def _element_format(index: int) -> PayloadFormat:
     """One element of a batch, checked by the `json-batch` format as element `index`."""
+    elements = _elements_format([index])
+    return lambda payload, topic_id: elements(b"[" + payload + b"]", topic_id)
+
+
+def _elements_format(indexes: list[int]) -> PayloadFormat:
+    """A JSON array of elements of a batch, checked by the `json-batch` format as the
+    elements at `indexes` (reasons and positions name those)."""
     batch = FORMATS["json-batch"]
-    prefix = "readings[0]: "
-    real = f"readings[{index}]: "
 
     def fmt(payload: bytes, topic_id: str | None) -> Decoded:
-        out = batch(b'{"readings":[' + payload + b"]}", None)
+        out = batch(b'{"readings":' + payload + b"}", None)
         if out.positions is not None:
-            out.positions = [index for _ in out.positions]
-        out.rejections = [
-            dataclasses.replace(
-                r,
-                index=index if r.index is not None else None,
-                reason=real + r.reason[len(prefix) :] if r.reason.startswith(prefix) else r.reason,
-            )
-            for r in out.rejections
-        ]
+            out.positions = [_at(indexes, p) for p in out.positions]
+        rejections = []
+        for r in out.rejections:
+            if r.index is not None:
+                real = _at(indexes, r.index)
+                prefix = f"readings[{r.index}]: "
+                reason = r.reason
+                if reason.startswith(prefix):
+                    reason = f"readings[{real}]: {reason[len(prefix) :]}"
+                r = dataclasses.replace(r, index=real, reason=reason)
+            rejections.append(r)
+        out.rejections = rejections
         return out
 
     return fmt
+
+
+def _at(indexes: list[int], position: int) -> int:
+    # A record whose elements outnumber its indexes was not written by the gateway:
+    # positions past the end are named as they are, not guessed.
+    return indexes[position] if position < len(indexes) else position
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -667,12 +771,16 @@ replay them through today's configuration after a bound was corrected.
           become N, times T) so one cause is one row: count, first and last time
           received, source, and an example (FILE:LINE, topic or device, full reason).
   replay  each selected record through today's validation, the way it came: an MQTT
-          payload through the format its topic maps to in mqtt.subscriptions, one
-          element of a batch alone, a Modbus reading again. What passes is stored in
-          the configured database; what still fails is reported by reason and is NOT
-          written to the dead-letter store again. Not replayable (skipped, counted):
-          Modbus poll errors, lines the database refused, spool and webhook notes,
-          payloads cut at max_payload_bytes, meter events and status messages.
+          payload through the format its topic maps to in mqtt.subscriptions (a
+          meter cannot write as another), the elements of a batch alone (a record
+          may hold several rejected for one reason), a Modbus reading again, a line
+          of `meter-gateway replay` as a reading. The same checks as live ingest,
+          limits.max_meters included. What passes is stored in the configured
+          database; what still fails is reported by reason and is NOT written to
+          the dead-letter store again. Not replayable (skipped, counted): Modbus
+          poll errors, lines the database refused, spool and webhook notes,
+          payloads cut at max_payload_bytes, meter events and status messages,
+          elements nested too deep.
 
 Validation's clock is each record's received_at: a reading is judged as when it
 arrived, with today's bounds. Every record replayed is appended to the ledger
@@ -703,6 +811,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
 
 
+# One vocabulary for both commands, as the reports have it: `table` for what a person
+# reads, `json` for a program. `text` (what `replay` took before) is still understood.
+FORMAT_CHOICES = ("table", "json")
+_FORMAT_ALIASES = {"text": "table"}
+
+
+def _output_format(value: str) -> str:
+    return _FORMAT_ALIASES.get(value, value)
+
+
 def register(sub: Any) -> None:
     """Add `dead-letter` with `list` and `replay` to the top-level subparsers."""
     dl = sub.add_parser(
@@ -722,9 +840,11 @@ def register(sub: Any) -> None:
     _add_common(ls)
     ls.add_argument(
         "--format",
-        choices=["table", "json"],
+        type=_output_format,
+        choices=FORMAT_CHOICES,
         default="table",
-        help="an aligned table, or one JSON object {groups: [...]} (default table)",
+        help="an aligned table, or one JSON object {groups: [...]} (default table; "
+        "'text' is taken as 'table')",
     )
     ls.set_defaults(func=run_list)
     rp = cmds.add_parser(
@@ -741,9 +861,11 @@ def register(sub: Any) -> None:
     )
     rp.add_argument(
         "--format",
-        choices=["text", "json"],
-        default="text",
-        help="the summary as text or as one JSON object (default text)",
+        type=_output_format,
+        choices=FORMAT_CHOICES,
+        default="table",
+        help="the summary as lines of text, or as one JSON object (default table; "
+        "'text' is taken as 'table')",
     )
     rp.add_argument(
         "--progress-every",

@@ -11,6 +11,14 @@ records are on disk. A source that must not acknowledge a message before its
 rejection is kept waits with `wait_durable(seq)`, which also hurries the next
 group commit: the wait is one fsync, not a flush interval.
 
+Records are also published (when a `publish` callable is given: MQTT
+`gateway/<id>/rejected`), within bounds: at most `publish_max_per_s` records and
+`publish_max_bytes_per_s` bytes a second, and `publish_max_per_message` records of one
+message (records naming the same `message_id`). A record over
+`publish_max_record_bytes` is published without its payload (`omitted_bytes` says how
+much is only on disk). What is over the bounds is only on disk; `not_published` counts it and
+the log says so once (then at most every ten minutes).
+
 Reading the store back (`read_records`, for `meter-gateway dead-letter`) is safe while a
 gateway appends: only complete lines (ending in a newline) are read; a line being
 written is left for the next reader. Each record is named by its file and line number
@@ -50,6 +58,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("meter_gateway.deadletter")
+
+# The fields a record too large to publish is published without.
+_BULKY = frozenset({"payload", "payload_base64", "elements", "indexes"})
 
 
 def dead_letter_record(
@@ -107,9 +118,26 @@ class DeadLetterStore:
         *,
         publish: Callable[[bytes], None] | None = None,
         flush_interval_s: float = 0.2,
+        publish_max_per_s: int = 50,
+        publish_max_bytes_per_s: int = 262_144,
+        publish_max_record_bytes: int = 65_536,
+        publish_max_per_message: int = 3,
     ) -> None:
         self.directory = Path(data_dir) / "dead-letter"
         self._publish = publish
+        self._pub_max_n = publish_max_per_s
+        self._pub_max_bytes = publish_max_bytes_per_s
+        self._pub_max_record = publish_max_record_bytes
+        self._pub_max_message = publish_max_per_message
+        self._pub_second = 0  # the monotonic second the counts below are for
+        self._pub_n = 0
+        self._pub_bytes = 0
+        self._pub_message: object = None  # message_id of the last record published
+        self._pub_message_n = 0
+        self._pub_logged_at: float | None = None
+        self.not_published = 0  # records kept on disk only (over the publish bounds)
+        self.published_trimmed = 0  # records too large: published without their payload
+        self.not_published_bytes = 0
         self._flush_interval = flush_interval_s
         self._buf: list[tuple[str, bytes]] = []  # (file date, JSON line)
         self._wakeup = asyncio.Event()
@@ -129,13 +157,59 @@ class DeadLetterStore:
         self._buf.append((day, line))
         self.count += 1
         if self._publish is not None:
-            try:
-                self._publish(line[:-1])
-            except Exception:
-                log.debug("dead-letter: publish failed", exc_info=True)
+            out = line[:-1]
+            if len(out) > self._pub_max_record:
+                # Subscribers still learn what was rejected and why; the bulk is on disk.
+                out = orjson.dumps(
+                    {k: v for k, v in record.items() if k not in _BULKY}
+                    | {"omitted_bytes": len(out)},
+                    default=str,
+                )
+                self.published_trimmed += 1
+            if self._may_publish(record, len(out)):
+                try:
+                    self._publish(out)
+                except Exception:
+                    log.debug("dead-letter: publish failed", exc_info=True)
         if len(self._buf) >= 1000:
             self._wakeup.set()
         return self.count
+
+    def _may_publish(self, record: dict[str, Any], size: int) -> bool:
+        """Is this record within the publish bounds? Counts it either way."""
+        second = int(time.monotonic())
+        if second != self._pub_second:
+            self._pub_second, self._pub_n, self._pub_bytes = second, 0, 0
+        message = record.get("message_id")
+        if message is None or message != self._pub_message:
+            self._pub_message, self._pub_message_n = message, 0
+        if (
+            size > self._pub_max_record  # a reason or topic that long: not worth sending
+            or self._pub_n >= self._pub_max_n
+            or self._pub_bytes + size > self._pub_max_bytes
+            or (message is not None and self._pub_message_n >= self._pub_max_message)
+        ):
+            self.not_published += 1
+            self.not_published_bytes += size
+            now = time.monotonic()
+            if self._pub_logged_at is None or now - self._pub_logged_at >= 600:
+                self._pub_logged_at = now
+                log.warning(
+                    "dead-letter: not every rejection is republished on MQTT (at most %d "
+                    "records and %d bytes a second, %d per message, records up to %d bytes); "
+                    "%d record(s) so far are only in %s (dead_letter not_published)",
+                    self._pub_max_n,
+                    self._pub_max_bytes,
+                    self._pub_max_message,
+                    self._pub_max_record,
+                    self.not_published,
+                    self.directory,
+                )
+            return False
+        self._pub_n += 1
+        self._pub_bytes += size
+        self._pub_message_n += 1
+        return True
 
     async def wait_durable(self, seq: int) -> None:
         """Until record `seq` is on disk (which may take long while the disk is full)."""
@@ -152,6 +226,9 @@ class DeadLetterStore:
             "pending": self.count - self.durable,
             "write_errors": self.write_errors,
             "fsyncs": self.fsyncs,
+            "not_published": self.not_published,
+            "not_published_bytes": self.not_published_bytes,
+            "published_trimmed": self.published_trimmed,
             "directory": str(self.directory),
         }
 
@@ -313,16 +390,24 @@ class ReplayLedger:
 
     One JSON line a record: `{"id", "file", "line", "replayed_at", "stored"}`. `add_many`
     appends and fsyncs; call it only once the database has accepted what the records
-    became, so a record in the ledger is a record whose readings are stored."""
+    became, so a record in the ledger is a record whose readings are stored.
+
+    A record standing for several elements of a batch, some of them stored and some
+    still rejected, gets `"rest"`: the indexes still to replay (as the record writes
+    them). It is not done: the next replay takes those elements only. A later entry of
+    the same id says how it stands now. (A reader that knows no `rest` takes the record
+    as done, as a partly stored message always was.)"""
 
     def __init__(self, directory: Path) -> None:
         self.path = Path(directory) / LEDGER_NAME
         self._ids: set[str] | None = None
+        self._rest: dict[str, Any] = {}
 
     def ids(self) -> set[str]:
-        """The ids replayed so far (read once, then kept up to date by `add_many`)."""
+        """The ids replayed for good so far (read once, then kept up to date by `add_many`)."""
         if self._ids is None:
             ids: set[str] = set()
+            rest: dict[str, Any] = {}
             if self.path.is_file():
                 for raw in _complete_lines(self.path):
                     try:
@@ -330,17 +415,32 @@ class ReplayLedger:
                     except orjson.JSONDecodeError:
                         continue  # a damaged entry: that record may be replayed again
                     if isinstance(entry, dict) and isinstance(entry.get("id"), str):
-                        ids.add(entry["id"])
-            self._ids = ids
+                        rid = entry["id"]
+                        if isinstance(entry.get("rest"), list) and entry["rest"]:
+                            rest[rid] = entry["rest"]
+                            ids.discard(rid)
+                        else:
+                            ids.add(rid)
+                            rest.pop(rid, None)
+            self._ids, self._rest = ids, rest
         return self._ids
+
+    def rest(self, rid: str) -> Any:
+        """What of a partly replayed record is still to replay (its `rest`), or None."""
+        self.ids()
+        return self._rest.get(rid)
 
     def __contains__(self, rid: object) -> bool:
         return rid in self.ids()
 
-    def add_many(self, entries: Iterable[tuple[DeadLetterLine, int]]) -> int:
-        """Record (line, readings stored from it) pairs as replayed; fsync'd. Returns how many."""
+    def add_many(
+        self, entries: Iterable[tuple[DeadLetterLine, int]], rests: dict[str, Any] | None = None
+    ) -> int:
+        """Record (line, readings stored from it) pairs as replayed; fsync'd. Returns how many.
+        `rests`: record id -> the indexes of its elements still rejected (see the class)."""
         entries = list(entries)
         known = self.ids()
+        rests = rests or {}
         at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         lines: list[bytes] = []
         added: list[str] = []
@@ -348,8 +448,11 @@ class ReplayLedger:
             if dl.id in known or dl.id in added:
                 continue
             added.append(dl.id)
-            entry = {"id": dl.id, "file": dl.file, "line": dl.line, "replayed_at": at}
-            lines.append(orjson.dumps({**entry, "stored": stored}) + b"\n")
+            entry: dict[str, Any] = {"id": dl.id, "file": dl.file, "line": dl.line}
+            entry.update(replayed_at=at, stored=stored)
+            if rests.get(dl.id):
+                entry["rest"] = rests[dl.id]
+            lines.append(orjson.dumps(entry) + b"\n")
         if not lines:
             return 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -368,7 +471,12 @@ class ReplayLedger:
                 raise
         finally:
             os.close(fd)
-        known.update(added)
+        for rid in added:
+            if rests.get(rid):
+                self._rest[rid] = rests[rid]
+            else:
+                known.add(rid)
+                self._rest.pop(rid, None)
         if created:  # the new file's name must survive a crash too
             dfd = os.open(self.path.parent, os.O_RDONLY)
             try:
