@@ -190,6 +190,8 @@ class Gateway:
             on_reading=self.vee.reading if self.vee is not None else None,
             on_readings=self.events.readings_hook(),
             events=self.events.outbox,
+            max_meters=config.limits.max_meters,
+            known_meters=topology,
         )
         self.mqtt = MqttSource(
             config.mqtt,

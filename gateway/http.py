@@ -76,6 +76,7 @@ REJECT_REASONS = (
     "too_large",
     "nesting",
     "internal_error",
+    "meter_limit",
 )
 FLAG_RULES = ("duplicate_conflict", "out_of_order_register", "register_decrease")
 SIGNAL_VALUES = ("last_gasp", "power_restored", "tamper", "cover_open", "online", "offline")
@@ -112,9 +113,6 @@ def status_snapshot(gw: Gateway) -> dict[str, Any]:
     w["last_refused_s"] = None if last_refused_s is None else round(last_refused_s, 1)
     if refusing_s is not None:
         w["refusing_text"] = gw.refusing_text(refusing_s)
-    # TO WIRE: admission of new meters (limits.max_meters). The pipeline's counters go
-    # here (meters admitted, readings refused as over the limit), as a metric in
-    # `_Collector.collect` and under "Needs attention" in `page_view` (both marked too).
     now_ns = time.time_ns()
     ready, why = gw.ready()
     events = gw.events.stats()
@@ -153,6 +151,13 @@ def status_snapshot(gw: Gateway) -> dict[str, Any]:
         "spool": gw.spool.stats(),
         "dead_letter": gw.dead_letter.stats(),
         "internal_errors": p["internal_errors"] + gw.mqtt.handler_errors,
+        # limits.max_meters: meters outside the topology taken since start, and the
+        # readings and messages of further new meters refused (dead-lettered).
+        "admission": {
+            "max_meters": p["max_meters"],
+            "meters_admitted": p["meters_admitted"],
+            "meters_refused": p["meters_refused"],
+        },
         "signals": p["signals"],
         "events": {
             **events,
@@ -353,8 +358,14 @@ def page_view(s: Mapping[str, Any]) -> dict[str, Any]:
             f"{m['offline']:,} meter{'' if m['offline'] == 1 else 's'} offline "
             f"({m['power_outage']:,} power outage, {m['comms_loss']:,} comms loss)"
         )
-    # TO WIRE: meters refused as over limits.max_meters, from the snapshot's admission
-    # counters (see status_snapshot).
+    adm = s["admission"]
+    if adm["meters_refused"]:
+        attention.append(
+            f"limits.max_meters ({adm['max_meters']:,}) reached: {adm['meters_refused']:,} "
+            "readings or messages of new meters refused (dead-lettered). List the meters in "
+            "the topology file or raise the limit, then run `meter-gateway dead-letter replay "
+            "--reason max_meters`"
+        )
     if s["internal_errors"]:
         attention.append(f"{s['internal_errors']:,} internal errors (bugs): see the log")
     daily = s.get("daily")
@@ -877,8 +888,6 @@ class _Collector(Collector):
             gw.dead_letter.stats(),
         )
         refusing_s, _ = gw.storage_refusals()
-        # TO WIRE: admission counters of limits.max_meters (see status_snapshot) as
-        # `meter_gateway_meters_admitted_total` / `..._readings_over_meter_limit_total`.
 
         def counter(name: str, doc: str, label: str | None, values: Mapping[str, int]) -> Any:
             fam = CounterMetricFamily(
@@ -998,6 +1007,20 @@ class _Collector(Collector):
             total(dl["records"]),
         )
         yield counter(
+            "dead_letter_not_published",
+            "Dead-letter records kept on disk but not republished (over the per-second or "
+            "per-message bound).",
+            None,
+            total(dl["not_published"]),
+        )
+        yield counter(
+            "meters_refused",
+            "Readings and messages of new meters refused because limits.max_meters was "
+            "reached (dead-lettered).",
+            None,
+            total(p["meters_refused"]),
+        )
+        yield counter(
             "dead_letter_fsyncs",
             "Group commits of the dead-letter store.",
             None,
@@ -1049,6 +1072,14 @@ class _Collector(Collector):
                 float(dl["pending"]),
             ),
             "meters_seen": ("Meters that sent a valid reading.", float(p["meters_seen"])),
+            "meters_admitted": (
+                "Meters outside the topology file admitted since start (limits.max_meters).",
+                float(p["meters_admitted"]),
+            ),
+            "max_meters": (
+                "The bound on meters outside the topology file (limits.max_meters; 0: none).",
+                float(p["max_meters"]),
+            ),
             "spool_bytes": ("Bytes of the spool on disk.", float(sp["bytes"])),
             "spool_max_bytes": (
                 "The spool's bound (storage.spool_max_bytes).",

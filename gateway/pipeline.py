@@ -38,9 +38,11 @@ from meter_gateway.gateway.reading import Reading
 from meter_gateway.gateway.validate import Flag, Invalid, MeterRules, Validator
 from meter_gateway.protocols.formats import (
     MAX_NESTING,
+    METER_ID,
     Decoded,
     PayloadFormat,
     Signal,
+    id_problem,
     too_deep,
 )
 from meter_gateway.protocols.logs import LogLimiter
@@ -372,6 +374,13 @@ class Pipeline:
             admitted = self._admitted
             refused, why = 0, ""
             for sig in decoded.signals:
+                mid = sig.meter_id
+                if type(mid) is not str or not METER_ID.fullmatch(mid):
+                    # Only a plugin format can hand one over: the bundled ones refuse it.
+                    self._reject_message(
+                        topic, payload, id_problem(mid, "signal's meter id") or "", "meter_id"
+                    )
+                    continue
                 if admitted is not None and sig.meter_id not in admitted:
                     why = self._admit(sig.meter_id) or why
                     if sig.meter_id not in admitted:

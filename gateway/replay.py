@@ -409,6 +409,7 @@ class Replay:
             on_flag=self._on_flag,
             on_reading=self._on_reading,
             clock=self._clock,
+            origin="replay",  # its rejections are lines of the operator's own file
         )
         self.now = 0  # the clock (epoch ns): `_at`, else the watermark
         self.watermark = 0  # the latest accepted-as-time ts seen (epoch ns)

@@ -235,3 +235,20 @@ async def test_a_flood_of_new_meters_is_refused_beyond_the_limit(
     assert len(flood_series) == 19
     await wait_until(lambda: gw.dead_letter.durable >= gw.dead_letter.count, what="on disk")
     assert gw.dead_letter.count <= 20  # one record a batch, not one per refused reading
+    # What an operator sees: an attention line on the page and the metrics.
+    from prometheus_client import generate_latest
+    from prometheus_client.core import CollectorRegistry
+
+    from meter_gateway.gateway.http import _Collector, page_view, status_snapshot
+
+    snap = status_snapshot(gw)
+    assert snap["admission"] == {"max_meters": 20, "meters_admitted": 20, "meters_refused": 1981}
+    attention = " ".join(page_view(snap)["attention"])
+    assert "limits.max_meters (20) reached: 1,981 readings or messages" in attention
+    registry = CollectorRegistry()
+    registry.register(_Collector(gw))
+    metrics = generate_latest(registry).decode()
+    assert "meter_gateway_meters_refused_total 1981.0" in metrics
+    assert "meter_gateway_meters_admitted 20.0" in metrics
+    rejected = 'meter_gateway_readings_rejected_total{reason="meter_limit",source="mqtt"} 1981.0'
+    assert rejected in metrics

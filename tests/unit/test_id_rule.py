@@ -330,3 +330,22 @@ def test_a_last_gasp_from_a_hostile_topic_is_rejected_naming_the_rule(mid: str) 
     assert not seen.signals
     (record,) = seen.records
     assert record["reason"].startswith(f"topic's meter id: {shown_id(mid)} is not 1-64 characters")
+
+
+@pytest.mark.parametrize("bad", ["<img src=x onerror=alert(1)>", "\u202em-1", "E" * 5000, 7])
+def test_a_plugin_formats_signal_with_a_bad_id_is_refused_by_the_pipeline(bad: Any) -> None:
+    # The bundled formats check ids themselves; a plugin format may not, so the
+    # pipeline applies the rule to every signal before it reaches the detectors.
+    def plugin(payload: bytes, topic_id: str | None) -> Any:
+        from meter_gateway.protocols.formats import Decoded
+
+        return Decoded(
+            signals=[Signal("event", bad, "last_gasp"), Signal("event", "m-ok", "last_gasp")]
+        )
+
+    with pipeline() as (p, seen):
+        p.handle_message("plugin/x", b"{}", plugin, None)
+    assert [s.meter_id for s in seen.signals] == ["m-ok"]
+    reason = " ".join(seen.reasons())
+    assert "signal's meter id" in reason
+    assert ID_RULE in reason
