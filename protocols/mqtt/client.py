@@ -28,6 +28,10 @@ What it adds for the gateway's speed and flow control:
 - A clean close leaves no unread bytes: closing a socket with some makes the kernel
   reset the connection, and the broker then drops what it has not read yet of ours,
   our last acks among it (see `_linger`).
+- A dead socket ends the connection at once, not at the next keepalive: a pending
+  socket error (a reset from the broker's host) is looked for after every read burst
+  and every second, and a socket the event loop refuses to watch any more ends it too
+  (see `_socket_error`, `_watch_failed`).
 - On paho versions it was tested on, a lean PUBLISH decoder replaces paho's (fastpath.py).
 """
 
@@ -200,8 +204,9 @@ class Connection:
     # -- state ------------------------------------------------------------------------------
     @property
     def connected(self) -> bool:
-        """CONNACK received and the connection not closed."""
-        return self.client.is_connected()
+        """CONNACK received and the connection not closed (nor found dead)."""
+        closed = self._closed
+        return self.client.is_connected() and closed is not None and not closed.done()
 
     async def wait_closed(self) -> None:
         """Until the connection ends: returns after `disconnect()`, raises when it was lost."""
@@ -386,7 +391,11 @@ class Connection:
     # -- reading and writing -------------------------------------------------------------------
     def _start_reader(self) -> None:
         if self._fd is not None and not self._reader_on and self._loop is not None:
-            self._loop.add_reader(self._fd, self._on_readable)
+            try:
+                self._loop.add_reader(self._fd, self._on_readable)
+            except (RuntimeError, OSError, ValueError) as exc:
+                self._watch_failed(exc)
+                return
             self._reader_on = True
             if self._ssl_pending():
                 self._loop.call_soon(self._on_readable)
@@ -431,8 +440,43 @@ class Connection:
         if self._write_pending:
             self._write_pending = False
             self._flush()
+        # A burst can end with bytes left in the socket, and the loop is meant to call
+        # us again for them. uvloop does not when the socket has an error (a reset):
+        # it calls the reader once more, then closes its watcher for good while we and
+        # paho still take the connection for alive (and adding a writer then raises).
+        # So the error is looked for here, after every burst.
+        self._socket_error()
         if not self.reading_paused and self._ssl_pending() and self._loop is not None:
             self._loop.call_soon(self._on_readable)
+
+    def _socket_error(self) -> bool:
+        """End the connection if its socket has a pending error; True if it had one.
+
+        A pending error on a connected TCP socket (a reset, a timeout, an unreachable
+        host) means the connection is dead; reading it clears it, so it is acted on here
+        and not left for a later read to find.
+        """
+        sock = self.client.socket()
+        if sock is None or self._closed is None or self._closed.done():
+            return False
+        try:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except (OSError, ValueError):  # closed meanwhile
+            return False
+        if not err:
+            return False
+        self._fail(MqttError(f"the socket failed: {os.strerror(err)}"))
+        return True
+
+    def _watch_failed(self, exc: BaseException) -> None:
+        """The event loop refused to watch the socket: end the connection.
+
+        uvloop refuses (RuntimeError, "the handler is closed") after it has seen an
+        error on the socket: nothing would be read or written on it any more, acks and
+        keepalive pings would wait in paho's queue, and the connection would look alive
+        until the keepalive ran out twice.
+        """
+        self._fail(MqttError(f"the event loop cannot watch the socket any more ({exc})"))
 
     def _flush(self) -> None:
         client = self.client
@@ -455,8 +499,14 @@ class Connection:
             self._fail(exc)
 
     def _start_writer(self) -> None:
+        # Never raises: it runs inside paho's calls (ack, publish), which would pass the
+        # error on to their caller and leave paho believing a writer was registered.
         if self._fd is not None and not self._writer_on and self._loop is not None:
-            self._loop.add_writer(self._fd, self._on_writable)
+            try:
+                self._loop.add_writer(self._fd, self._on_writable)
+            except (RuntimeError, OSError, ValueError) as exc:
+                self._watch_failed(exc)
+                return
             self._writer_on = True
 
     def _stop_writer(self) -> None:
@@ -468,6 +518,9 @@ class Connection:
         client = self.client
         while True:
             await asyncio.sleep(MISC_INTERVAL_S)
+            # Also while reading is paused, when no read would find a reset.
+            if self._socket_error():
+                return
             try:
                 if client.loop_misc() != _OK:
                     return  # no socket any more (paho reported why to on_disconnect)
@@ -475,18 +528,34 @@ class Connection:
                 self._fail(exc)
                 return
 
+    def abort(self, why: str) -> None:
+        """End this connection now as lost (the socket is closed when `async with`
+        exits): for a caller that found it cannot go on, e.g. an ack that failed."""
+        self._fail(MqttError(why))
+
     def _fail(self, exc: Exception) -> None:
-        """The connection cannot go on (paho's state is unknown): end it, with `exc`."""
+        """The connection cannot go on (paho's state is unknown): end it, with `exc`.
+
+        paho still holds the socket until `async with` exits (`_abandon`), a moment
+        later; `connected` is False from now on.
+        """
         self.pause_reading()
+        if self._connack is not None:
+            _settle(self._connack, exc)  # if it comes to that before the CONNACK
         if self._closed is not None:
             _settle(self._closed, exc)
 
-    def _forget_socket(self) -> None:
+    def _forget_socket(self, still_open: bool = False) -> None:
+        """Stop watching the socket; `still_open`: its descriptor is still ours."""
         fd, loop = self._fd, self._loop
         if fd is not None and loop is not None:
-            if self._reader_on:
+            # While the socket is open, both are removed whatever we believe: uvloop
+            # keeps a watcher it closed after a socket error registered under the
+            # descriptor, and only a remove takes it away (the next socket may well
+            # get the same number). Once closed, the number may be someone else's.
+            if self._reader_on or still_open:
                 loop.remove_reader(fd)
-            if self._writer_on:
+            if self._writer_on or still_open:
                 loop.remove_writer(fd)
         self._fd = None
         self._reader_on = self._writer_on = False
@@ -539,7 +608,7 @@ class Connection:
             else:
                 assert self._loop is not None
                 self._linger_task = self._loop.create_task(self._linger(keep))
-        self._forget_socket()
+        self._forget_socket(still_open=self._fd is not None and sock.fileno() == self._fd)
 
     async def _linger(self, sock: socket.socket) -> None:
         """After our DISCONNECT: read and drop until the broker closes its side.

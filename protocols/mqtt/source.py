@@ -193,10 +193,31 @@ class MqttSource:
                 client.ack(msg.mid, msg.qos)
 
     async def _release(self) -> None:
-        """Ack held messages, in order, as storage resumes and their rejections are kept."""
+        """Ack held messages, in order, as storage resumes and their rejections are kept.
+
+        Never ends with an exception nobody reads: an ack that fails (a bug, a library
+        error) ends the connection instead. Dropping acks is safe: the broker delivers
+        the messages again on the next connection, and what the gateway already has of
+        them is dropped as exact duplicates (or written again as the same points).
+        """
+        try:
+            await self._release_held()
+        except Exception as exc:
+            self._log_errors.log(
+                ("release", type(exc).__name__),
+                logging.ERROR,
+                f"mqtt: acknowledging messages failed ({type(exc).__name__}: {exc}); "
+                "reconnecting: the broker delivers the unacknowledged ones again",
+                exc_info=exc,
+            )
+            self._conn.abort(f"acknowledging messages failed: {exc}")
+
+    async def _release_held(self) -> None:
         durability = self._durability
         while self._held:
             await self._flow.wait_resumed()
+            if not self._held:
+                return  # the connection ended meanwhile: run() dropped them
             durable = durability.durable
             n = 0
             for _, _, ticket in self._held:
@@ -217,6 +238,8 @@ class MqttSource:
             ack = conn.client.ack
             for mid, qos, _ in ready:
                 ack(mid, qos)
+            if not conn.connected:
+                return  # ended under the acks (a dead socket): run() drops the rest
             if len(self._held) < self._cfg.receive_maximum:
                 conn.resume_reading()  # ignored once drain() has stopped reading
 
