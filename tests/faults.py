@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from meter_gateway.config.schema import Config
 from meter_gateway.simulators.services import InfluxDB1, Mosquitto, free_port
 
 __all__ = [
+    "EventSubscriber",
     "GatewayProcess",
     "Message",
     "RssSampler",
@@ -88,6 +89,9 @@ class GatewayProcess:
     The status server listens on a fixed free port so that restarts keep it.
     """
 
+    #: How the interpreter runs the command line (a test may run it through a wrapper).
+    command: tuple[str, ...] = ("-m", "meter_gateway.gateway.cli")
+
     def __init__(self, config: Config, workdir: Path, *, shutdown_timeout_s: float = 10) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -111,8 +115,7 @@ class GatewayProcess:
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
-                    "-m",
-                    "meter_gateway.gateway.cli",
+                    *self.command,
                     "run",
                     "-c",
                     str(self.config_file),
@@ -191,6 +194,44 @@ class GatewayProcess:
     def memory(self) -> dict[str, int]:
         pid = self.pid
         return memory_kib(pid) if pid is not None else {}
+
+
+class EventSubscriber:
+    """Every event published under `topic` (an MQTT filter), as a subscriber sees it.
+
+    Blocking, like the rest of this module: run `wait` in a thread from async tests."""
+
+    def __init__(self, broker: Mosquitto, topic: str = "events/#") -> None:
+        self.got: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.connect(broker.host, broker.port)
+        self.client.subscribe(topic, qos=1)
+        self.client.loop_start()
+        assert subscribed.wait(10), "no SUBACK from the broker"
+
+    def _on_message(self, c: paho.Client, u: object, msg: paho.MQTTMessage) -> None:
+        with self._cond:
+            self.got.append(orjson.loads(msg.payload))
+            self._cond.notify_all()
+
+    def of(self, type_: str, state: str) -> list[dict[str, Any]]:
+        """The events of `type_` in `state` received so far."""
+        with self._cond:
+            return [e for e in self.got if e["type"] == type_ and e["state"] == state]
+
+    def wait(self, done: Callable[[], bool], what: str, timeout: float = 20) -> None:
+        """Until `done()` (it may call `of`); fails naming `what`."""
+        with self._cond:
+            ok = self._cond.wait_for(done, timeout)
+        assert ok, f"{what}: not on MQTT within {timeout:.0f} s"
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
 
 
 def memory_kib(pid: int) -> dict[str, int]:

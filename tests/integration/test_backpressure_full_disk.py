@@ -14,7 +14,6 @@ import contextlib
 import errno
 import os
 import struct
-import threading
 import time
 import zlib
 from collections import Counter
@@ -22,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import paho.mqtt.client as paho
 import pytest
 
 from meter_gateway.simulators.services import InfluxDB1, Mosquitto
 from tests.conftest import Publisher, make_config, wait_until
-from tests.faults import GatewayProcess, influx_points, tmpfs
+from tests.faults import EventSubscriber, GatewayProcess, influx_points, tmpfs
 
 pytestmark = pytest.mark.integration
 
@@ -36,36 +34,10 @@ _HEADER = struct.Struct("<IIQQ")  # the segment record header: length, crc32, se
 _CHECKED = struct.Struct("<QQ")
 
 
-class Events:
-    """storage_backpressure events as an MQTT subscriber sees them."""
-
-    def __init__(self, broker: Mosquitto) -> None:
-        self.got: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.on_message = self._on_message
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.connect(broker.host, broker.port)
-        self.client.subscribe("events/storage_backpressure/#", qos=1)
-        self.client.loop_start()
-        assert subscribed.wait(10), "no SUBACK from the broker"
-
-    def _on_message(self, c: paho.Client, u: object, msg: paho.MQTTMessage) -> None:
-        with self._cond:
-            self.got.append(orjson.loads(msg.payload))
-            self._cond.notify_all()
-
-    def wait_for(self, state: str, timeout: float = 20) -> dict[str, Any]:
-        """The first event in `state` (blocking: run it in a thread)."""
-        with self._cond:
-            ok = self._cond.wait_for(lambda: any(e["state"] == state for e in self.got), timeout)
-            assert ok, f"no storage_backpressure {state} on MQTT within {timeout:.0f} s"
-            return next(e for e in self.got if e["state"] == state)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+def backpressure(events: EventSubscriber, state: str) -> dict[str, Any]:
+    """The first storage_backpressure event in `state` (blocking: run it in a thread)."""
+    events.wait(lambda: bool(events.of("storage_backpressure", state)), f"the {state} event")
+    return events.of("storage_backpressure", state)[0]
 
 
 def fill(disk: Path) -> Path:
@@ -126,7 +98,7 @@ async def test_the_backpressure_event_reaches_mqtt_while_the_disk_is_full(
         gw = GatewayProcess(cfg, tmp_path / "gw")
         stack.callback(gw.close)  # before the unmount: nothing may hold the disk
         try:
-            events = Events(mosquitto)
+            events = EventSubscriber(mosquitto, "events/storage_backpressure/#")
             pub = Publisher(mosquitto)
             gw.start()
             await wait_until(gw.connected, within=30, what="the gateway subscribed")
@@ -140,7 +112,7 @@ async def test_the_backpressure_event_reaches_mqtt_while_the_disk_is_full(
                 pub.client.publish(
                     f"meters/{meter}/reading", orjson.dumps({"ts": ts, "power_w": 1.5}), qos=1
                 )
-            raised = await asyncio.to_thread(events.wait_for, "raised")
+            raised = await asyncio.to_thread(backpressure, events, "raised")
             log = gw.log()
             assert "spool: the disk is full; pausing sources" in log, log
             assert "is published on MQTT from memory" in log, log
@@ -157,7 +129,7 @@ async def test_the_backpressure_event_reaches_mqtt_while_the_disk_is_full(
             # Room again: the spool takes the readings and resumes, the event clears and
             # the outbox records both, the raise under the id it was published with.
             filler.unlink()
-            cleared = await asyncio.to_thread(events.wait_for, "cleared")
+            cleared = await asyncio.to_thread(backpressure, events, "cleared")
             assert cleared["event_id"] == raised["event_id"], (raised, cleared)
             await wait_until(
                 lambda: len(set(influx_points(influx1)) & sent) == READINGS,

@@ -11,22 +11,16 @@ kill, then the restart gets `power_restored` from each meter.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import orjson
-import paho.mqtt.client as paho
 import pytest
 
 from meter_gateway.simulators.services import InfluxDB1, Mosquitto
 from tests.conftest import Publisher, make_config, wait_until
-from tests.faults import GatewayProcess
+from tests.faults import EventSubscriber, GatewayProcess
 
 pytestmark = pytest.mark.integration
 
@@ -46,71 +40,11 @@ class NoSnapshotGateway(GatewayProcess):
     """`meter-gateway run`, except that no detector snapshot is written while it runs
     (a clean stop still writes one)."""
 
-    def start(self) -> None:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        log = self.workdir / f"gateway-{len(self.runs) + 1}.log"
-        self.runs.append(log)
-        with log.open("wb") as f:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    _NO_SNAPSHOT,
-                    "run",
-                    "-c",
-                    str(self.config_file),
-                    "--shutdown-timeout",
-                    str(self.shutdown_timeout_s),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=f,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
+    command = ("-c", _NO_SNAPSHOT)
 
 
-class Events:
-    """Every event published under events/#, as subscribers see them."""
-
-    def __init__(self, broker: Mosquitto) -> None:
-        self.got: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.on_message = self._on_message
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.connect(broker.host, broker.port)
-        self.client.subscribe("events/#", qos=1)
-        self.client.loop_start()
-        assert subscribed.wait(10), "no SUBACK from the broker"
-
-    def _on_message(self, c: paho.Client, u: object, msg: paho.MQTTMessage) -> None:
-        with self._cond:
-            self.got.append(orjson.loads(msg.payload))
-            self._cond.notify_all()
-
-    def of(self, state: str) -> list[dict[str, Any]]:
-        with self._cond:
-            return [e for e in self.got if e["type"] == "power_outage" and e["state"] == state]
-
-    def wait_meters(self, state: str, timeout: float = 20) -> None:
-        """Until every meter has a power_outage event in `state` (blocking: a thread)."""
-
-        def seen() -> set[str]:
-            return {
-                e["meter_id"]
-                for e in self.got
-                if e["type"] == "power_outage" and e["state"] == state
-            }
-
-        with self._cond:
-            ok = self._cond.wait_for(lambda: set(METERS) <= seen(), timeout)
-            missing = set(METERS) - seen()
-        assert ok, f"no power_outage {state} on MQTT for {sorted(missing)}"
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+def every_meter(events: EventSubscriber, state: str) -> bool:
+    return set(METERS) <= {e["meter_id"] for e in events.of("power_outage", state)}
 
 
 def cursor(gw: GatewayProcess, destination: str) -> int:
@@ -148,14 +82,16 @@ async def test_a_kill_before_the_first_snapshot_keeps_every_open_outage(
         events={"offline_after_s": 3600},
     )
     gw = NoSnapshotGateway(cfg, tmp_path / "gw")
-    events = Events(mosquitto)
+    events = EventSubscriber(mosquitto)
     pub = Publisher(mosquitto)
     try:
         gw.start()
         await wait_until(gw.connected, within=30, what="the gateway subscribed")
         signal(pub, "last_gasp")  # acknowledged by the broker: the gateway has them
-        await asyncio.to_thread(events.wait_meters, "raised")
-        raised = {e["meter_id"]: e["event_id"] for e in events.of("raised")}
+        await asyncio.to_thread(
+            events.wait, lambda: every_meter(events, "raised"), "a power_outage raised per meter"
+        )
+        raised = {e["meter_id"]: e["event_id"] for e in events.of("power_outage", "raised")}
         # Delivered everywhere and the cursors on disk: all a compaction needs to drop
         # the events, were nothing holding them.
         await wait_until(
@@ -172,7 +108,9 @@ async def test_a_kill_before_the_first_snapshot_keeps_every_open_outage(
         assert "no longer on disk" not in log, log
         assert "9 conditions open" in log, log
         signal(pub, "power_restored")
-        await asyncio.to_thread(events.wait_meters, "cleared")
+        await asyncio.to_thread(
+            events.wait, lambda: every_meter(events, "cleared"), "a power_outage cleared per meter"
+        )
         assert gw.stop() == 0, gw.log_tail()
     finally:
         pub.close()
@@ -180,11 +118,11 @@ async def test_a_kill_before_the_first_snapshot_keeps_every_open_outage(
         gw.close()
 
     # Each condition cleared exactly once, with the id it was raised with.
-    cleared = events.of("cleared")
+    cleared = events.of("power_outage", "cleared")
     assert Counter(e["event_id"] for e in cleared) == Counter(raised.values()), cleared
     assert {e["meter_id"]: e["event_id"] for e in cleared} == raised
     # A raise may come again after the kill (at least once), never under another id.
-    assert {e["event_id"] for e in events.of("raised")} == set(raised.values())
+    assert {e["event_id"] for e in events.of("power_outage", "raised")} == set(raised.values())
     # The database has every raise and every clear: nothing delivered was lost.
     await wait_until(lambda: len(meter_event_points(influx1)) >= 18, what="18 meter_event points")
     points = meter_event_points(influx1)
