@@ -45,7 +45,8 @@ class FakeClient:
             await asyncio.wait_for(self.changed.wait(), 10)
 
 
-def service(tmp_path: Path, client: FakeClient) -> EventService:
+def service(tmp_path: Path, client: FakeClient | None) -> EventService:
+    """An event service on `tmp_path`; `client`: its MQTT connection (None: no MQTT)."""
     config = Config.model_validate(
         {
             "gateway": {"id": "gw-unit", "data_dir": str(tmp_path)},
@@ -65,7 +66,7 @@ def service(tmp_path: Path, client: FakeClient) -> EventService:
         add_line=lambda line: lines.append(line) or len(lines),
         wait_line_durable=durable,
         precision_divisor=1,
-        mqtt_client=lambda: client,
+        mqtt_client=None if client is None else (lambda: client),
     )
 
 

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from meter_gateway.config.schema import Config
 from meter_gateway.gateway.events import outbox as outbox_module
 from meter_gateway.gateway.events.outbox import Outbox
 from meter_gateway.gateway.events.service import STATE_FILE, EventService
-from meter_gateway.storage.deadletter import DeadLetterStore
+from tests.unit.test_events_from_memory import service as events_service
 from tests.unit.test_outbox import TWO_A_SEGMENT, Collector, ids, make_event
 
 
@@ -77,27 +76,7 @@ async def test_the_caller_s_hold_wins_over_a_later_hold_file(tmp_path):
 
 
 def service(tmp_path: Path) -> EventService:
-    config = Config.model_validate(
-        {
-            "gateway": {"id": "gw-unit", "data_dir": str(tmp_path)},
-            "mqtt": {"host": "127.0.0.1"},
-            "storage": {"url": "http://127.0.0.1:1"},
-        }
-    )
-    lines: list[str] = []
-
-    async def durable(ticket: int) -> None:
-        return None
-
-    return EventService(
-        config,
-        {},
-        dead_letter=DeadLetterStore(tmp_path),
-        add_line=lambda line: lines.append(line) or len(lines),
-        wait_line_durable=durable,
-        precision_divisor=1,
-        mqtt_client=None,
-    )
+    return events_service(tmp_path, None)
 
 
 async def test_no_snapshot_covers_an_event_the_outbox_could_not_write(tmp_path, monkeypatch):
