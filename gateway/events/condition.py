@@ -3,6 +3,12 @@
 The active condition is a small JSON file under `<data_dir>/events/`: after a crash
 the same condition keeps the same `event_id` and start, and is cleared once, not
 raised again as a new one.
+
+The condition that matters most (`storage_backpressure`) is raised when the disk is
+full, which is exactly when a new file cannot be written. So the file is made at start,
+`SLOT` bytes of padding, and a raise or clear overwrites those bytes in place: blocks
+already allocated need no free space (on a copy-on-write filesystem such as btrfs they
+do, and the write falls back to a new file, which may then fail like any other).
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ __all__ = ["Condition"]
 
 log = logging.getLogger("meter_gateway.events")
 
+SLOT = 4096  # bytes reserved for the condition's file; its JSON is padded with spaces
+_NONE = b'{"event_id": null}'
+
 
 class Condition:
     def __init__(self, directory: Path, type_: str, subject: dict[str, str], severity: str) -> None:
@@ -28,6 +37,8 @@ class Condition:
         self._subject = subject
         self._severity = severity
         self.active: Event | None = self._load()
+        if self.active is None:
+            self._write(_NONE)  # reserve the slot while the disk has room
 
     def raise_(self, message: str, details: dict[str, Any]) -> Event | None:
         """The raised event, or None when the condition is already raised."""
@@ -68,10 +79,11 @@ class Condition:
             cleared_ns=now,
             message=message,
         )
-        try:
-            self._path.unlink(missing_ok=True)
-        except OSError as exc:
-            log.warning("events: cannot remove %s: %s", self._path, exc)
+        if not self._write(_NONE):
+            try:
+                self._path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("events: cannot remove %s: %s", self._path, exc)
         self.active = None
         return cleared
 
@@ -82,22 +94,46 @@ class Condition:
             "details": ev.details,
             "message": ev.message,
         }
+        if not self._write(json.dumps(state).encode()):
+            # The event still goes out; only its id would not survive a crash meanwhile.
+            log.warning("events: cannot keep %s in %s", self._type, self._path)
+
+    def _write(self, data: bytes) -> bool:
+        """Put `data` in the file durably: in place within the reserved slot when it
+        fits, else as a new file. False (and logged) when the disk refused both."""
+        if len(data) <= SLOT:
+            try:
+                fd = os.open(self._path, os.O_WRONLY)
+            except OSError:
+                pass  # no slot yet: a new file below
+            else:
+                try:
+                    if os.fstat(fd).st_size >= SLOT:
+                        os.pwrite(fd, data.ljust(SLOT), 0)
+                        os.fsync(fd)
+                        return True
+                except OSError as exc:
+                    log.warning("events: cannot write %s in place: %s", self._path, exc)
+                finally:
+                    os.close(fd)
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self._path.with_suffix(".tmp")
-            with tmp.open("w") as f:
-                json.dump(state, f)
+            with tmp.open("wb") as f:
+                f.write(data.ljust(SLOT))
                 f.flush()
                 os.fsync(f.fileno())
             tmp.replace(self._path)
+            return True
         except OSError as exc:
-            # The disk may be the very thing that is full: the event still goes out;
-            # only its id would not survive a crash in the meantime.
-            log.warning("events: cannot keep %s in %s: %s", self._type, self._path, exc)
+            log.warning("events: cannot write %s: %s", self._path, exc)
+            return False
 
     def _load(self) -> Event | None:
         try:
             state = json.loads(self._path.read_text())
+            if state.get("event_id") is None:
+                return None  # the reserved slot, nothing raised
             start = int(state["start_ns"])
             return Event(
                 self._type,
