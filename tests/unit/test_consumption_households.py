@@ -97,6 +97,17 @@ def _inject(fleet: il.Fleet) -> tuple[np.ndarray, dict[str, tuple[str, float]]]:
     # Zero: the register stops for a day while readings go on.
     counted[3, start_slot : start_slot + 96] = 0.0
     faults[m[3]] = ("zero_consumption", 24 * 3600)
+    # Two that the detectors before raised late: a load of max(1.5 kW, 2 x its mean)
+    # added from 19:00 under an evening whose own use varies by as much (the run broke at
+    # each quiet interval: 6.75 h), and a business's meter bypassed at 23:00, before a
+    # day of flat opening hours (no use coming and going until the next evening: 25.25 h).
+    evening = 16 * il.SLOTS_DAY + 76  # the same weekday, 19:00
+    kwh[7, evening : evening + 96] += max(1.5, 2 * mean_kw[7]) / 4
+    faults[m[7]] = ("sustained_high_consumption", (evening - start_slot) * il.SLOT_S + 6 * 3600)
+    night = 16 * il.SLOTS_DAY + 92  # the same weekday, 23:00
+    b = m.index("b-0003")
+    counted[b, night:] = 0.25
+    faults[m[b]] = ("sustained_low_consumption", (night - start_slot) * il.SLOT_S + 24 * 3600)
     reg = np.concatenate([np.full((kwh.shape[0], 1), 1000.0), kwh * counted], axis=1).cumsum(axis=1)
     return reg, {k: (t, start_s + lag) for k, (t, lag) in faults.items()}
 

@@ -243,6 +243,74 @@ def test_a_burst_that_stays_is_a_spike_then_a_sustained_high_one_condition_open(
     assert {e.type for e in h.engine.active()} == {"sustained_high_consumption"}
 
 
+def lumpy_evening(t: float) -> float:
+    """A household whose evenings (17:00-23:00) go between 0.25 and 2.75 kW from one
+    interval to the next: cooking, a washer, a dryer, then nothing."""
+    hour = int((T0 // S + t) // H) % 24
+    if 17 <= hour < 23:
+        return 2.75 if int((T0 // S + t) // Q) % 2 else 0.25
+    return household(t)
+
+
+def test_an_added_load_under_an_evening_that_varies_as_much_is_raised_in_time():
+    h = Harness()
+    m = Meter(h)
+    m.run(10 * DAY + 9 * H, lumpy_evening, noise=0.1, kettles=False)  # a Monday, 17:00 UTC
+    assert consumption_events(h) == []
+    start = m.t
+    # 1.5 kW added from 17:00: every other interval is only 0.25 kW above its expected
+    # (1.5 kW), but the meter never comes back down to its night floor.
+    m.run(m.t + 6 * H, lambda t: lumpy_evening(t) + 1.5, noise=0.1, kettles=False)
+    assert consumption_events(h) == [("sustained_high_consumption", "raised")]
+    (raised,) = h.of("sustained_high_consumption")
+    # From its start (or the next interval: the first one was a quiet one).
+    assert T0 + round(start * S) <= raised.start_ns <= T0 + round((start + Q) * S)
+    assert raised.details["score"] >= 1.0
+    # Not cleared by the quiet intervals either: it goes on while lifted off the floor.
+    m.run(m.t + 2 * H, lambda t: lumpy_evening(t) + 1.5, noise=0.1, kettles=False)
+    assert consumption_events(h) == [("sustained_high_consumption", "raised")]
+    m.run(m.t + 2 * H, lumpy_evening, noise=0.1, kettles=False)
+    assert consumption_events(h) == [
+        ("sustained_high_consumption", "raised"),
+        ("sustained_high_consumption", "cleared"),
+    ]
+
+
+def business(t: float) -> float:
+    """A supermarket's load in kW: 12 kW flat while open (weekdays 07:00-22:00), 3 kW
+    closed."""
+    hour_of_week = int((T0 // S + t) // H + 3 * 24) % 168
+    day, hour = divmod(hour_of_week, 24)
+    return 12.0 if day < 5 and 7 <= hour < 22 else 3.0
+
+
+def test_a_business_meter_bypassed_before_a_flat_day_of_opening_hours_is_raised_in_a_day():
+    h = Harness()
+    m = Meter(h)
+    m.run(10 * DAY + 15 * H, business, noise=0.08, kettles=False)  # a Monday, 23:00 UTC
+    assert consumption_events(h) == []
+    # The meter counts a quarter from then on, its night floor too. Its opening hours
+    # are as flat as they always are: raised within a day, on the hours that are low
+    # against what they usually do, without waiting for the closing at 22:00 to show
+    # use coming and going.
+    tampered = m.t
+    m.run(m.t + 24 * H, lambda t: 0.25 * business(t), noise=0.08, kettles=False)
+    assert consumption_events(h) == [("sustained_low_consumption", "raised")]
+    (raised,) = h.of("sustained_low_consumption")
+    assert raised.start_ns >= T0 + round(tampered * S)
+    assert raised.details["score"] >= 1.0
+
+
+def test_a_business_closed_for_a_day_is_not_sustained_low():
+    h = Harness()
+    m = Meter(h)
+    m.run(10 * DAY - 8 * H, business, noise=0.08, kettles=False)  # to a Monday, 00:00 UTC
+    # Closed on a weekday (a holiday): the closed-hours load all day, the floor kept.
+    m.run(m.t + DAY, lambda t: 3.0, noise=0.08, kettles=False)
+    m.run(m.t + 2 * DAY, business, noise=0.08, kettles=False)
+    assert consumption_events(h) == []
+
+
 def test_zero_consumption_is_raised_after_its_hours_and_cleared_when_consumption_resumes():
     h, m = warmed()
     start = m.t
