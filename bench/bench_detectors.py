@@ -26,6 +26,7 @@ import platform
 import sys
 from pathlib import Path
 
+from meter_gateway.gateway.events import compiled
 from meter_gateway.gateway.replay import ReplaySummary
 from meter_gateway.simulators.fleet import Fleet
 from meter_gateway.simulators.meter import rfc3339
@@ -75,6 +76,8 @@ def main() -> int:
     args = ap.parse_args()
 
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.platform()}")
+    # Replay speed depends on it: the detectors compiled, or their Python fallback.
+    print(f"event detectors: {compiled.status}")
     with replaybench.folder(args.dir, "bench-detectors-") as folder:
         fleet = Fleet(load_scenario(args.scenario))
         path, gen_s = replaybench.generate(fleet, folder, args.reuse)

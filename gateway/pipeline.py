@@ -181,6 +181,7 @@ class Pipeline:
         max_meters: int = 0,
         known_meters: Collection[str] = (),
         origin: str | None = None,
+        store: bool = True,
     ) -> None:
         """`clock` gives "now" in epoch ns: the wall clock live; in replay, the readings'
         own watermark, so validation's age and future bounds judge recorded time.
@@ -193,7 +194,10 @@ class Pipeline:
         `max_meters`: how many meters outside `known_meters` (the topology's) are admitted
         (0: any number); see the module's docstring. `origin` goes into every dead-letter
         record as its `origin` (e.g. "replay" from `meter-gateway replay`): where the input
-        came from, told by the code that made the pipeline, never by the input."""
+        came from, told by the code that made the pipeline, never by the input.
+        `store=False` (`replay --no-store`): `handle_readings` validates and judges readings
+        and hands them to the hooks, but neither encodes them nor adds them to `sink`
+        (whose lines would be thrown away)."""
         self._validator = validator
         self._rules = rules
         self._encode = encoder.encode
@@ -235,6 +239,7 @@ class Pipeline:
         self.meters_refused = 0  # readings and signals refused: their meter was over the limit
         self._limit_logged = False
         self._origin = origin
+        self._store = store
 
     @property
     def paused(self) -> bool:
@@ -331,6 +336,89 @@ class Pipeline:
             if paused_gc:
                 gc.enable()
         return self._issue()
+
+    def handle_readings(
+        self, items: list[dict[str, Any]], payloads: list[bytes], topic: Callable[[int], str]
+    ) -> None:
+        """Messages in a row that each held one reading in the `json` format (already
+        parsed: `items[i]` is what the format made of `payloads[i]`, with no rejection),
+        all at one reading of the clock: `handle_message` for each, in order, with the
+        same counts, tickets, records and hook calls, but the per-message setup done once
+        per call. For `meter-gateway replay`, whose lines between two moves of its clock
+        come here together; a format's checks (a payload over `max_payload_bytes`, not an
+        object, a meter_id that is not text) are the caller's to have done.
+        `topic(i)` names message i; it is asked only for a rejection or an error. On
+        `on_readings`: one call per message, as `handle_message` makes."""
+        now_ns = self._clock()
+        check = self._validator.check
+        judge = self._rules.judge
+        store = self._store
+        add = self._sink.add
+        encode = self._encode
+        on_reading = self._on_reading
+        on_readings = self._on_readings
+        last_seen = self.last_seen
+        admitted = self._admitted
+        flags: list[Flag] = []
+        waiting = self._waiting
+        received = stored = 0
+        for i, obj in enumerate(items):
+            self.messages += 1
+            self._ticket = self._pos = 0
+            self._groups = None
+            payload = payloads[i]
+            paused_gc = len(payload) > _NO_GC_BYTES and gc.isenabled()
+            if paused_gc:
+                gc.disable()
+            try:
+                # The steps and their order are _readings' for a message of one reading,
+                # so that a hook that fails leaves the same counts behind.
+                r: Reading | None = None
+                clock: Flag | None = None
+                try:
+                    r = check(obj, "mqtt", now_ns)
+                    if admitted is not None and r.meter_id not in admitted:
+                        refused = self._admit(r.meter_id)
+                        if refused:
+                            self.meters_refused += 1
+                            raise Invalid(refused, field="meter_limit", kind="limit")
+                    last_seen[r.meter_id] = now_ns
+                    r = judge(r, flags)
+                    if r is not None and store:
+                        self._pos = add(encode(r))
+                except Invalid as exc:
+                    r = None
+                    self._reject_message(topic(i), payload, str(exc), exc.field)
+                    clock = exc.clock
+                except Exception as exc:  # a bug, for this reading only
+                    r = None
+                    self._internal_error(exc, topic=topic(i), payload=payload, item=obj)
+                if r is not None and on_reading is not None:
+                    on_reading(r)
+                received += 1
+                if r is not None:
+                    stored += 1
+                    if on_readings is not None:
+                        on_readings([r])
+                if flags:
+                    self._flags(flags)
+                    flags = []
+                if clock is not None:
+                    self._clock_rejections([clock])
+            except Exception as exc:
+                # As handle_message: a hook's or a rule's bug costs this message only.
+                self._internal_error(exc, topic=topic(i), payload=payload)
+                flags = []
+            finally:
+                if paused_gc:
+                    gc.enable()
+            # _issue(), without the call
+            self._issued += 1
+            if self._pos or self._ticket or self._event_seq:
+                waiting.append((self._issued, self._pos, self._ticket, self._event_seq))
+                self._event_seq = 0
+        self.received["mqtt"] += received
+        self.stored["mqtt"] += stored
 
     def _message(
         self, topic: str, payload: bytes, fmt: PayloadFormat, topic_id: str | None

@@ -52,6 +52,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+import orjson
+
 from meter_gateway.config.schema import Config
 from meter_gateway.config.topology import MeterPlace, load_topology
 from meter_gateway.gateway.events.event import Event, event_line
@@ -83,6 +85,7 @@ MAX_LINE_BYTES = 1 << 20  # open_lines' default; a replay uses mqtt.max_payload_
 LONG_LINE_HEAD = 1024  # bytes of a too-long line kept in its dead-letter record
 _EPOCH_S_MAX = 253_402_300_799  # end of year 9999: validation's bound for epoch seconds
 _LAST = format_ts(MAX_NS)
+_UNSEEN: Any = object()  # not in the ts cache (which holds None for a ts it cannot use)
 
 
 class EngineLike(Protocol):
@@ -410,6 +413,7 @@ class Replay:
             on_reading=self._on_reading,
             clock=self._clock,
             origin="replay",  # its rejections are lines of the operator's own file
+            store=store,
         )
         self.now = 0  # the clock (epoch ns): `_at`, else the watermark
         self.watermark = 0  # the latest accepted-as-time ts seen (epoch ns)
@@ -531,23 +535,105 @@ class Replay:
 
     # -- the loop --------------------------------------------------------------------------
     def _lines(self, lines: list[bytes | LongLine], name: str, first: int) -> None:
-        """One chunk of lines; never raises for what a line holds."""
+        """One chunk of lines; never raises for what a line holds.
+
+        The common line, a reading in the `json` format with a usable `_at` and `ts`, is
+        parsed here and joins a run of such lines; the run goes to the pipeline in one
+        call (`Pipeline.handle_readings`: each line still its own message) before the
+        clock moves or the detectors tick, so every line is judged at the clock it would
+        have been judged at on its own. Anything else (a status line, a meter event, a
+        line that is not a JSON object, a bad `_at`...) ends the run and takes the
+        general way, `_decode` and `Pipeline.handle_message`, in its place in the order.
+        """
         handle = self.pipeline.handle_message
         decode = self._decode
+        loads = orjson.loads
+        ts_cache = self._ts_cache
+        objs: list[dict[str, Any]] = []  # the run: parsed lines, their bytes, their numbers
+        payloads: list[bytes] = []
+        numbers: list[int] = []
         n = first
         for line in lines:
             n += 1
             if type(line) is LongLine:
+                if objs:
+                    self._run(objs, payloads, numbers, name)
                 self._long_line(line, f"replay:{name}:{n}")
                 continue
             if not line or line.isspace():  # type: ignore[union-attr]
                 continue
-            self._decoded = decode(line)
+            obj: Any
+            try:
+                obj = loads(line)
+            except orjson.JSONDecodeError:
+                obj = None  # the general way says why (or reads NaN, for the validator)
+            if type(obj) is dict and "status" not in obj and "type" not in obj:
+                mid = obj.get("meter_id")
+                at = obj.pop("_at", None)
+                ts = obj.get("ts")
+                ts_ns = ts_cache.get(ts, _UNSEEN) if type(ts) is str else _UNSEEN
+                if ts_ns is _UNSEEN:
+                    ts_ns = self._ts_ns(ts)
+                # _seconds_ns(at), without the call
+                t = type(at)
+                at_ns = (
+                    int(at * NS) if (t is float or t is int) and 0 <= at <= _EPOCH_S_MAX else None
+                )
+                if (
+                    (mid is None or type(mid) is str)
+                    and (at is None or (at_ns is not None and at_ns <= MAX_NS))
+                    and (ts_ns is None or ts_ns <= MAX_NS)
+                ):
+                    now = self.now
+                    if at_ns is not None:
+                        after = at_ns if at_ns > now else now
+                    else:
+                        after = self._now_after(ts_ns)
+                    if objs and (after != now or after >= self._next_tick):
+                        self._run(objs, payloads, numbers, name)
+                    if at_ns is not None and (ts_ns is None or ts_ns <= self.watermark):
+                        # _advance(ts_ns, at_ns) when the watermark stays: without the call
+                        self._has_at = True
+                        self.now = now = after
+                    else:
+                        self._advance(ts_ns, at_ns)
+                        now = self.now
+                    if now >= self._next_tick:
+                        self._tick(now)
+                    objs.append(obj)
+                    payloads.append(line)  # type: ignore[arg-type]
+                    numbers.append(n)
+                    continue
+            # The general way, for this line alone (parsed again there: such lines are few).
+            if objs:
+                self._run(objs, payloads, numbers, name)
+            self._decoded = decode(line)  # type: ignore[arg-type]
             now = self.now
             if now >= self._next_tick:
                 self._tick(now)
             handle(f"replay:{name}:{n}", line, self._take, None)  # type: ignore[arg-type]
+        if objs:
+            self._run(objs, payloads, numbers, name)
         self.summary.lines += n - first
+
+    def _run(
+        self, objs: list[dict[str, Any]], payloads: list[bytes], numbers: list[int], name: str
+    ) -> None:
+        """A run of reading lines, all at the present clock, into the pipeline; emptied."""
+        self.pipeline.handle_readings(objs, payloads, lambda i: f"replay:{name}:{numbers[i]}")
+        objs.clear()
+        payloads.clear()
+        numbers.clear()
+
+    def _now_after(self, ts_ns: int | None) -> int:
+        """The clock `_advance(ts_ns, None)` would set, without setting it."""
+        now = self.now
+        if self._has_at:
+            return now
+        wm = self.watermark
+        if ts_ns is not None and ts_ns > wm and (not wm or ts_ns - wm <= self._max_jump_ns):
+            wm = ts_ns
+        return wm if wm > now else now
 
     def _long_line(self, line: LongLine, where: str) -> None:
         self.summary.too_long += 1

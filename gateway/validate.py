@@ -50,6 +50,9 @@ _NS = 1_000_000_000
 # Epoch seconds a meter can mean: 1970 up to the end of year 9999 (what RFC 3339 and
 # datetime can express). Beyond that the number is in other units, or garbage.
 _EPOCH_S_MAX = 253_402_300_799
+# A Reading made without NamedTuple's generated __new__ (a Python call per reading): the
+# same tuple, fields in order, quality "actual".
+_new_tuple = tuple.__new__
 _YEAR_S = 31_556_952  # mean Gregorian year
 # No meter register counts this far (1,000 TWh; displays stop at 9 or 10 digits):
 # a larger value is garbage, not a reading.
@@ -163,13 +166,13 @@ class Validator:
         self._max_future_ns = int(b.max_future_s * _NS)
         self._max_age_ns = int(b.max_age_s * _NS)
         self._max_age_text = _duration_text(b.max_age_s)
-        # (payload key, storage field, low, high); checked in this order.
+        # (payload key, which is also the storage field, low, high); checked in this order.
         self._scalars = (
-            ("energy_import_kwh", "energy_import_kwh", 0.0, REGISTER_MAX_KWH),
-            ("energy_export_kwh", "energy_export_kwh", 0.0, REGISTER_MAX_KWH),
-            ("power_w", "power_w", -b.power_max_w, b.power_max_w),
-            ("power_factor", "power_factor", -1.0, 1.0),
-            ("frequency_hz", "frequency_hz", b.frequency_min_hz, b.frequency_max_hz),
+            ("energy_import_kwh", 0.0, REGISTER_MAX_KWH),
+            ("energy_export_kwh", 0.0, REGISTER_MAX_KWH),
+            ("power_w", -b.power_max_w, b.power_max_w),
+            ("power_factor", -1.0, 1.0),
+            ("frequency_hz", b.frequency_min_hz, b.frequency_max_hz),
         )
         self._phases = (
             ("voltage_v", VOLTAGE_FIELDS, 0.0, b.voltage_max_v),
@@ -184,7 +187,11 @@ class Validator:
         # The type first: a list or an object is unhashable and cannot be looked up.
         if type(meter_id) is not str or meter_id not in self._ids:
             self._check_meter_id(meter_id)
-        ts_ns = self._ts(obj.get("ts"))
+        ts = obj.get("ts")
+        # A time seen before (a fleet shares its timestamps): the cache, without a call.
+        ts_ns = self._ts_cache.get(ts) if type(ts) is str else None  # type: ignore[call-overload]
+        if ts_ns is None:
+            ts_ns = self._ts(ts)
         if ts_ns > now_ns + self._max_future_ns:
             self._beyond(
                 f"ts: {format_ts(ts_ns)} is {(ts_ns - now_ns) / _NS:.0f} s in the future "
@@ -207,13 +214,13 @@ class Validator:
         # comparison); anything else goes to _number() for conversion or a reason.
         values: dict[str, float] = {}
         get = obj.get
-        for key, name, lo, hi in self._scalars:
+        for key, lo, hi in self._scalars:
             v = get(key)
             if v is None:
                 continue
             if type(v) is not float or not lo <= v <= hi:
                 v = _number(key, v, lo, hi, key)
-            values[name] = v
+            values[key] = v
         for key, names, lo, hi in self._phases:
             v = get(key)
             if v is None:
@@ -255,7 +262,7 @@ class Validator:
                 field="reading",
                 kind="missing",
             )
-        return Reading(meter_id, ts_ns, source, values)
+        return _new_tuple(Reading, (meter_id, ts_ns, source, values, "actual"))  # type: ignore[no-any-return]
 
     @staticmethod
     def _beyond(message: str, kind: str, meter_id: str, ts_ns: int, bound_ns: int) -> NoReturn:

@@ -2,9 +2,12 @@
 
 One `MeterState` per meter that ever reported; the detectors (outage, power quality,
 meter alarms) read and update it. Silence is found without scanning the fleet: each
-meter has at most one live entry in a heap of due times; `tick` pops only what is due
-and the check decides (or queues the meter again at its next due time). Readings do
-not touch the heap (the check recomputes from when the meter was last heard).
+meter has at most one live entry in the queue of due times; `tick` takes only what is
+due and the check decides (or queues the meter again at its next due time). Readings do
+not touch the queue (the check recomputes from when the meter was last heard). The
+queue is a heap of distinct due times, each with its meters: a fleet reading at the same
+moment comes due at the same moment, so a check costs a list append, not a heap push
+of its own.
 
 Times: a reading's own `ts_ns` is when things happened (event starts, voltage
 durations, spacing); `now_ns` is the gateway's clock (arrivals, silence, detection).
@@ -25,7 +28,7 @@ from meter_gateway.config.topology import MeterPlace
 from meter_gateway.gateway.events.detectors import POINT_TYPES, SEVERITY, Book, signal_ts_ns
 from meter_gateway.gateway.events.detectors.consumption import Consumption
 from meter_gateway.gateway.events.detectors.meter_alarms import REVERSE_W, MeterAlarms
-from meter_gateway.gateway.events.detectors.outage import Outage
+from meter_gateway.gateway.events.detectors.outage import DEFAULT_SPACING_S, Outage
 from meter_gateway.gateway.events.detectors.power_quality import PowerQuality
 from meter_gateway.gateway.events.event import Event
 from meter_gateway.gateway.events.state import (
@@ -84,8 +87,14 @@ class Engine:
         self._f_nominal = self._pq._f_nominal
         self._f_tolerance = self._pq._f_tolerance
         self._drift_max_s = self._alarms._drift_max_s
-        self._heap: list[tuple[int, str]] = []
+        # The silence checks queued: due times (a heap, each once) and the meters due at
+        # each, in the order queued (a meter may be in a list it no longer is due in:
+        # skipped when its `due` says otherwise).
+        self._dues: list[int] = []
+        self._queued: dict[int, list[str]] = {}
         self._off_ns = self._outage.off_ns
+        self._off_s: float = config.offline_after_s
+        self._missed: float = config.offline_missed_intervals
         self._started_ns = now_ns
         self._now_ns = now_ns
 
@@ -332,20 +341,56 @@ class Engine:
                 self._alarms.rejected(st, kind, f.ts_ns, f.bound_s, gap_ns, now_ns)
 
     def tick(self, now_ns: int) -> None:
-        """Decide on the meters whose silence check is due (only those)."""
+        """Decide on the meters whose silence check is due (only those), in the order of
+        their due time, then meter id."""
         self._now_ns = now_ns
-        heap = self._heap
+        dues = self._dues
+        queued = self._queued
         meters = self._meters
-        check = self._outage.check
-        while heap and heap[0][0] <= now_ns:
-            due, meter_id = heapq.heappop(heap)
-            st = meters.get(meter_id)
-            if st is None or st.due != due:
-                continue  # superseded by an earlier entry
-            st.due = 0
-            nxt = check(st, now_ns)
-            if nxt:
-                self._schedule(st, nxt)
+        outage = self._outage
+        grace = outage.grace_until
+        while dues and dues[0] <= now_ns:
+            due = heapq.heappop(dues)
+            ids = queued.pop(due)
+            if len(ids) > 1:
+                ids.sort()
+            for meter_id in ids:
+                st = meters.get(meter_id)
+                if st is None or st.due != due:
+                    continue  # superseded by an earlier entry
+                st.due = 0
+                # The common case, a meter heard since it was queued: when it is due
+                # next, decided here without the call (Outage.check would answer the same).
+                nxt = self._quiet_until(st, now_ns, grace)
+                if not nxt:
+                    nxt = outage.check(st, now_ns)
+                if nxt:
+                    self._schedule(st, nxt)
+
+    def _quiet_until(self, st: MeterState, now_ns: int, grace: int) -> int:
+        """When the meter's silence check is due next, if it has nothing to decide now;
+        else 0 (Outage.check decides). Outage.check's first steps for a meter with no
+        last will pending and no outage or comms_loss open, in the same arithmetic
+        (spacing_s, the silence limit, the overdue time)."""
+        if st.lwt_offline_ns or st.open & _OUT:
+            return 0
+        ts_sp = st.ts_spacing_s
+        arrival = st.arrival_spacing_s
+        if arrival == 0.0:
+            arrival = st.burst * ts_sp
+        sp_s = arrival if arrival > ts_sp else ts_sp
+        if not sp_s > 0:
+            sp_s = DEFAULT_SPACING_S
+        m = self._missed * sp_s
+        limit_ns = int((m if m > self._off_s else self._off_s) * _NS)
+        if st.tx is None:
+            due = st.last_heard + limit_ns
+        else:
+            sp_ns = int(sp_s * _NS) + self._off_ns
+            due = st.last_heard + (sp_ns if sp_ns < limit_ns else limit_ns)
+        if due < grace:
+            due = grace
+        return due if now_ns < due else 0
 
     # -- restart -----------------------------------------------------------------------------
 
@@ -391,12 +436,16 @@ class Engine:
         first = now_ns
         for st in self._meters.values():
             st.due = first
-        self._heap = [(first, m) for m in self._meters]
-        heapq.heapify(self._heap)
+        self._dues.clear()
+        self._queued.clear()
+        if self._meters:
+            self._dues.append(first)
+            self._queued[first] = list(self._meters)
 
     def _load(self, data: dict[str, Any]) -> None:
         self._meters.clear()
-        self._heap.clear()
+        self._dues.clear()
+        self._queued.clear()
         self._book.open.clear()
         for meter_id, values in data["meters"].items():
             st = self._track(str(meter_id))
@@ -493,7 +542,7 @@ class Engine:
             "cleared": dict(self._book.cleared),
             "active": dict(active),
             "active_total": sum(active.values()),
-            "queued_checks": len(self._heap),
+            "queued_checks": sum(len(ids) for ids in self._queued.values()),
         }
 
     # -- internals ---------------------------------------------------------------------------
@@ -545,7 +594,12 @@ class Engine:
         if st.due and st.due <= at:
             return
         st.due = at
-        heapq.heappush(self._heap, (at, st.meter_id))
+        ids = self._queued.get(at)
+        if ids is None:
+            self._queued[at] = [st.meter_id]
+            heapq.heappush(self._dues, at)
+        else:
+            ids.append(st.meter_id)
 
 
 def _learned(sp: float, gap_s: float) -> float:
