@@ -167,6 +167,8 @@ class Outage:
                 return due  # an LWT offline is a sign of a power loss: no comms verdict
         if st.open & _OUT:
             return nxt  # silence explained, or already reported
+        # Engine._quiet_until repeats the steps from here to the overdue time in compiled
+        # code (the common case, decided once per reading): change both together.
         sp_s = self.spacing_s(st)
         sp_ns = int(sp_s * _NS)
         limit_ns = int(max(self._off_s, self._missed * sp_s) * _NS)
