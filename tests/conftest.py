@@ -16,6 +16,31 @@ from meter_gateway.config.schema import Config
 from meter_gateway.gateway.app import Gateway
 from meter_gateway.simulators.services import InfluxDB1, Mosquitto, VictoriaMetrics
 
+# Where a test talks to a real service (a server, a subprocess gateway, a tmpfs, the
+# wheel build): such tests are `integration`, so `-m "not integration"` is the fast lane.
+_INTEGRATION_DIRS = ("integration", "modbus", "deploy", "packaging")
+_SERVICE_FIXTURES = frozenset(
+    {
+        "mosquitto",
+        "victoria",
+        "influx1",
+        "publisher",
+        "run_gateway",
+        "modbus_meters",
+        "modbus_fleet",
+        "serial_pty_pair",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.parent.name
+        if folder in _INTEGRATION_DIRS or _SERVICE_FIXTURES & set(
+            getattr(item, "fixturenames", ())
+        ):
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
