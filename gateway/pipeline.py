@@ -485,6 +485,8 @@ class Pipeline:
                 self._reject_message(topic, payload, why, "meter_limit")
 
     def _readings(self, decoded: Decoded, topic: str, payload: bytes) -> None:
+        # handle_readings (replay) repeats these per-reading steps inline, for speed:
+        # a change to them here belongs there too.
         now_ns = self._clock()
         check = self._validator.check
         judge = self._rules.judge
