@@ -45,14 +45,22 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating the virtual environment .venv" >&2
     "$PY" -m venv .venv
 fi
-# The compiled modules are built from their sources: a changed source is a new build
-# (until then the gateway runs that part as plain Python, and says so).
-compiled=(setup.py gateway/events/state.py gateway/events/engine.py gateway/events/detectors/consumption.py)
-stamp=.venv/.installed-$(cat pyproject.toml requirements.lock "${compiled[@]}" | sha1sum | cut -c1-12)
+# The compiled modules (listed in gateway/events/compiled_modules.py, which setup.py
+# reads too) are built from their sources: a changed source is a new build (until then
+# the gateway runs that part as plain Python, and says so).
+listed=$(.venv/bin/python -c '
+import runpy
+for m in runpy.run_path("gateway/events/compiled_modules.py")["MODULES"]:
+    print("gateway/events/" + m.replace(".", "/") + ".py")
+')
+mapfile -t compiled <<<"$listed"
+stamp=.venv/.installed-$(cat pyproject.toml requirements.lock setup.py gateway/events/compiled_modules.py "${compiled[@]}" | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
     echo "setup: installing Python packages (pinned in pyproject.toml and requirements.lock) and compiling the detectors' hot path" >&2
     .venv/bin/python -m pip install -q --upgrade pip >&2
-    .venv/bin/python -m pip install -q -c requirements.lock -e '.[dev]' >&2
+    # An editable install compiles only when asked (setup.py): here it is, so that this
+    # venv and CI run the compiled build the wheel ships.
+    METER_GATEWAY_COMPILE=1 .venv/bin/python -m pip install -q -c requirements.lock -e '.[dev]' >&2
     rm -f .venv/.installed-*
     touch "$stamp"
 fi

@@ -1,12 +1,13 @@
 """Whether the detectors' per-reading path runs compiled, and the fallback to its sources.
 
-`MODULES` are built with mypyc by the package build (setup.py) from the same Python
-sources: the engine's `reading` runs for every stored reading, and compiled it costs a
-fraction of the interpreter's time. Their `.py` files always ship beside the extensions
-and are used instead, all of them together (a compiled module takes only the compiled
-classes of the others), when
+`MODULES` (listed in `compiled_modules`) are built with mypyc by the package build
+(setup.py) from the same Python sources: the engine's `reading` runs for every stored
+reading, and compiled it costs a fraction of the interpreter's time. Their `.py` files
+always ship beside the extensions and are used instead, all of them together (a
+compiled module takes only the compiled classes of the others), when
 
-- an extension is missing (a pure-Python install, no C compiler at build time),
+- an extension is missing (a pure-Python install, an editable install not asked to
+  compile, no C compiler at build time),
 - an extension was built from another version of its source (the source was edited
   since the build: `<module>.source-sha256`, written by the build, does not match), or
 - METER_GATEWAY_PURE_PYTHON=1 is set.
@@ -28,12 +29,12 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 
+from meter_gateway.gateway.events.compiled_modules import MODULES
+
 __all__ = ["MODULES", "PURE_ENV", "compiled", "decide", "status"]
 
 PURE_ENV = "METER_GATEWAY_PURE_PYTHON"
 _PACKAGE = "meter_gateway.gateway.events"
-# Relative to this package; setup.py compiles the same list.
-MODULES = ("state", "engine", "detectors.consumption")
 _HERE = Path(__file__).resolve().parent
 
 
@@ -46,7 +47,10 @@ def _why_not(here: Path, module: str) -> str | None:
     py = _source(here, module)
     stem = py.with_suffix("")
     if not any(Path(f"{stem}{sfx}").exists() for sfx in importlib.machinery.EXTENSION_SUFFIXES):
-        return "not compiled (a pure-Python install)"
+        return (
+            "not compiled (a pure-Python install, or an editable one without "
+            "METER_GATEWAY_COMPILE=1)"
+        )
     try:
         built = py.with_name(py.stem + ".source-sha256").read_text().strip()
         source = hashlib.sha256(py.read_bytes()).hexdigest()
@@ -55,7 +59,7 @@ def _why_not(here: Path, module: str) -> str | None:
     if built != source:
         return (
             f"{py.name} changed since it was compiled (rebuild: bash scripts/setup.sh, "
-            "or pip install the package again)"
+            "or pip install the package again, an editable one with METER_GATEWAY_COMPILE=1)"
         )
     return None
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 import orjson
 
@@ -49,7 +49,7 @@ from meter_gateway.gateway.reading import Reading
 from meter_gateway.gateway.validate import Flag
 from meter_gateway.protocols.formats import Signal
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "EngineStats"]
 
 _NS: Final = 1_000_000_000
 _SNAPSHOT_VERSION: Final = 1
@@ -61,13 +61,28 @@ _OUT: Final = POWER | COMMS
 _VOLTAGE_BITS: Final = PHASE_LOSS | SAG | SWELL | IMBALANCE
 
 
+class EngineStats(TypedDict):
+    """`Engine.stats()`: read by key by the status page and /status (a plain dict at
+    run time, compiled too)."""
+
+    meters_tracked: int
+    transformers: int
+    # By event type: raised and cleared since start, and open now.
+    raised: dict[str, int]
+    cleared: dict[str, int]
+    active: dict[str, int]
+    active_total: int
+    # Entries in the queue of silence checks (a superseded one counts until it is due).
+    queued_checks: int
+
+
 class Engine:
     def __init__(
         self,
         config: EventsConfig,
         topology: Mapping[str, MeterPlace],
         *,
-        emit: Callable[[Event], None],
+        emit: Callable[[Event], object],  # (what it returns is not used)
         now_ns: int,
     ) -> None:
         self._config = config
@@ -82,11 +97,11 @@ class Engine:
         self._consumption = Consumption(config, self._book)
         # The thresholds the hot path compares with, as the engine's own attributes (in
         # the compiled build: fields of the engine, not lookups on a detector).
-        self._unbalance_max = self._pq._unbalance_max
-        self._overcurrent = self._pq._overcurrent_a is not None
-        self._f_nominal = self._pq._f_nominal
-        self._f_tolerance = self._pq._f_tolerance
-        self._drift_max_s = self._alarms._drift_max_s
+        self._unbalance_max = self._pq.unbalance_max
+        self._overcurrent = self._pq.overcurrent_a is not None
+        self._f_nominal = self._pq.f_nominal
+        self._f_tolerance = self._pq.f_tolerance
+        self._drift_max_s = self._alarms.drift_max_s
         # The silence checks queued: due times (a heap, each once) and the meters due at
         # each, in the order queued (a meter may be in a list it no longer is due in:
         # skipped when its `due` says otherwise).
@@ -190,13 +205,13 @@ class Engine:
         else:
             powerless = False
         if not powerless:
-            # Power quality (PowerQuality.reading): decided here when every phase is
-            # inside the band and no voltage condition is open.
+            # Power quality: decided here when every phase is inside the band and no
+            # voltage condition is open; else by PowerQuality.
             if v1 is not None:
                 floor = lim.floor_v
                 high = lim.high_v
                 if open_ & _VOLTAGE_BITS:
-                    pq._voltage(st, ts, v1, v2, v3, now_ns)
+                    pq.voltage(st, ts, v1, v2, v3, now_ns)
                     open_ = st.open
                 elif v2 is not None and v3 is not None and st.three_phase is not False:
                     # Three phases (the topology does not say single-phase): every test
@@ -222,27 +237,27 @@ class Engine:
                                 m = d
                             unbalance = m / mean
                             if unbalance > self._unbalance_max:
-                                pq._imbalance(st, ts, unbalance, now_ns)
+                                pq.imbalance(st, ts, unbalance, now_ns)
                                 open_ = st.open
                             else:
                                 st.imbalance_since = 0
                     else:
-                        pq._voltage(st, ts, v1, v2, v3, now_ns)
+                        pq.voltage(st, ts, v1, v2, v3, now_ns)
                         open_ = st.open
                 elif floor <= v1 <= high:
                     st.sag_since = st.swell_since = 0
                 else:
-                    pq._voltage(st, ts, v1, v2, v3, now_ns)
+                    pq.voltage(st, ts, v1, v2, v3, now_ns)
                     open_ = st.open
             if self._overcurrent:
-                pq._current(st, ts, values, now_ns)
+                pq.current(st, ts, values, now_ns)
                 open_ = st.open
             f = values.get("frequency_hz")
             if f is not None and (
                 open_ & FREQUENCY
                 or not -self._f_tolerance <= f - self._f_nominal <= self._f_tolerance
             ):
-                pq._frequency(st, ts, f, now_ns)
+                pq.frequency(st, ts, f, now_ns)
                 open_ = st.open
         imp = values.get("energy_import_kwh")
         prosumer = st.prosumer
@@ -252,7 +267,7 @@ class Engine:
                 # prosumer's import is net of its PV (the weather's, not the household's):
                 # not judged.
                 self._consumption.reading(st, ts, imp, was_out | open_ & _OUT, now_ns)
-            # Meter alarms (MeterAlarms.reading): register decrease.
+            # Meter alarms: register decrease (decided here only).
             last_imp = st.last_import
             st.last_import = imp
             if imp < last_imp:  # False while last is NaN (nothing to compare with)
@@ -272,13 +287,13 @@ class Engine:
                 or (exp is not None and exp > st.last_export)
                 or (power is not None and power < -REVERSE_W)
             ):
-                alarms._reverse(st, ts, exp, power, now_ns)
+                alarms.reverse(st, ts, exp, power, now_ns)
         if exp is not None:
             st.last_export = exp
         # Clock drift: a drift within the limit with no clock_drift open only moves on.
         drift = (ts - now_ns) / ns
         if st.open & CLOCK:
-            alarms._clock(st, ts, prev_ts, gap_ns, now_ns)
+            alarms.clock(st, ts, prev_ts, gap_ns, now_ns)
         elif -self._drift_max_s <= drift <= self._drift_max_s:
             st.drift_prev_s = drift
         else:
@@ -287,7 +302,7 @@ class Engine:
             # NaN: no previous reading. Readings arriving bunched faster than stamped
             # (back-fill) are no drift: decided here, without the call.
             if abs(prev) > self._drift_max_s and not 2 * gap_ns < ts - prev_ts:
-                alarms._drifted(st, ts, prev_ts, gap_ns, drift, prev, now_ns)
+                alarms.drifted(st, ts, prev_ts, gap_ns, drift, prev, now_ns)
 
     def readings(self, rs: list[Reading], now_ns: int) -> None:
         """The stored readings of one input, in order: `reading` for each."""
@@ -533,7 +548,7 @@ class Engine:
         """The open conditions, as their raise events, oldest first."""
         return sorted(self._book.open.values(), key=lambda ev: (ev.start_ns, ev.event_id))
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> EngineStats:
         active = Counter(ev.type for ev in self._book.open.values())
         return {
             "meters_tracked": len(self._meters),

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import pytest
 
+from meter_gateway.gateway.events import compiled
+from tests.packaging.compiler import needs_compiler
+
 # Talks to a real mosquitto (through the installed fixtures). The first run on a machine
 # may download the dependencies, hence more time than the suite's default.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -158,12 +161,14 @@ def test_the_wheel_installs_one_top_level_package_with_every_module(installed: I
     )
 
 
+@needs_compiler
 def test_the_wheel_runs_the_detectors_compiled(installed: Installed) -> None:
-    # The wheel carries the mypyc-compiled modules, each with the hash of its source, and
-    # their .py files as the fallback.
+    # A wheel is always compiled (an editable install only when asked): it carries the
+    # mypyc-compiled modules, each with the hash of its source, and their .py files as
+    # the fallback.
     files = _installed_files(installed)
-    for module in ("state", "engine", "detectors/consumption"):
-        stem = f"meter_gateway/gateway/events/{module}"
+    for module in compiled.MODULES:
+        stem = f"meter_gateway/gateway/events/{module.replace('.', '/')}"
         assert f"{stem}.py" in files
         assert f"{stem}.source-sha256" in files
         assert any(f.startswith(f"{stem}.cpython-") and f.endswith(".so") for f in files), stem

@@ -5,11 +5,15 @@ are its fallback. Both must decide alike: the same simulated fleet, replayed onc
 each, gives the same events byte for byte and the same detector state at the end. A
 stale build (a source edited since it was compiled) or a missing one falls back to the
 sources, never to a mix.
+
+The tests of the compiled build itself are skipped where nothing can be compiled (no C
+compiler or no Python headers: the build installs the sources alone there).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.machinery
 import json
 import os
@@ -20,7 +24,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from meter_gateway.gateway.events import compiled
+from meter_gateway.gateway.events import compiled, compiled_modules
+from tests.packaging.compiler import needs_compiler
 
 REPO = Path(__file__).resolve().parents[2]
 EVENTS = REPO / "gateway" / "events"
@@ -94,32 +99,46 @@ def _env(pure: bool) -> dict[str, str]:
     return env
 
 
+@needs_compiler
 def test_the_installed_build_runs_the_detectors_compiled() -> None:
-    # scripts/setup.sh compiles them; a failed or stale build would cost ingest speed
-    # silently (the detectors' share of the CPU triples in pure Python).
+    # scripts/setup.sh compiles them (it asks its editable install to); a failed or stale
+    # build would cost ingest speed silently (the detectors' share of the CPU triples in
+    # pure Python).
     assert compiled.compiled, compiled.status
-    import meter_gateway.gateway.events.detectors.consumption as consumption
-    import meter_gateway.gateway.events.engine as engine
-    import meter_gateway.gateway.events.state as state
-
-    for module in (engine, state, consumption):
+    for name in compiled.MODULES:
+        module = importlib.import_module(f"meter_gateway.gateway.events.{name}")
         assert module.__file__ is not None
         assert not module.__file__.endswith(".py"), module.__file__
 
 
-def test_the_compiled_list_is_the_same_in_the_build_the_check_and_setup_sh() -> None:
+def test_the_compiled_modules_are_listed_once() -> None:
+    # compiled_modules.py is the list: the build, the check and setup.sh's install stamp
+    # read it, and none of them spells a module out again.
+    assert compiled.MODULES is compiled_modules.MODULES
+    sources = [f"gateway/events/{m.replace('.', '/')}.py" for m in compiled.MODULES]
+    assert all((REPO / source).is_file() for source in sources), sources
     setup_py = (REPO / "setup.py").read_text()
-    built = re.search(r"COMPILED = \(([^)]*)\)", setup_py)
-    assert built is not None
-    built_modules = re.findall(r'"gateway\.events\.([\w.]+)"', built.group(1))
-    assert tuple(built_modules) == compiled.MODULES
+    assert '"compiled_modules.py"' in setup_py
     setup_sh = (REPO / "scripts" / "setup.sh").read_text()
-    listed = re.search(r"compiled=\(([^)]*)\)", setup_sh)
-    assert listed is not None
-    expected = ["setup.py"] + [f"gateway/events/{m.replace('.', '/')}.py" for m in compiled.MODULES]
-    assert listed.group(1).split() == expected
+    for text in (setup_py, setup_sh):
+        for name, source in zip(compiled.MODULES, sources, strict=True):
+            assert f"events.{name}" not in text, name
+            assert source not in text, source
+    # What setup.sh hashes into its install stamp: every compiled module's source.
+    listing = re.search(r"listed=\$\(\.venv/bin/python -c '(.*?)'\)", setup_sh, re.DOTALL)
+    assert listing is not None
+    done = subprocess.run(
+        [sys.executable, "-c", listing.group(1)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+        check=True,
+    )
+    assert done.stdout.split() == sources
 
 
+@needs_compiler
 def test_compiled_and_python_decide_alike(tmp_path: Path) -> None:
     scenario = tmp_path / "scenario.yaml"
     scenario.write_text(SCENARIO)
@@ -195,7 +214,7 @@ def _fake_build(here: Path, module: str) -> Path:
 
 def test_a_missing_stale_or_unrecorded_build_is_not_used(tmp_path: Path) -> None:
     here = _package_copy(tmp_path)
-    assert compiled.decide(here, {}) == "pure Python: not compiled (a pure-Python install)"
+    assert compiled.decide(here, {}).startswith("pure Python: not compiled (a pure-Python ")
     sources = [_fake_build(here, m) for m in compiled.MODULES]
     assert compiled.decide(here, {}) == "compiled (mypyc)"
     assert compiled.decide(here, {compiled.PURE_ENV: "1"}).startswith("pure Python (")

@@ -66,7 +66,7 @@ def signal_ts_ns(ts: object, now_ns: int) -> int:
 class Book:
     """The open conditions (by type and subject) and the counts; emits every change."""
 
-    def __init__(self, emit: Callable[[Event], None]) -> None:
+    def __init__(self, emit: Callable[[Event], object]) -> None:
         self._emit = emit
         self.open: dict[tuple[str, str], Event] = {}
         self.raised: Counter[str] = Counter()

@@ -12,7 +12,7 @@ clock, tamper.
   their timestamps. Late back-filled data is not drift: it arrives bunched (readings
   within a second of each other), or its drift changes by the interval from one
   reading to the next, where a wrong clock keeps a constant offset.
-  - newest readings (`_clock`, `_drifted`): a clock gaining, losing or off;
+  - newest readings (`clock`, `drifted`): a clock gaining, losing or off;
   - readings older than the meter's newest, each alone (`set_back`): a clock set back
     (an RTC reset); raised on the second one, and the meter is judged on its new
     timeline from there (the engine takes the reading as its newest);
@@ -45,42 +45,18 @@ _DRIFT_JITTER_SHARE = 0.05
 
 
 class MeterAlarms:
+    """Decides what the engine does not decide inline (`Engine.reading`: a newest reading
+    with registers rising, no reverse flow and its clock within the limit costs no call
+    here; the register decrease it decides itself), and the meter's signals and
+    rejected readings."""
+
     def __init__(self, config: EventsConfig, book: Book) -> None:
         self._book = book
-        self._drift_max_s = config.clock_drift_max_s
+        # The limit the engine's inline decision compares with, too.
+        self.drift_max_s = config.clock_drift_max_s
         self._jitter_s = max(_DRIFT_JITTER_S, _DRIFT_JITTER_SHARE * config.clock_drift_max_s)
         self._reverse_quiet_ns = int(REVERSE_QUIET_S * _NS)
         self._tamper_ns = int(TAMPER_S * _NS)
-
-    def reading(
-        self,
-        st: MeterState,
-        ts: int,
-        prev_ts: int,
-        arrival_gap_ns: int,
-        values: dict[str, float],
-        now_ns: int,
-    ) -> None:
-        """A newest reading (ts above every earlier one of the meter)."""
-        imp = values.get("energy_import_kwh")
-        if imp is not None:
-            last = st.last_import
-            st.last_import = imp
-            if imp < last:  # False while last is NaN (nothing to compare with)
-                self.register_decrease(
-                    st,
-                    ts,
-                    now_ns,
-                    f"{st.meter_id}: energy_import_kwh went down from {last!r} to {imp!r}",
-                )
-            elif imp > last:
-                st.decrease_episode = False  # rose normally again: the episode is over
-        exp = values.get("energy_export_kwh")
-        if not st.prosumer:
-            self._reverse(st, ts, exp, values.get("power_w"), now_ns)
-        if exp is not None:
-            st.last_export = exp
-        self._clock(st, ts, prev_ts, arrival_gap_ns, now_ns)
 
     # -- register_decrease -------------------------------------------------------------------
 
@@ -100,9 +76,11 @@ class MeterAlarms:
 
     # -- reverse_energy ----------------------------------------------------------------------
 
-    def _reverse(
+    def reverse(
         self, st: MeterState, ts: int, exp: float | None, power: float | None, now_ns: int
     ) -> None:
+        """A consumer's newest reading that shows reverse flow, or any while an episode is
+        under way (`reverse_ts`); before its export register becomes the last one."""
         exported = exp is not None and exp > st.last_export
         negative = power is not None and power < -REVERSE_W
         if exported or negative:
@@ -110,9 +88,10 @@ class MeterAlarms:
                 if negative:
                     what, value = f"power {power:g} W", power
                 else:
+                    assert exp is not None  # (exported)
                     what, value = (
-                        f"export register up {exp - st.last_export:.3f} kWh",  # type: ignore[operator]
-                        exp - st.last_export,  # type: ignore[operator]
+                        f"export register up {exp - st.last_export:.3f} kWh",
+                        exp - st.last_export,
                     )
                 self._book.raise_meter(
                     st,
@@ -133,13 +112,15 @@ class MeterAlarms:
 
     # -- clock_drift -------------------------------------------------------------------------
 
-    def _clock(
+    def clock(
         self, st: MeterState, ts: int, prev_ts: int, arrival_gap_ns: int, now_ns: int
     ) -> None:
+        """A newest reading's clock. The engine calls it while clock_drift is open; else
+        it decides inline, calling `drifted` for a second reading beyond the limit."""
         drift = (ts - now_ns) / _NS
         prev = st.drift_prev_s
         st.drift_prev_s = drift
-        limit = self._drift_max_s
+        limit = self.drift_max_s
         if -limit <= drift <= limit:
             if st.open & CLOCK:
                 self._book.clear_meter(
@@ -148,9 +129,9 @@ class MeterAlarms:
             return
         if st.open & CLOCK or not (abs(prev) > limit):  # NaN: no previous reading
             return
-        self._drifted(st, ts, prev_ts, arrival_gap_ns, drift, prev, now_ns)
+        self.drifted(st, ts, prev_ts, arrival_gap_ns, drift, prev, now_ns)
 
-    def _drifted(
+    def drifted(
         self,
         st: MeterState,
         ts: int,
@@ -161,7 +142,7 @@ class MeterAlarms:
         now_ns: int,
     ) -> None:
         """This reading and the one before it both beyond the limit, no clock_drift open."""
-        limit = self._drift_max_s
+        limit = self.drift_max_s
         # A steady offset on readings arriving at their own cadence: a wrong clock.
         # Back-fill arrives bunched: the drift moves by the interval each reading.
         # A clock running fast or slow moves its drift by a little each reading; back-fill
@@ -232,7 +213,7 @@ class MeterAlarms:
                 now_ns,
                 {
                     "cause": "clock_set_back",
-                    "limit_s": self._drift_max_s,
+                    "limit_s": self.drift_max_s,
                     "set_back_s": round(back_s, 3),
                 },
                 f"{st.meter_id}: clock set back by {back_s:.0f} s "
@@ -268,7 +249,7 @@ class MeterAlarms:
             now_ns,
             {
                 "cause": "clock_rejected",
-                "limit_s": self._drift_max_s,
+                "limit_s": self.drift_max_s,
                 "rejected": kind,
                 "bound_s": bound_s,
             },
@@ -280,7 +261,7 @@ class MeterAlarms:
     def clock_on_time(self, st: MeterState, ts: int, now_ns: int) -> None:
         """An older reading stamped within the limit of now clears an open clock_drift:
         the clock was set right and stepped back behind its newest reading."""
-        if st.open & CLOCK and abs(ts - now_ns) <= self._drift_max_s * _NS:
+        if st.open & CLOCK and abs(ts - now_ns) <= self.drift_max_s * _NS:
             self._book.clear_meter(st, "clock_drift", ts, now_ns, f"{st.meter_id}: clock set right")
             st.drift_prev_s = (ts - now_ns) / _NS
 

@@ -35,35 +35,22 @@ _NS = 1_000_000_000
 
 
 class PowerQuality:
+    """Decides what the engine does not decide inline (`Engine.reading`: a healthy
+    reading costs no call here): each method takes the newest reading's values for its
+    kind, with the meter's state as it was."""
+
     def __init__(self, config: EventsConfig, book: Book) -> None:
         self._book = book
         self._min_ns = int(config.voltage_min_duration_s * _NS)
-        self._unbalance_max = config.voltage_unbalance_max
-        self._overcurrent_a = config.overcurrent_a
-        self._f_nominal = config.frequency_nominal_hz
-        self._f_tolerance = config.frequency_tolerance_hz
-
-    def reading(
-        self,
-        st: MeterState,
-        ts: int,
-        values: dict[str, float],
-        v1: float | None,
-        v2: float | None,
-        v3: float | None,
-        now_ns: int,
-    ) -> None:
-        if v1 is not None:
-            self._voltage(st, ts, v1, v2, v3, now_ns)
-        if self._overcurrent_a is not None:
-            self._current(st, ts, values, now_ns)
-        f = values.get("frequency_hz")
-        if f is not None:
-            self._frequency(st, ts, f, now_ns)
+        # The thresholds the engine's inline decision compares with, too.
+        self.unbalance_max = config.voltage_unbalance_max
+        self.overcurrent_a = config.overcurrent_a
+        self.f_nominal = config.frequency_nominal_hz
+        self.f_tolerance = config.frequency_tolerance_hz
 
     # -- voltage -----------------------------------------------------------------------------
 
-    def _voltage(
+    def voltage(
         self,
         st: MeterState,
         ts: int,
@@ -72,22 +59,27 @@ class PowerQuality:
         v3: float | None,
         now_ns: int,
     ) -> None:
+        """The voltages of a reading the engine did not find healthy (a phase outside the
+        band, or a voltage condition open): phase loss, sag, swell and, on three phases,
+        imbalance."""
         lim = st.limits
-        three = v2 is not None and v3 is not None
-        if st.three_phase is not None:
-            three = three and st.three_phase
-        if three:
+        # Judged on three phases when it has three (unless the topology says one); the
+        # imbalance after sag and swell.
+        unbalance: float | None = None
+        if v2 is not None and v3 is not None and st.three_phase is not False:
             z = lim.zero_v
-            if v1 < z or v2 < z or v3 < z:  # type: ignore[operator]
-                lost = [i + 1 for i, v in enumerate((v1, v2, v3)) if v < z]  # type: ignore[operator]
+            if v1 < z or v2 < z or v3 < z:
+                lost = [i + 1 for i, v in enumerate((v1, v2, v3)) if v < z]
                 self._phase_lost(st, ts, lost, now_ns)
                 return
             if st.open & PHASE_LOSS:
                 self._book.clear_meter(
                     st, "phase_loss", ts, now_ns, f"{st.meter_id}: all phases back"
                 )
-            vmin = min(v1, v2, v3)  # type: ignore[type-var]
-            vmax = max(v1, v2, v3)  # type: ignore[type-var]
+            vmin = min(v1, v2, v3)
+            vmax = max(v1, v2, v3)
+            mean = (v1 + v2 + v3) / 3
+            unbalance = max(abs(v1 - mean), abs(v2 - mean), abs(v3 - mean)) / mean
         else:
             vmin = vmax = v1
         book = self._book
@@ -127,10 +119,8 @@ class PowerQuality:
             st.swell_since = 0
             if st.open & SWELL:
                 book.clear_meter(st, "voltage_swell", ts, now_ns, f"{st.meter_id}: voltage back")
-        if three:
-            mean = (v1 + v2 + v3) / 3  # type: ignore[operator]
-            unbalance = max(abs(v1 - mean), abs(v2 - mean), abs(v3 - mean)) / mean  # type: ignore[operator]
-            self._imbalance(st, ts, unbalance, now_ns)
+        if unbalance is not None:
+            self.imbalance(st, ts, unbalance, now_ns)
 
     def _phase_lost(self, st: MeterState, ts: int, lost: list[int], now_ns: int) -> None:
         """One condition for the episode: a dead phase is not also a sag or imbalance."""
@@ -155,8 +145,10 @@ class PowerQuality:
                 value=float(len(lost)),
             )
 
-    def _imbalance(self, st: MeterState, ts: int, unbalance: float, now_ns: int) -> None:
-        if unbalance > self._unbalance_max:
+    def imbalance(self, st: MeterState, ts: int, unbalance: float, now_ns: int) -> None:
+        """`unbalance`, max |V_i - mean| / mean of a three-phase reading, when the engine
+        found it above the limit (or from `voltage`)."""
+        if unbalance > self.unbalance_max:
             if not st.imbalance_since:
                 st.imbalance_since = ts
             if not st.open & IMBALANCE and ts - st.imbalance_since >= self._min_ns:
@@ -165,9 +157,9 @@ class PowerQuality:
                     "phase_imbalance",
                     st.imbalance_since,
                     now_ns,
-                    {"cause": "voltage_unbalance", "limit": self._unbalance_max},
+                    {"cause": "voltage_unbalance", "limit": self.unbalance_max},
                     f"{st.meter_id}: voltage unbalance {unbalance:.1%}"
-                    f" above {self._unbalance_max:.1%}",
+                    f" above {self.unbalance_max:.1%}",
                     value=round(unbalance, 6),
                 )
         else:
@@ -179,7 +171,8 @@ class PowerQuality:
 
     # -- current, frequency ------------------------------------------------------------------
 
-    def _current(self, st: MeterState, ts: int, values: dict[str, float], now_ns: int) -> None:
+    def current(self, st: MeterState, ts: int, values: dict[str, float], now_ns: int) -> None:
+        """Every reading's currents, when overcurrent_a is set."""
         currents = [
             v
             for v in (
@@ -191,7 +184,7 @@ class PowerQuality:
         ]
         if not currents:
             return
-        limit = self._overcurrent_a
+        limit = self.overcurrent_a
         assert limit is not None
         imax = max(currents)
         if imax > limit:
@@ -208,17 +201,18 @@ class PowerQuality:
         elif st.open & OVERCURRENT:
             self._book.clear_meter(st, "overcurrent", ts, now_ns, f"{st.meter_id}: current back")
 
-    def _frequency(self, st: MeterState, ts: int, f: float, now_ns: int) -> None:
-        if abs(f - self._f_nominal) > self._f_tolerance:
+    def frequency(self, st: MeterState, ts: int, f: float, now_ns: int) -> None:
+        """A frequency outside the tolerance, or any while frequency_deviation is open."""
+        if abs(f - self.f_nominal) > self.f_tolerance:
             if not st.open & FREQUENCY:
                 self._book.raise_meter(
                     st,
                     "frequency_deviation",
                     ts,
                     now_ns,
-                    {"cause": "frequency", "nominal_hz": self._f_nominal},
-                    f"{st.meter_id}: frequency {f:g} Hz, nominal {self._f_nominal:g}"
-                    f" +- {self._f_tolerance:g} Hz",
+                    {"cause": "frequency", "nominal_hz": self.f_nominal},
+                    f"{st.meter_id}: frequency {f:g} Hz, nominal {self.f_nominal:g}"
+                    f" +- {self.f_tolerance:g} Hz",
                     value=f,
                 )
         elif st.open & FREQUENCY:
