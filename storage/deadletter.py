@@ -3,8 +3,9 @@
 One JSON line per rejection in `<data_dir>/dead-letter/YYYY-MM-DD.jsonl` (UTC date
 of receipt), holding the raw payload (base64 when not UTF-8), where it came from,
 when, and a reason a person can act on. Records are buffered and written by a
-background task in a worker thread with fsync (group commit), so the event loop
-never blocks on the disk.
+background task in a worker thread with fsync (group commit, storage/log/commit.py),
+so the event loop never blocks on the disk. The files are JSON lines, not the log's
+segments, because people read them (`meter-gateway dead-letter list`, `jq`).
 
 Every record gets a sequence number from `add()`; `durable` says how far the
 records are on disk. A source that must not acknowledge a message before its
@@ -41,15 +42,17 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
 
-from meter_gateway.storage.spool.segment import append_durably
+from meter_gateway.storage.log.commit import Committed, GroupCommit
+from meter_gateway.storage.log.segment import append_durably
 
 __all__ = [
     "LEDGER_NAME",
     "DeadLetterLine",
+    "DeadLetterStats",
     "DeadLetterStore",
     "ReplayLedger",
     "dead_letter_record",
@@ -111,7 +114,19 @@ def _item_text(item: Any) -> str | None:
         return None  # nested too deep for the encoder: the caller keeps the raw message
 
 
-class DeadLetterStore:
+class DeadLetterStats(TypedDict):
+    records: int
+    durable: int
+    pending: int
+    write_errors: int
+    fsyncs: int
+    not_published: int
+    not_published_bytes: int
+    published_trimmed: int
+    directory: str
+
+
+class DeadLetterStore(Committed):
     def __init__(
         self,
         data_dir: Path,
@@ -138,17 +153,20 @@ class DeadLetterStore:
         self.not_published = 0  # records kept on disk only (over the publish bounds)
         self.published_trimmed = 0  # records too large: published without their payload
         self.not_published_bytes = 0
-        self._flush_interval = flush_interval_s
-        self._buf: list[tuple[str, bytes]] = []  # (file date, JSON line)
-        self._wakeup = asyncio.Event()
-        self._closing = False
-        self._durable_changed = asyncio.Event()
-        self._lock = asyncio.Lock()
-        self._failing_since: float | None = None
+        # Written at least every `flush_interval_s`, at once when a source waits for
+        # a record (`wait_durable`) or 1,000 are waiting.
+        self._commit: GroupCommit[tuple[str, bytes]] = GroupCommit(
+            "dead-letter",
+            self.directory,
+            self._write,
+            log=log,
+            waiting=lambda n: (
+                f"{n} records wait in memory (the MQTT messages they came from stay unacknowledged)"
+            ),
+            linger_s=flush_interval_s,
+        )
+        self._buf = self._commit.pending  # (file date, JSON line); the same list for life
         self.count = 0  # records taken; also the sequence number of the last one
-        self.durable = 0  # sequence number of the last record fsync'd
-        self.write_errors = 0
-        self.fsyncs = 0
 
     def add(self, record: dict[str, Any]) -> int:
         """Take a record; return its sequence number (see `durable`, `wait_durable`)."""
@@ -172,7 +190,7 @@ class DeadLetterStore:
                 except Exception:
                     log.debug("dead-letter: publish failed", exc_info=True)
         if len(self._buf) >= 1000:
-            self._wakeup.set()
+            self._commit.wake()
         return self.count
 
     def _may_publish(self, record: dict[str, Any], size: int) -> bool:
@@ -211,14 +229,7 @@ class DeadLetterStore:
         self._pub_message_n += 1
         return True
 
-    async def wait_durable(self, seq: int) -> None:
-        """Until record `seq` is on disk (which may take long while the disk is full)."""
-        while self.durable < seq:
-            self._wakeup.set()
-            self._durable_changed.clear()
-            await self._durable_changed.wait()
-
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> DeadLetterStats:
         """Counters for metrics and the status page (a snapshot)."""
         return {
             "records": self.count,
@@ -236,55 +247,16 @@ class DeadLetterStore:
         return self.directory / f"{day}.jsonl"
 
     async def run(self) -> None:
-        while True:
-            if not self._closing:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self._flush_interval)
-            self._wakeup.clear()
-            await self.flush()
-            if self._closing and not self._buf:
-                return
+        await self._commit.run()
 
     async def flush(self) -> None:
-        # One writer at a time: `close()` may flush while `run()` is mid-write, and two
-        # writes in flight could finish out of order and overstate `durable`.
-        async with self._lock:
-            await self._flush()
+        """Write what is waiting now (a refused write keeps it, for the next try)."""
+        await self._commit.commit()
 
-    async def _flush(self) -> None:
-        if not self._buf:
-            return
-        batch, self._buf = self._buf, []
+    async def _write(self, batch: list[tuple[str, bytes]]) -> int:
         upto = self.count  # records that arrive while this batch is written come after it
-        try:
-            await asyncio.to_thread(self._append, batch)
-        except OSError as exc:
-            # Keep the records and try again: a full disk must not lose rejections.
-            self._buf[:0] = batch
-            self.write_errors += 1
-            if self._failing_since is None:
-                self._failing_since = time.monotonic()
-                log.error(
-                    "dead-letter: cannot write to %s: %s; keeping %d records in memory and "
-                    "retrying every second (MQTT messages they came from stay unacknowledged)",
-                    self.directory,
-                    exc,
-                    len(self._buf),
-                )
-            else:
-                log.debug("dead-letter: still cannot write to %s: %s", self.directory, exc)
-            await asyncio.sleep(1.0)
-            return
-        self.durable = upto
-        self.fsyncs += 1
-        self._durable_changed.set()
-        if self._failing_since is not None:
-            log.info(
-                "dead-letter: writing to %s again after %.0f s",
-                self.directory,
-                time.monotonic() - self._failing_since,
-            )
-            self._failing_since = None
+        await asyncio.to_thread(self._append, batch)
+        return upto
 
     def _append(self, batch: list[tuple[str, bytes]]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -304,13 +276,9 @@ class DeadLetterStore:
                 os.close(fd)
 
     async def close(self) -> None:
-        self._closing = True
-        self._wakeup.set()
-        for _ in range(5):
-            await self.flush()
-            if not self._buf:
-                return
-        log.error("dead-letter: %d records could not be written at shutdown", len(self._buf))
+        left = await self._commit.close()
+        if left:
+            log.error("dead-letter: %d records could not be written at shutdown", left)
 
 
 # -- reading the store back ------------------------------------------------------------------

@@ -14,12 +14,12 @@
   delivered again, with the same `event_id`: at least once, and subscribers dedupe.
   A slow or dead destination only grows its own backlog; the others, and `append()`,
   go on.
-- The format is the spool's (storage/spool/segment.py): one record per event, a
-  24-byte header with a CRC over the sequence number, the commit time and the payload
-  (the event's dataclass fields as JSON). On `open()` every segment is checked: a
-  torn record at the end (a crash mid-write; never durable, so never delivered) is
-  cut off, a damaged one is reported and what follows it in its segment is skipped.
-  Both are logged; neither stops the gateway.
+- The outbox is a log (storage/log: group commit, segments, marks), as the spool is:
+  one record per event, a 24-byte header with a CRC over the sequence number, the
+  commit time and the payload (the event's dataclass fields as JSON). On `open()`
+  every segment is checked: a torn record at the end (a crash mid-write; never
+  durable, so never delivered) is cut off, a damaged one is reported and what
+  follows it in its segment is skipped. Both are logged; neither stops the gateway.
 - A segment is deleted once every destination's cursor is past it and it is below
   the hold point (`hold()`: the engine's last snapshot, whose reconcile reads
   `events_since()`; `open(hold=...)`: what the caller's state does not cover yet,
@@ -41,40 +41,44 @@ import asyncio
 import bisect
 import contextlib
 import dataclasses
-import errno
 import logging
-import os
 import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import orjson
 
 from meter_gateway.gateway.events.event import Event
-from meter_gateway.storage.spool.segment import (
-    Record,
-    ScanResult,
-    append_durably,
-    encode_record,
-    read_records,
-    scan_segment,
-)
+from meter_gateway.storage.log.commit import Committed, GroupCommit
+from meter_gateway.storage.log.marks import read_mark, write_mark
+from meter_gateway.storage.log.segment import Record, ScanResult, encode_record, read_records
+from meter_gateway.storage.log.segments import Segment, Segments, first_seq, torn_or_damaged
 
-__all__ = ["Outbox", "Send", "backoff", "decode_event", "encode_event"]
+__all__ = [
+    "DestinationStats",
+    "Outbox",
+    "OutboxStats",
+    "Send",
+    "backoff",
+    "decode_event",
+    "encode_event",
+]
 
 log = logging.getLogger("meter_gateway.events.outbox")
 
-SEGMENT_SUFFIX = ".seg"
 CURSOR_PREFIX = "cursor."
 HOLD_FILE = "hold"
 #: Events kept in memory once committed, so that delivery rarely reads them back.
 CACHE_EVENTS = 10_000
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 _FIELDS = {f.name for f in dataclasses.fields(Event)}
+
+#: An event queued for the next commit: its seq, itself, its encoded payload.
+_Queued = tuple[int, Event, bytes]
 
 #: What `deliver()` calls with each batch of (seq, event), oldest first.
 Send = Callable[[list[tuple[int, Event]]], Awaitable[None]]
@@ -100,12 +104,33 @@ def decode_event(payload: bytes | str) -> Event:
         raise ValueError(str(exc)) from None
 
 
-@dataclass(slots=True)
-class _Segment:
-    path: Path
-    first: int
-    last: int
-    size: int
+class DestinationStats(TypedDict):
+    cursor: int
+    backlog: int
+    delivered: int
+    failures: int
+    failing: bool
+    last_error: str | None
+    skipped: int
+
+
+class OutboxStats(TypedDict):
+    directory: str
+    appended: int
+    last_seq: int
+    durable: int
+    pending: int
+    bytes: int
+    max_bytes: int
+    segments: int
+    hold: int | None
+    disk_full: bool
+    write_errors: int
+    dropped: int
+    fsyncs: int
+    damaged: int
+    recovered: int
+    destinations: dict[str, DestinationStats]
 
 
 @dataclass(slots=True)
@@ -121,7 +146,7 @@ class _Destination:
     failing_since: float | None = None
 
 
-class Outbox:
+class Outbox(Committed):
     """Append-only, checksummed, group-committed log of events; each destination reads
     it at its own durable cursor."""
 
@@ -141,33 +166,32 @@ class Outbox:
                 raise ValueError(f"destination name {name!r}: letters, digits, - and _ only")
         self._dests = {name: _Destination(name) for name in destinations}
         self._max = max_bytes
-        # Several segments fit in the bound, so the oldest can go while the rest waits.
-        self._segment_max = max(min(segment_bytes, max_bytes // 8), 64)
         self._max_pending = max_pending
-        self._retry_s = retry_s
-        self._pending: list[tuple[int, Event, bytes]] = []
+        # Several segments fit in the bound, so the oldest can go while the rest waits.
+        self._segments = Segments(
+            "outbox", self.directory, max(min(segment_bytes, max_bytes // 8), 64), log
+        )
+        self._commit: GroupCommit[_Queued] = GroupCommit(
+            "outbox",
+            self.directory,
+            self._write,
+            log=log,
+            waiting=lambda n: (
+                f"{n} events wait in memory (up to {max_pending:,}); nothing is delivered "
+                "before it works"
+            ),
+            retry_s=retry_s,
+        )
+        self._pending = self._commit.pending  # the same list for the outbox's life
         self._next_seq = 1
-        self._durable = 0
         self._records: list[Record] = []  # on disk, in seq order
         self._cache: dict[int, Event] = {}  # seq -> event, the newest committed ones
-        self._segments: list[_Segment] = []  # on disk, oldest first
-        self._current: _Segment | None = None  # being appended to
-        self._fd: int | None = None
         self._hold: int | None = None
-        self.bytes = 0
-        self._wakeup = asyncio.Event()
-        self._durable_changed = asyncio.Event()
         self._delivered = asyncio.Event()  # some destination's cursor moved
-        self._lock = asyncio.Lock()
-        self._closing = False
-        self._failing_since: float | None = None
         self._overflow_logged = False
         # Counters for metrics and the status page.
         self.appended = 0
         self.dropped = 0  # refused while the disk was full and memory at its bound
-        self.fsyncs = 0
-        self.write_errors = 0
-        self.disk_full = False
         self.damaged = 0
         self.recovered = 0
 
@@ -194,39 +218,29 @@ class Outbox:
         self._pending.append((seq, ev, encode_event(ev)))
         self.appended += 1
         if len(self._pending) == 1:
-            self._wakeup.set()
+            self._commit.wake()
         return seq
 
     @property
-    def durable(self) -> int:
-        """The highest sequence number on disk."""
-        return self._durable
+    def bytes(self) -> int:
+        return self._segments.bytes
+
+    @property
+    def disk_full(self) -> bool:
+        return self._commit.disk_full
 
     @property
     def last_seq(self) -> int:
         """The highest sequence number given out."""
         return self._next_seq - 1
 
-    async def wait_durable(self, seq: int) -> None:
-        """Until event `seq` is on disk (long while the disk is full)."""
-        while self._durable < seq:
-            self._wakeup.set()
-            self._durable_changed.clear()
-            await self._durable_changed.wait()
-
     async def wait_written(self, seq: int) -> bool:
         """Until event `seq` is on disk (True), or a write that held it was refused
         (False: the disk is full or failing; it stays queued and is tried again).
         Commits itself rather than waiting for `run()`, which may not run (yet)."""
-        if self._durable < seq:
+        if self.durable < seq:
             await self.commit()  # takes the lock: after a commit under way, which may hold it
-        return self._durable >= seq
-
-    @property
-    def failing(self) -> bool:
-        """The last write was refused (a full or failing disk): what is appended waits
-        in memory."""
-        return self._failing_since is not None
+        return self.durable >= seq
 
     # -- state --------------------------------------------------------------------------
     def delivered_to(self, name: str) -> int:
@@ -237,21 +251,21 @@ class Outbox:
         """Events appended that destination `name` has not taken yet."""
         return max(0, self.last_seq - self._dests[name].cursor)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> OutboxStats:
         return {
             "directory": str(self.directory),
             "appended": self.appended,
             "last_seq": self.last_seq,
-            "durable": self._durable,
+            "durable": self.durable,
             "pending": len(self._pending),
             "bytes": self.bytes,
             "max_bytes": self._max,
-            "segments": len(self._segments),
+            "segments": len(self._segments.files),
             "hold": self._hold,
             "disk_full": self.disk_full,
-            "write_errors": self.write_errors,
+            "write_errors": self._commit.write_errors,
             "dropped": self.dropped,
-            "fsyncs": self.fsyncs,
+            "fsyncs": self._commit.fsyncs,
             "damaged": self.damaged,
             "recovered": self.recovered,
             "destinations": {
@@ -295,15 +309,11 @@ class Outbox:
         # will read back must survive the compaction below and every one until the next
         # hold() (a delivered segment would otherwise go at once: a kill before the
         # first snapshot then left nothing to restore the open conditions from).
-        held = [h for h in (_read_int(self.directory / HOLD_FILE), hold) if h is not None]
+        held = [h for h in (read_mark(self.directory / HOLD_FILE, log), hold) if h is not None]
         self._hold = max(1, min(held)) if held else None
-        paths = sorted(self.directory.glob(f"*{SEGMENT_SUFFIX}"))
-        for i, path in enumerate(paths):
-            # No expected seq across files: a missing segment must not make the next
-            # one look damaged (gaps are fine; order within a segment is checked).
-            res = scan_segment(path, None)
-            if res.problem is not None:
-                self._damaged(path, res, is_last=i == len(paths) - 1)
+        # No expected seq across files: a missing segment must not make the next one
+        # look damaged (gaps are fine; order within a segment is checked).
+        for path, res in self._segments.scan(contiguous=False, on_damage=self._damaged):
             if not res.records:
                 with contextlib.suppress(OSError):
                     path.unlink()  # nothing readable in it
@@ -312,10 +322,7 @@ class Outbox:
                 log.error("outbox: %s repeats earlier sequence numbers; ignored", path)
                 continue
             self._records.extend(res.records)
-            self._segments.append(
-                _Segment(path, res.records[0].seq, res.records[-1].seq, res.good_bytes)
-            )
-            self.bytes += res.good_bytes
+            self._segments.keep(path, res)
         self.recovered = len(self._records)
         # Never reuse a number: cursor files (of destinations no longer configured too)
         # remember seqs whose segments are gone.
@@ -326,16 +333,14 @@ class Outbox:
             0,
         )
         self._next_seq = last + 1
-        self._durable = last
-        # Appends go to a new segment: the last one may have been cut at a torn record.
-        self._current = None
+        self._commit.durable = last
 
     def _read_cursors(self) -> dict[str, int]:
         out = {}
         for path in self.directory.glob(f"{CURSOR_PREFIX}*"):
             if path.suffix == ".tmp":
                 continue
-            value = _read_int(path)
+            value = read_mark(path, log)
             if value is not None:
                 out[path.name[len(CURSOR_PREFIX) :]] = value
         return out
@@ -350,7 +355,9 @@ class Outbox:
         # afterwards (disk damage, a copy or restore cut short), not by a crash.
         delivered = max((d.cursor for d in self._dests.values()), default=0)
         cut = f"at least {res.cut_bytes} bytes cut off" if res.cut_bytes else ""
-        if is_last and res.bad_bytes < (1 << 20) and (last is None or delivered <= last):
+        expected = last + 1 if last is not None else first_seq(path)
+        kind = torn_or_damaged(res, is_last, expected, delivered)
+        if kind == "torn":
             log.warning(
                 "outbox: %s at the end of %s (%s): if the gateway was killed or lost power "
                 "while writing them, those events were never durable nor delivered; if the "
@@ -361,7 +368,7 @@ class Outbox:
                 cut or f"{res.bad_bytes} bytes",
                 last,
             )
-        elif is_last and last is not None and delivered > last:
+        elif kind == "cut":
             log.error(
                 "outbox: %s at the end of %s (%s), but events up to seq %d were delivered: "
                 "the file was cut after it was written (disk damage, a copy or restore cut "
@@ -371,7 +378,7 @@ class Outbox:
                 where,
                 cut or f"{res.bad_bytes} bytes",
                 delivered,
-                last + 1,
+                expected,
                 delivered,
             )
         else:
@@ -383,121 +390,32 @@ class Outbox:
                 res.bad_bytes,
                 last,
             )
-        try:  # cut there, so the next start does not report it again
-            with path.open("r+b") as f:
-                f.truncate(res.good_bytes)
-                os.fsync(f.fileno())
-        except OSError as exc:
-            log.error("outbox: cannot cut %s at byte %d: %s", path, res.good_bytes, exc)
 
     # -- group commit ---------------------------------------------------------------------
     async def run(self) -> None:
         """Commit what is appended, one fdatasync per batch, until `close()`."""
-        while True:
-            if not self._pending and not self._closing:
-                await self._wakeup.wait()
-            self._wakeup.clear()
-            if not await self.commit():
-                # The disk refused it: try again later (or at once on close()).
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self._retry_s)
-            if self._closing and not self._pending:
-                return
+        await self._commit.run()
 
     async def commit(self) -> bool:
         """Write what is pending; False when the disk refused it (it stays pending)."""
-        async with self._lock:
-            return await self._commit()
+        return await self._commit.commit()
 
-    async def _commit(self) -> bool:
-        if not self._pending:
-            return True
-        batch, self._pending = self._pending, []
+    async def _write(self, batch: list[_Queued]) -> int:
         now = time.time_ns()
         parts = [encode_record(seq, now, payload) for seq, _, payload in batch]
-        data = b"".join(parts)
-        seg = self._current
-        if seg is None or (seg.size > 0 and seg.size + len(data) > self._segment_max):
-            seg = _Segment(
-                self.directory / f"{batch[0][0]:020d}{SEGMENT_SUFFIX}", batch[0][0], 0, 0
-            )
-        offset = seg.size
-        try:
-            fd = self._open(seg.path, new=offset == 0)
-            await asyncio.to_thread(
-                append_durably, fd, offset, data, self.directory if offset == 0 else None
-            )
-        except OSError as exc:
-            self._close_fd()
-            if offset == 0:
-                with contextlib.suppress(OSError):
-                    seg.path.unlink()  # leave no empty segment behind
-            # The next try starts a new segment: whatever this one's end holds now, a
-            # record never follows bytes that were not written whole.
-            self._current = None
-            self._pending[:0] = batch
-            self._disk_problem(exc)
-            return False
-        if offset == 0:
-            self._segments.append(seg)
-        self._current = seg
-        at = offset
+        seg = await self._segments.append(batch[0][0], batch[-1][0], b"".join(parts))
+        at = seg.size - sum(len(p) for p in parts)
         for (seq, ev, _), part in zip(batch, parts, strict=True):
             self._records.append(Record(seq, seg.path, at, len(part), 1, now))
             self._cache[seq] = ev
             at += len(part)
-        seg.last = batch[-1][0]
-        seg.size = at
-        self.bytes += len(data)
-        self.fsyncs += 1
         while len(self._cache) > CACHE_EVENTS:
             del self._cache[next(iter(self._cache))]
-        self._durable = batch[-1][0]
-        self._durable_changed.set()
         for d in self._dests.values():
             d.wake.set()
-        if self._failing_since is not None:
-            log.info(
-                "outbox: writing to %s again after %.0f s",
-                self.directory,
-                time.monotonic() - self._failing_since,
-            )
-            self._failing_since = None
-            self.disk_full = False
         if self.bytes > self._max:
             self._compact()
-        return True
-
-    def _disk_problem(self, exc: OSError) -> None:
-        self.write_errors += 1
-        self.disk_full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
-            log.error(
-                "outbox: cannot write to %s: %s; %d events wait in memory (up to %d) and "
-                "the write is retried every %.0f s; nothing is delivered before it works",
-                self.directory,
-                exc.strerror or exc,
-                len(self._pending),
-                self._max_pending,
-                self._retry_s,
-            )
-        else:
-            log.debug("outbox: still cannot write to %s: %s", self.directory, exc)
-
-    def _open(self, path: Path, *, new: bool) -> int:
-        if self._fd is None or new:
-            self._close_fd()
-            # O_TRUNC for a new segment: a file left by an earlier failed try is not ours.
-            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if new else 0)
-            self._fd = os.open(path, flags, 0o640)
-        return self._fd
-
-    def _close_fd(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
+        return batch[-1][0]
 
     # -- reading ----------------------------------------------------------------------------
     def events_since(self, seq: int) -> list[Event]:
@@ -658,7 +576,7 @@ class Outbox:
 
     def _write_cursor(self, name: str, seq: int) -> None:
         try:
-            _write_atomically(self.directory / f"{CURSOR_PREFIX}{name}", f"{seq}\n")
+            write_mark(self.directory / f"{CURSOR_PREFIX}{name}", seq)
             dest = self._dests[name]
             dest.written = max(dest.written, seq)
         except OSError as exc:
@@ -670,7 +588,7 @@ class Outbox:
         """Keep events from `seq` on even once delivered (the engine's snapshot point)."""
         self._hold = seq
         try:
-            _write_atomically(self.directory / HOLD_FILE, f"{seq}\n", sync=False)
+            write_mark(self.directory / HOLD_FILE, seq, sync=False)
         except OSError as exc:
             log.warning("outbox: cannot keep the hold point in %s: %s", self.directory, exc)
         self._compact()
@@ -680,15 +598,17 @@ class Outbox:
         done = min((d.cursor for d in self._dests.values()), default=self.last_seq)
         if self._hold is not None:
             done = min(done, self._hold - 1)
-        while self._segments:
-            seg = self._segments[0]
-            if seg is self._current or seg.last > done:
+        # The segment appended to stays: a commit may be writing to it.
+        segments = self._segments
+        while segments.files:
+            seg = segments.files[0]
+            if seg is segments.current or seg.last > done:
                 break
-            self._drop_segment(seg)
+            self._drop_oldest()
         # The bound: one dead destination must not fill the disk.
-        while self.bytes > self._max and len(self._segments) > 1:
-            seg = self._segments[0]
-            if seg is self._current:
+        while self.bytes > self._max and len(segments.files) > 1:
+            seg = segments.files[0]
+            if seg is segments.current:
                 break
             if self._hold is not None and seg.last >= self._hold:
                 if not self._overflow_logged:
@@ -716,30 +636,24 @@ class Outbox:
                     )
                     d.cursor = seg.last
                     self._write_cursor(d.name, d.cursor)
-            self._drop_segment(seg)
+            self._drop_oldest()
 
-    def _drop_segment(self, seg: _Segment) -> None:
-        self._segments.pop(0)
+    def _drop_oldest(self) -> Segment:
+        seg = self._segments.drop_oldest()
         cut = bisect.bisect_right(self._records, seg.last, key=_seq)
         for rec in self._records[:cut]:
             self._cache.pop(rec.seq, None)
         del self._records[:cut]
-        with contextlib.suppress(OSError):
-            seg.path.unlink()
-        self.bytes -= seg.size
+        return seg
 
     # -- stop -------------------------------------------------------------------------------------
     async def close(self) -> None:
         """Commit what is pending (a few tries while the disk is full)."""
-        self._closing = True
-        self._wakeup.set()
-        for _ in range(5):
-            if await self.commit():
-                break
-        if self._pending:
+        left = await self._commit.close()
+        if left:
             log.error(
                 "outbox: %d events could not be written to %s at shutdown and are lost",
-                len(self._pending),
+                left,
                 self.directory,
             )
         # A drainer stopped while its cursor was being written: write it here, or
@@ -747,7 +661,7 @@ class Outbox:
         for d in self._dests.values():
             if d.cursor > d.written:
                 self._write_cursor(d.name, d.cursor)
-        self._close_fd()
+        self._segments.close()
 
 
 def _seq(rec: Record) -> int:
@@ -776,25 +690,3 @@ def _read_payloads(run: list[Record]) -> list[list[str] | Exception]:
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             out.append(exc)
     return out
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-        return int(text) if text else None
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        # Without it events are delivered again (at least once) or kept longer: no loss.
-        log.warning("outbox: ignoring unreadable %s: %s", path, exc)
-        return None
-
-
-def _write_atomically(path: Path, text: str, *, sync: bool = True) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        f.write(text)
-        if sync:
-            f.flush()
-            os.fdatasync(f.fileno())
-    tmp.replace(path)

@@ -5,6 +5,9 @@
     database <--BatchWriter <--feed (from memory, or read back)------+
                      \\--done--> release: the ledger moves, drained segments go
 
+The spool is a log (storage/log: group commit, segments, marks) with one reader,
+the database writer, whose cursor is the `ledger` file.
+
 - `add()` returns the sequence number of the record the line will be in; `durable`
   is the last record on disk. One fsync serves every line that arrived while the
   previous one ran (group commit), so the cost of durability does not grow with the
@@ -12,10 +15,10 @@
 - A record leaves the spool only after the database accepted all its lines (or
   refused them for good: those are in the dead-letter store). The `ledger` file
   holds the last record released; after a crash, everything after it is written
-  again. Writes are idempotent (the same reading is the same point), so a
-  replay stores nothing twice.
-- Bounded by `max_bytes`: at the bound, or when the disk is full, the spool says
-  `paused` (sources stop acknowledging, polling waits) until it is below half.
+  again. Writes are idempotent (the same reading is the same point), so this
+  recovery stores nothing twice.
+- Bounded by `max_bytes`: at the bound, or when the disk refuses writes, the spool
+  says `paused` (sources stop acknowledging, polling waits) until it is below half.
 - On start, every segment is checked record by record. A record cut short at the end
   of the last segment is cut off: a crash while it was written leaves one (never
   acknowledged, so the broker still has it), and so does a file cut by anything else
@@ -31,30 +34,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol, TypedDict
 
-from meter_gateway.storage.spool.segment import (
+from meter_gateway.storage.log.commit import Committed, GroupCommit
+from meter_gateway.storage.log.marks import read_mark, write_mark
+from meter_gateway.storage.log.segment import (
     Record,
     ScanResult,
-    append_durably,
     encode_record,
     read_record,
     read_records,
-    scan_segment,
 )
+from meter_gateway.storage.log.segments import Segments, first_seq, torn_or_damaged
 
-__all__ = ["Spool", "SpoolNote", "damage_reason"]
+__all__ = ["Spool", "SpoolNote", "SpoolStats", "damage_reason"]
 
 log = logging.getLogger("meter_gateway.spool")
 
-SEGMENT_SUFFIX = ".seg"
 LEDGER = "ledger"
+
+
+class SpoolStats(TypedDict):
+    directory: str
+    bytes: int
+    max_bytes: int
+    records: int
+    oldest_age_s: float
+    durable_seq: int
+    released_seq: int
+    paused: bool
+    disk_full: bool
+    fsyncs: int
+    write_errors: int
+    records_recovered: int
+    lines_recovered: int
+    damaged: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +82,6 @@ class SpoolNote:
 
     reason: str
     path: str
-
-
-#: Past this much unreadable data at the end of the last segment, it is damage: one
-#: record being appended when the gateway stopped is rarely so large.
-TORN_TAIL_MAX = 1 << 20
 
 
 def damage_reason(path: Path, res: ScanResult, is_last: bool, released: int) -> tuple[str, bool]:
@@ -101,16 +115,10 @@ def damage_reason(path: Path, res: ScanResult, is_last: bool, released: int) -> 
         cut = f"{res.bad_bytes:,} bytes there cannot be read"
     # The record that comes next: after the last whole one, or the segment's first (its
     # name); a released record from there on was in the part cut off.
-    expected = last + 1 if last is not None else _first_seq(path)
-    beyond = expected is not None and released >= expected
-    unexpected = res.torn_seq is not None and expected is not None and res.torn_seq != expected
-    torn = (
-        is_last
-        and not beyond
-        and not unexpected
-        and (res.torn_size is not None or res.cut_bytes > 0 or res.bad_bytes < TORN_TAIL_MAX)
-    )
-    if beyond:
+    expected = last + 1 if last is not None else first_seq(path)
+    kind = torn_or_damaged(res, is_last, expected, released)
+    if kind == "cut":
+        assert expected is not None
         reason = (
             f"spool: {res.problem} at the end of {where}; {cut}. The ledger says record "
             f"{released} is in the database already, so the file was cut after it was "
@@ -120,7 +128,7 @@ def damage_reason(path: Path, res: ScanResult, is_last: bool, released: int) -> 
             "any records after them are lost, acknowledged or not, and the file cannot say "
             "how many. Cut off."
         )
-    elif torn:
+    elif kind == "torn":
         reason = (
             f"spool: {res.problem} at the end of {where}; {cut}. Its readings are lost "
             "from the spool. If the gateway was killed or lost power while writing it "
@@ -132,24 +140,18 @@ def damage_reason(path: Path, res: ScanResult, is_last: bool, released: int) -> 
         )
     else:
         why = ""
-        if unexpected:
+        if res.torn_seq is not None and expected is not None and res.torn_seq != expected:
             why = f" (record {res.torn_seq} where {expected} was next: not a record being written)"
         reason = (
             f"spool: {res.problem} in {where}{why}; the {res.bad_bytes:,} bytes after it "
             "cannot be read and are skipped (disk damage?); the readings in them are lost "
             "unless their source sends them again"
         )
-    return reason, torn
+    return reason, kind == "torn"
 
 
 def _bytes(n: int) -> str:
     return "1 byte" if n == 1 else f"{n:,} bytes"
-
-
-def _first_seq(path: Path) -> int | None:
-    """The first record's seq, from the segment's name (`<seq, 20 digits>.seg`)."""
-    stem = path.stem
-    return int(stem) if stem.isascii() and stem.isdigit() and len(stem) <= 20 else None
 
 
 class Feed(Protocol):
@@ -164,7 +166,7 @@ class Feed(Protocol):
     def extend(self, lines: list[str]) -> None: ...
 
 
-class Spool:
+class Spool(Committed):
     """Append-only segments under `directory`, group-committed, drained in order."""
 
     def __init__(
@@ -181,45 +183,42 @@ class Spool:
         self._max = max_bytes
         # Several segments fit in the bound, so released ones can be deleted while the
         # rest waits (a segment goes only when all of it is in the database).
-        self._segment_max = max(min(segment_bytes, max_bytes // 8), 64)
+        self._segments = Segments(
+            "spool", self.directory, max(min(segment_bytes, max_bytes // 8), 64), log
+        )
+        self._commit: GroupCommit[str] = GroupCommit(
+            "spool",
+            self.directory,
+            self._write,
+            log=log,
+            waiting=lambda n: (
+                f"{n} readings wait in memory, sources are paused (nothing is acknowledged)"
+            ),
+        )
         self._feed_lines = feed_lines  # lines handed to the writer at most at once
         self._on_note = on_note or (lambda note: None)
         self._on_pause = on_pause or (lambda paused, why: None)
         # Called (on the loop) before each group commit is written: what derives from
         # the lines being committed reaches the OS before they are acknowledged.
         self.before_commit: Callable[[], None] | None = None
-        self._pending: list[str] = []
+        # The hot path appends here directly (one attribute lookup less per line).
+        self._pending = self._commit.pending
         self._next_seq = 1  # the record being built
-        self.durable = 0  # last record on disk
         self._records: deque[Record] = deque()  # committed, not yet released, in order
         self._fed = 0  # how many of _records (from the left) the writer has
         self._fed_lines_end: deque[tuple[int, int]] = deque()  # (seq, writer's line mark)
         self._feed_mark = 0  # the writer's line count once what was fed is done
         self._cached = 0  # lines of unfed records still held in memory
-        self._segment: Path | None = None
-        self._segment_size = 0
-        self._segments: dict[Path, int] = {}  # path -> size
-        self.bytes = 0
         self._released = 0  # last record the database has
         self._ledger_written = 0
-        self._wakeup = asyncio.Event()
-        self._durable_changed = asyncio.Event()
         self._committed = asyncio.Event()  # wakes the feeder
         self._emptied = asyncio.Event()  # set while nothing waits for the database
         self._emptied.set()
         self._resumed = asyncio.Event()
         self._resumed.set()
-        self._lock = asyncio.Lock()
-        self._fd: int | None = None
-        self._fd_path: Path | None = None
-        self._closing = False
-        self.disk_full = False
-        self._failing_since: float | None = None
         # Counters for metrics.
-        self.fsyncs = 0
-        self.write_errors = 0
-        self.records_replayed = 0
-        self.lines_replayed = 0
+        self.records_recovered = 0
+        self.lines_recovered = 0
         self.damaged = 0
 
     # -- the hot path -----------------------------------------------------------------
@@ -228,22 +227,24 @@ class Spool:
         pending = self._pending
         pending.append(line)
         if len(pending) == 1:
-            self._wakeup.set()
+            self._commit.wake()
         return self._next_seq
 
     @property
     def paused(self) -> bool:
         return not self._resumed.is_set()
 
+    @property
+    def disk_full(self) -> bool:
+        """The disk refuses writes (full, or failing): lines wait in memory."""
+        return self._commit.failing
+
+    @property
+    def bytes(self) -> int:
+        return self._segments.bytes
+
     async def wait_resumed(self) -> None:
         await self._resumed.wait()
-
-    async def wait_durable(self, seq: int) -> None:
-        """Until record `seq` is on disk (long while the disk is full)."""
-        while self.durable < seq:
-            self._wakeup.set()
-            self._durable_changed.clear()
-            await self._durable_changed.wait()
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -260,7 +261,7 @@ class Spool:
             return 0.0
         return max(0.0, (time.time_ns() - self._records[0].committed_ns) / 1e9)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> SpoolStats:
         return {
             "directory": str(self.directory),
             "bytes": self.bytes,
@@ -273,8 +274,8 @@ class Spool:
             "disk_full": self.disk_full,
             "fsyncs": self.fsyncs,
             "write_errors": self.write_errors,
-            "records_replayed": self.records_replayed,
-            "lines_replayed": self.lines_replayed,
+            "records_recovered": self.records_recovered,
+            "lines_recovered": self.lines_recovered,
             "damaged": self.damaged,
         }
 
@@ -286,165 +287,88 @@ class Spool:
             log.info(
                 "spool: %d readings in %d records not yet in the database (from %s); "
                 "writing them first",
-                self.lines_replayed,
-                self.records_replayed,
+                self.lines_recovered,
+                self.records_recovered,
                 self.directory,
             )
         self._check_bound()
 
     def _recover(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        released = self._read_ledger()
+        # Without the ledger everything on disk is written again: no loss, and
+        # idempotent writes make it no duplicate either.
+        released = read_mark(self.directory / LEDGER, log) or 0
         self._released = self._ledger_written = released
-        paths = sorted(self.directory.glob(f"*{SEGMENT_SUFFIX}"))
-        expect: int | None = None
+        scanned = self._segments.scan(
+            contiguous=True,
+            on_damage=lambda path, res, is_last: self._damaged(path, res, is_last, released),
+        )
         last_seq = released
-        for i, path in enumerate(paths):
-            res = scan_segment(path, expect)
-            is_last = i == len(paths) - 1
-            if res.problem is not None:
-                self._damaged(path, res, is_last, released)
+        for i, (path, res) in enumerate(scanned):
             keep = [r for r in res.records if r.seq > released]
             if res.records:
                 last_seq = max(last_seq, res.records[-1].seq)
-                expect = res.records[-1].seq + 1
-            if res.problem is not None:
-                expect = None  # records were skipped: the next segment starts where it does
-            if not keep and res.records and not is_last:
+            if not keep and (res.records or i < len(scanned) - 1):
                 with contextlib.suppress(OSError):
                     path.unlink()  # wholly in the database already
                 continue
-            size = res.good_bytes
-            self._segments[path] = size
-            self.bytes += size
+            self._segments.keep(path, res)
             self._records.extend(keep)  # lines read back from disk when the writer wants them
-            self.records_replayed += len(keep)
-            self.lines_replayed += sum(r.n_lines for r in keep)
-            if is_last:
-                self._segment, self._segment_size = path, size
+            self.records_recovered += len(keep)
+            self.lines_recovered += sum(r.n_lines for r in keep)
         self._next_seq = last_seq + 1
-        self.durable = last_seq
+        self._commit.durable = last_seq
 
     def _damaged(self, path: Path, res: ScanResult, is_last: bool, released: int) -> None:
         self.damaged += 1
         reason, torn = damage_reason(path, res, is_last, released)
         log.log(logging.WARNING if torn else logging.ERROR, "%s", reason)
         self._on_note(SpoolNote(reason, str(path)))
-        # Cut the file there so the next start does not report it again.
-        try:
-            with path.open("r+b") as f:
-                f.truncate(res.good_bytes)
-                os.fsync(f.fileno())
-        except OSError as exc:
-            log.error("spool: cannot cut %s at byte %d: %s", path, res.good_bytes, exc)
-
-    def _read_ledger(self) -> int:
-        try:
-            text = (self.directory / LEDGER).read_text().strip()
-            return int(text) if text else 0
-        except FileNotFoundError:
-            return 0
-        except (OSError, ValueError) as exc:
-            # Without the ledger everything on disk is written again: no loss, and
-            # idempotent writes make it no duplicate either.
-            log.warning("spool: cannot read the ledger (%s); replaying every segment", exc)
-            return 0
 
     # -- group commit ---------------------------------------------------------------------
     async def run(self) -> None:
         """Commit what arrives, until `close()`."""
-        while True:
-            if not self._pending and not self._closing:
-                await self._wakeup.wait()
-            self._wakeup.clear()
-            if not await self.commit():
-                # The disk refused it. Wait without the lock held, so that the drain
-                # can delete segments the database has (which is what makes room).
-                await asyncio.sleep(1.0)
-            if self._closing and not self._pending:
-                return
+        await self._commit.run()
 
     async def commit(self) -> bool:
         """Write what is pending; False when the disk refused it (it stays pending)."""
-        async with self._lock:
-            return await self._commit()
+        return await self._commit.commit()
 
-    async def _commit(self) -> bool:
-        if not self._pending:
-            return True
+    async def _write(self, lines: list[str]) -> int:
+        """One record of every line pending, durable; its seq."""
         if self.before_commit is not None:
             self.before_commit()
-        lines, self._pending = self._pending, []
         seq = self._next_seq
         self._next_seq += 1
         now = time.time_ns()
         data = encode_record(seq, now, "\n".join(lines).encode())
-        path, offset = self._segment, self._segment_size
-        if path is None or offset + len(data) > self._segment_max:
-            path, offset = self.directory / f"{seq:020d}{SEGMENT_SUFFIX}", 0
         try:
-            fd = self._open(path)
-            # A new segment's name is made durable with its first record.
-            await asyncio.to_thread(
-                append_durably, fd, offset, data, self.directory if offset == 0 else None
-            )
-        except OSError as exc:
-            if offset == 0:
-                self._close_fd()
-                with contextlib.suppress(OSError):
-                    path.unlink()  # leave no empty segment behind
-            # Keep the lines (they are nobody's but ours) and try again; sources stay
-            # unacknowledged meanwhile, and are paused so memory stays bounded.
-            self._pending[:0] = lines
+            seg = await self._segments.append(seq, seq, data)
+        except OSError:
+            # The lines go back to pending (they are nobody's but ours) and are tried
+            # again; sources stay unacknowledged meanwhile, and are paused so memory
+            # stays bounded.
             self._next_seq = seq
-            self._disk_problem(exc)
-            return False
-        self.fsyncs += 1
-        self._segment, self._segment_size = path, offset + len(data)
-        self._segments[path] = self._segment_size
-        self.bytes += len(data)
-        rec = Record(seq, path, offset, len(data), len(lines), now, lines)
+            self._check_bound(failing=True)
+            raise
+        rec = Record(seq, seg.path, seg.size - len(data), len(data), len(lines), now, lines)
         self._records.append(rec)
         self._emptied.clear()
         self._cached += len(lines)
-        self.durable = seq
-        self._durable_changed.set()
         self._committed.set()
-        if self._failing_since is not None:
-            log.info(
-                "spool: writing to %s again after %.0f s",
-                self.directory,
-                time.monotonic() - self._failing_since,
-            )
-            self._failing_since = None
-            self.disk_full = False
         self._trim_cache()
-        self._check_bound()
-        return True
+        self._check_bound(failing=False)
+        return seq
 
-    def _disk_problem(self, exc: OSError) -> None:
-        self.write_errors += 1
-        self.disk_full = True
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
-            log.error(
-                "spool: cannot write to %s: %s; %d readings wait in memory, sources are "
-                "paused (nothing is acknowledged) and the write is retried every second",
-                self.directory,
-                exc.strerror or exc,
-                len(self._pending),
-            )
-        else:
-            log.debug("spool: still cannot write to %s: %s", self.directory, exc)
-        self._check_bound()
-
-    def _check_bound(self) -> None:
-        full = self.disk_full or self.bytes >= self._max
+    def _check_bound(self, failing: bool | None = None) -> None:
+        if failing is None:
+            failing = self._commit.failing
+        full = failing or self.bytes >= self._max
         if full and self._resumed.is_set():
             self._resumed.clear()
             why = (
                 "the disk is full"
-                if self.disk_full
+                if failing
                 else f"{self.bytes:,} bytes reached spool_max_bytes ({self._max:,})"
             )
             log.warning(
@@ -536,7 +460,7 @@ class Spool:
         """Records whose every line the writer has finished leave the spool."""
         ends = self._fed_lines_end
         released = self._released
-        if not ends and not self._records and self._segments and not self._lock.locked():
+        if not ends and not self._records and self._segments.files and not self._commit.writing:
             self._drop_segments()  # all written: free the disk (a full one needs it)
             self._check_bound()
         while ends and ends[0][1] <= done:
@@ -563,28 +487,20 @@ class Spool:
             self._write_ledger(self._released)
 
     def _drop_segments(self) -> None:
-        """Delete segments every record of which the database has."""
-        first_unreleased = self._records[0].path if self._records else None
-        for path in sorted(self._segments):
-            if path == first_unreleased:
+        """Delete segments every record of which the database has (all of them, once
+        nothing waits: a record that could not be read back is not released)."""
+        segments = self._segments
+        done = self._released if self._records else self._next_seq
+        while segments.files:
+            seg = segments.files[0]
+            # The one being appended to goes only when no commit is writing to it.
+            if seg.last > done or (seg is segments.current and self._commit.writing):
                 break
-            if path == self._segment:
-                # The one being appended to goes only when nothing is being written
-                # (the commit holds the lock across its write) and all of it is done.
-                if first_unreleased is not None or self._lock.locked():
-                    break
-                self._segment, self._segment_size = None, 0
-                self._close_fd()
-            with contextlib.suppress(OSError):
-                path.unlink()
-            self.bytes -= self._segments.pop(path)
+            segments.drop_oldest()
 
     def _write_ledger(self, released: int) -> None:
-        tmp = self.directory / (LEDGER + ".tmp")
         try:
-            with tmp.open("w") as f:
-                f.write(f"{released}\n")
-            tmp.replace(self.directory / LEDGER)
+            write_mark(self.directory / LEDGER, released, sync=False)
             self._ledger_written = released
         except OSError as exc:
             # A stale ledger only means records are written again after a restart.
@@ -592,34 +508,14 @@ class Spool:
 
     async def close(self) -> None:
         """Commit what is pending (retrying a little while the disk is full)."""
-        self._closing = True
-        self._wakeup.set()
-        for _ in range(5):
-            await self.commit()
-            if not self._pending:
-                break
-        if self._pending:
+        left = await self._commit.close()
+        if left:
             log.error(
                 "spool: %d readings could not be written to %s at shutdown; their MQTT "
                 "messages were not acknowledged and stay at the broker",
-                len(self._pending),
+                left,
                 self.directory,
             )
         if self._released != self._ledger_written:
             self._write_ledger(self._released)
-        self._close_fd()
-
-    def _open(self, path: Path) -> int:
-        """The descriptor of the segment being appended to, kept open between commits
-        (an open and a close per commit were two more trips for the GIL)."""
-        if self._fd is None or self._fd_path != path:
-            self._close_fd()
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-            self._fd_path = path
-        return self._fd
-
-    def _close_fd(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = self._fd_path = None
+        self._segments.close()

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from meter_gateway.gateway.events import outbox as outbox_module
 from meter_gateway.gateway.events.outbox import Outbox
 from meter_gateway.gateway.events.service import STATE_FILE, EventService
+from meter_gateway.storage.log import segments as outbox_module
 from tests.unit.test_events_from_memory import service as events_service
 from tests.unit.test_outbox import TWO_A_SEGMENT, Collector, ids, make_event
 
@@ -34,7 +34,7 @@ async def deliver_all(directory: Path, n: int, *, hold: int | None) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await t
     await asyncio.to_thread(ob._write_cursor, "a", n)  # as the drainer had
-    ob._close_fd()
+    ob._segments.close()
 
 
 async def test_with_no_snapshot_yet_delivered_events_survive_compaction_and_a_restart(

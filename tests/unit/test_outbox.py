@@ -19,7 +19,7 @@ import pytest
 
 from meter_gateway.gateway.events import Event
 from meter_gateway.gateway.events.outbox import Outbox, decode_event, encode_event
-from meter_gateway.storage.spool.segment import RECORD_HEADER, scan_segment
+from meter_gateway.storage.log.segment import RECORD_HEADER, scan_segment
 from tests.conftest import wait_until
 from tests.faults import tmpfs
 

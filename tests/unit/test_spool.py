@@ -80,8 +80,8 @@ async def test_a_crash_replays_what_the_database_did_not_take(tmp_path):
     await stop([*tasks, feeder])  # a crash: no close()
 
     again, tasks, notes = await started(tmp_path)
-    assert again.records_replayed == 6
-    assert again.lines_replayed == 6
+    assert again.records_recovered == 6
+    assert again.lines_recovered == 6
     assert notes == []
     writer = Writer()
     feeder = asyncio.create_task(again.feed(writer))
@@ -93,7 +93,7 @@ async def test_a_crash_replays_what_the_database_did_not_take(tmp_path):
     await stop([*tasks, feeder])
     await again.close()
     third, tasks, _ = await started(tmp_path)
-    assert third.records_replayed == 0
+    assert third.records_recovered == 0
     await stop(tasks)
 
 
@@ -107,7 +107,7 @@ async def test_a_torn_tail_is_cut_off_and_reported(tmp_path, caplog):
     with segment.open("ab") as f:
         f.write(b"\x40\x00\x00\x00garbage")  # half a record: the crash case
     again, tasks, notes = await started(tmp_path)
-    assert again.records_replayed == 3
+    assert again.records_recovered == 3
     assert segment.stat().st_size == good
     assert len(notes) == 1
     # A kill mid-append leaves this, and then it was never acknowledged; a file cut by
@@ -166,7 +166,7 @@ async def test_a_full_disk_keeps_the_lines_and_pauses(tmp_path, caplog, monkeypa
     # The kernel's answer, on demand (a real full filesystem is in the fault tests).
     import errno
 
-    from meter_gateway.storage.spool import spool as spool_module
+    from meter_gateway.storage.log import segments as spool_module
 
     real_append = spool_module.append_durably
     full = True
@@ -211,7 +211,7 @@ _FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(Hea
 def test_any_segment_and_ledger_bytes_open_with_notes_not_exceptions(
     tmp_path_factory, good, garbage, flip, ledger
 ):
-    from meter_gateway.storage.spool.segment import encode_record
+    from meter_gateway.storage.log.segment import encode_record
 
     directory = tmp_path_factory.mktemp("spool")
     data = bytearray(

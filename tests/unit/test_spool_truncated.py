@@ -14,8 +14,8 @@ import contextlib
 import logging
 from pathlib import Path
 
+from meter_gateway.storage.log.segment import RECORD_HEADER, scan_segment
 from meter_gateway.storage.spool import Spool, SpoolNote
-from meter_gateway.storage.spool.segment import RECORD_HEADER, scan_segment
 
 RECORDS = 10
 LINES = 5  # readings a record
@@ -59,7 +59,7 @@ async def test_a_segment_cut_inside_a_record_counts_the_bytes_cut_not_those_left
         f.truncate(cut_at)
     caplog.set_level(logging.WARNING)
     spool, notes = await reopen(tmp_path)
-    assert spool.records_replayed == 3
+    assert spool.records_recovered == 3
     (note,) = notes
     reason = note.reason
     # What was cut: what record 4 declares, less the 30 bytes left of it (its header is
@@ -100,7 +100,7 @@ async def test_a_cut_past_records_the_database_has_is_not_a_crash(tmp_path, capl
         f.truncate(records[3].offset + 30)
     caplog.set_level(logging.WARNING)
     spool, notes = await reopen(tmp_path)
-    assert spool.records_replayed == 0
+    assert spool.records_recovered == 0
     (note,) = notes
     assert "not by a crash" in note.reason, note.reason
     assert "records 4 to 6 (3) were in the part cut off (the database has them)" in note.reason
@@ -138,7 +138,7 @@ async def test_the_crash_case_keeps_every_whole_record(tmp_path):
     (note,) = notes
     assert "at least 1 byte cut off" in note.reason
     assert "If the gateway was killed or lost power while writing it" in note.reason
-    assert spool.records_replayed == RECORDS - 1
+    assert spool.records_recovered == RECORDS - 1
     task = asyncio.create_task(spool.run())
     assert spool.add(line(999)) == RECORDS  # record 10 was never durable: its number again
     task.cancel()
