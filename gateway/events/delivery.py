@@ -6,20 +6,16 @@ taken by the webhook or kept in the dead-letter store), and raises otherwise; th
 outbox then retries the batch with backoff. Delivery is at least once: a batch may
 come again after a failure or a crash, with the same `event_id`s.
 
-`AckedPublisher` turns a paho client's QoS 1 publish into an awaitable that ends
-with the broker's PUBACK, for `mqtt_sender`.
+`mqtt_sender` takes a publish that ends with the broker's PUBACK: the MQTT
+connection's `publish_acked` (protocols/mqtt/acked.py keeps the PUBACK tracking).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
-
-import paho.mqtt.client as paho
 
 from meter_gateway.gateway.events.event import Event, event_line
 from meter_gateway.gateway.events.outbox import Send
@@ -27,7 +23,6 @@ from meter_gateway.storage.deadletter import DeadLetterStore, dead_letter_record
 from meter_gateway.storage.webhook import WebhookClient, WebhookError
 
 __all__ = [
-    "AckedPublisher",
     "DeliveryError",
     "database_sender",
     "event_topic",
@@ -36,9 +31,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("meter_gateway.events.delivery")
-
-_OK = paho.MQTTErrorCode.MQTT_ERR_SUCCESS
-_QUEUED = paho.MQTTErrorCode.MQTT_ERR_NO_CONN  # kept by paho, sent once connected
 
 
 class DeliveryError(Exception):
@@ -80,79 +72,6 @@ def mqtt_sender(
             )
 
     return send
-
-
-@dataclass(slots=True)
-class _Waiting:
-    future: asyncio.Future[None]
-    since: float
-
-
-class AckedPublisher:
-    """`await publisher(topic, payload)`: a QoS 1 publish on a paho client that returns
-    once the broker has acknowledged it (PUBACK), and raises if it refused it.
-
-    It chains itself into the client's `on_publish` (the one there keeps being called),
-    so it works with a client on the gateway's event loop (protocols/mqtt/client.py)
-    as well as one run by paho's own thread (`loop_start`). A message published while
-    the broker is away waits in paho's queue; publishing the same topic and payload
-    again while it waits awaits that message rather than queueing a copy (the outbox
-    retries a batch after a timeout), unless it has waited over `stale_s`.
-    """
-
-    def __init__(self, client: paho.Client, *, stale_s: float = 600.0) -> None:
-        self._client = client
-        self._stale_s = stale_s
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._by_mid: dict[int, tuple[bytes, str]] = {}
-        self._waiting: dict[tuple[str, bytes], _Waiting] = {}
-        previous = client.on_publish
-
-        def on_publish(c: paho.Client, userdata: Any, mid: int, *args: Any) -> None:
-            if previous is not None:
-                previous(c, userdata, mid, *args)
-            loop = self._loop
-            if loop is None or loop.is_closed():
-                return
-            reason = args[0] if args else None
-            # Always through the loop: the publish that registers the mid has returned
-            # by the time this runs, whichever thread paho called us from.
-            loop.call_soon_threadsafe(self._settle, mid, reason)
-
-        client.on_publish = on_publish
-
-    async def __call__(self, topic: str, payload: bytes) -> None:
-        self._loop = asyncio.get_running_loop()
-        key = (topic, payload)
-        waiting = self._waiting.get(key)
-        if waiting is None or time.monotonic() - waiting.since > self._stale_s:
-            try:
-                info = self._client.publish(topic, payload, qos=1)
-            except ValueError as exc:  # an invalid topic, a payload over MQTT's limit
-                raise DeliveryError(f"cannot publish on {topic}: {exc}") from None
-            if info.rc not in (_OK, _QUEUED):
-                raise DeliveryError(f"cannot publish on {topic}: {paho.error_string(info.rc)}")
-            fut = self._loop.create_future()
-            waiting = self._waiting[key] = _Waiting(fut, time.monotonic())
-            self._by_mid[info.mid] = (payload, topic)
-        # Shielded: a timeout stops this wait, not the message, which may still be acked.
-        await asyncio.shield(waiting.future)
-
-    def _settle(self, mid: int, reason: Any) -> None:
-        found = self._by_mid.pop(mid, None)
-        if found is None:
-            return  # published by someone else (publish_nowait), or already settled
-        payload, topic = found
-        waiting = self._waiting.pop((topic, payload), None)
-        if waiting is None or waiting.future.done():
-            return
-        if reason is not None and getattr(reason, "is_failure", False):
-            waiting.future.set_exception(
-                DeliveryError(f"the broker refused the message on {topic}: {reason}")
-            )
-            waiting.future.exception()  # read: nobody may be waiting any more
-        else:
-            waiting.future.set_result(None)
 
 
 # -- the database -----------------------------------------------------------------------------

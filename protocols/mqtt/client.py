@@ -25,6 +25,7 @@ What it adds for the gateway's speed and flow control:
   (measured: 100 of 100 delivered with 20 acks and a window of 21), so held acks
   alone do not bound memory. With the reader paused, TCP flow control stops the broker.
 - The CONNACK's session-present flag is kept (`session_present`).
+- `publish_acked` returns once the broker has acknowledged the message (acked.py).
 - A clean close leaves no unread bytes: closing a socket with some makes the kernel
   reset the connection, and the broker then drops what it has not read yet of ours,
   our last acks among it (see `_linger`).
@@ -56,6 +57,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from meter_gateway.protocols.mqtt import fastpath
+from meter_gateway.protocols.mqtt.acked import AckedPublisher, PublishError
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -64,6 +66,7 @@ __all__ = [
     "READ_BURST_S",
     "Connection",
     "MqttError",
+    "PublishError",
     "tls_context",
 ]
 
@@ -200,6 +203,7 @@ class Connection:
         self._in_read = False
         self._write_pending = False
         self._progress = False
+        self._acked: AckedPublisher | None = None  # made at the first publish_acked
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -359,6 +363,23 @@ class Connection:
             return False
         return info.rc == _OK or (info.rc == paho.MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0)
 
+    async def publish_acked(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> None:
+        """Publish and return once the broker has acknowledged the message (PUBACK).
+
+        Raises PublishError when it cannot be queued (an invalid topic, paho's queue
+        full) or the broker refused it. A message published while there is no
+        connection, or in flight when one is lost, waits in paho's queue and is sent
+        once connected again (as with `publish`): the wait goes on across reconnects,
+        so the caller bounds it (asyncio.timeout). The same topic and payload again
+        while the first waits awaits that message rather than queueing a copy (see
+        acked.py).
+        """
+        if self._acked is None:
+            self._acked = AckedPublisher(self.client)
+        await self._acked(topic, payload, qos, retain)
+
     def disconnect(self) -> None:
         """Close cleanly: the acks queued so far go out, then a DISCONNECT.
 
@@ -457,7 +478,8 @@ class Connection:
         and not left for a later read to find.
         """
         sock = self.client.socket()
-        if sock is None or self._closed is None or self._closed.done():
+        # A TCP or TLS socket (ssl.SSLSocket is one): the only transports opened here.
+        if not isinstance(sock, socket.socket) or self._closed is None or self._closed.done():
             return False
         try:
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)

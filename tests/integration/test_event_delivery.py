@@ -18,16 +18,16 @@ from aiohttp import web
 
 from meter_gateway.gateway.events import Event, event_line
 from meter_gateway.gateway.events.delivery import (
-    AckedPublisher,
     database_sender,
     mqtt_sender,
     webhook_sender,
 )
 from meter_gateway.gateway.events.outbox import Outbox
+from meter_gateway.protocols.mqtt.acked import AckedPublisher
 from meter_gateway.simulators.services import Mosquitto, free_port
 from meter_gateway.storage.deadletter import DeadLetterStore
+from meter_gateway.storage.log.segment import read_records, scan_segment
 from meter_gateway.storage.spool import Spool
-from meter_gateway.storage.spool.segment import read_records, scan_segment
 from meter_gateway.storage.webhook import WebhookClient, WebhookError, parse_retry_after
 
 pytestmark = pytest.mark.integration

@@ -15,9 +15,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from meter_gateway.gateway.events.delivery import AckedPublisher, DeliveryError
 from meter_gateway.protocols.mqtt import fastpath
-from meter_gateway.protocols.mqtt.client import Connection, tls_context
+from meter_gateway.protocols.mqtt.client import Connection, PublishError, tls_context
 from meter_gateway.protocols.mqtt.config import MqttConfig
 from meter_gateway.protocols.mqtt.source import MqttSource
 from meter_gateway.simulators.services import Mosquitto, free_port
@@ -335,7 +334,7 @@ async def test_an_acked_publish_on_the_gateways_client_waits_across_a_broker_res
     source = source_for(broker.host, broker.port, "gw-acked", handler=lambda *a: 0)
     task = asyncio.create_task(source.run())
     await asyncio.wait_for(source.wait_connected(), 10)
-    publish_acked = AckedPublisher(source.paho_client)
+    publish_acked = source.publish_acked
     await asyncio.wait_for(publish_acked(topic, b"while-up"), 10)
 
     broker.stop()
@@ -348,10 +347,27 @@ async def test_an_acked_publish_on_the_gateways_client_waits_across_a_broker_res
     present, got = await asyncio.to_thread(resume_session, broker, "event-listener", 2)
     assert present
     assert set(got) >= {b"while-up", b"while-away"}
-    with pytest.raises(DeliveryError):
+    with pytest.raises(PublishError):
         await publish_acked("bad/+/topic", b"x")
     await source.drain(5)
     await asyncio.wait_for(task, 5)
+
+
+async def test_publish_acked_returns_with_the_brokers_acknowledgement(mosquitto):
+    conn = Connection("t-acked", mosquitto.host, mosquitto.port, on_message=lambda c, m: None)
+    async with conn:
+        for qos in (0, 1, 2):
+            await asyncio.wait_for(conn.publish_acked(f"acked/q{qos}", b"x", qos), 10)
+        with pytest.raises(PublishError):
+            await conn.publish_acked("acked/+/invalid", b"x")
+    # No connection: QoS 1 waits in paho's queue, QoS 0 is lost at once.
+    waiting = asyncio.create_task(conn.publish_acked("acked/later", b"y"))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    with pytest.raises(PublishError):
+        await conn.publish_acked("acked/now", b"z", qos=0)
+    async with conn:
+        await asyncio.wait_for(waiting, 10)
 
 
 async def test_gateway_stop_mid_stream_acks_every_message_it_took(tmp_path, mosquitto, victoria):

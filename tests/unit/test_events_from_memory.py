@@ -13,9 +13,10 @@ import paho.mqtt.client as paho
 
 from meter_gateway.config.schema import Config
 from meter_gateway.gateway.events import Event
-from meter_gateway.gateway.events import outbox as outbox_module
 from meter_gateway.gateway.events.service import EventService
+from meter_gateway.protocols.mqtt.acked import AckedPublisher
 from meter_gateway.storage.deadletter import DeadLetterStore
+from meter_gateway.storage.log import segments as outbox_module
 
 
 @dataclass
@@ -32,7 +33,7 @@ class FakeClient:
         self.published: list[tuple[str, dict]] = []
         self.changed = asyncio.Event()
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0) -> _Info:
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> _Info:
         self.published.append((topic, orjson.loads(payload)))
         self.changed.set()
         mid = len(self.published)
@@ -66,7 +67,7 @@ def service(tmp_path: Path, client: FakeClient | None) -> EventService:
         add_line=lambda line: lines.append(line) or len(lines),
         wait_line_durable=durable,
         precision_divisor=1,
-        mqtt_client=None if client is None else (lambda: client),
+        mqtt_publish=None if client is None else AckedPublisher(client),
     )
 
 
