@@ -23,7 +23,8 @@ from meter_gateway.gateway.reports.customers import TAGS, tag_customers
 from meter_gateway.gateway.reports.readings_source import read_boundaries, read_customer_inputs
 from meter_gateway.gateway.reports.reliability import Window, compute, pair_points
 from meter_gateway.gateway.reports.render import render, render_billing, render_customers
-from meter_gateway.gateway.reports.source import SourceError, read_points
+from meter_gateway.gateway.reports.source import read_points
+from meter_gateway.storage.influxdb.query import QueryError
 
 __all__ = [
     "BILLING_DESCRIPTION",
@@ -153,7 +154,7 @@ def run_reliability(args: argparse.Namespace) -> int:
     read_until = max(min(window.to_s + momentary, time.time()), window.to_s)
     try:
         points = read_points(cfg.storage, window, read_until)
-    except SourceError as exc:
+    except QueryError as exc:
         print(f"meter-gateway report: {exc}", file=sys.stderr)
         return EXIT_SOURCE
     report = compute(
@@ -411,7 +412,7 @@ def run_billing(args: argparse.Namespace) -> int:
     from_ns, to_ns = _ns(start), _ns(end)
     try:
         readings = read_boundaries(cfg.storage, from_ns, to_ns)
-    except SourceError as exc:
+    except QueryError as exc:
         print(f"meter-gateway report: {exc}", file=sys.stderr)
         return EXIT_SOURCE
     report = bill(
@@ -463,7 +464,7 @@ def run_customers(args: argparse.Namespace) -> int:
     window = Window(start.timestamp(), end.timestamp())
     try:
         inputs = read_customer_inputs(cfg, topology, window)
-    except SourceError as exc:
+    except QueryError as exc:
         print(f"meter-gateway report: {exc}", file=sys.stderr)
         return EXIT_SOURCE
     tags = tag_customers(

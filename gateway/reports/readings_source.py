@@ -12,7 +12,7 @@ sustained_low_consumption events (one request with two InfluxQL statements), and
 `power_outage` points as `report reliability` reads them (source.read_points).
 
 storage.api v1: InfluxDB 1.x `GET /query`; v2: Flux through influxdb-client, with the
-settings the writers use (see source.py).
+settings the writers use (storage/influxdb/query.py runs them).
 """
 
 from __future__ import annotations
@@ -32,17 +32,17 @@ from meter_gateway.gateway.reports.customers import (
     RiskEvent,
 )
 from meter_gateway.gateway.reports.reliability import Window
-from meter_gateway.gateway.reports.source import (
+from meter_gateway.gateway.reports.source import read_points
+from meter_gateway.storage.influxdb.config import StorageConfig
+from meter_gateway.storage.influxdb.query import (
     flux_string,
     ident,
     literal,
-    read_points,
     rfc3339_ns,
     run_flux,
     run_influxql,
     series_rows,
 )
-from meter_gateway.storage.influxdb.config import StorageConfig
 
 __all__ = [
     "DAILY_FIELDS",
@@ -258,7 +258,7 @@ def read_customer_inputs(
 
     `topology` is accepted for symmetry with tag_customers (the reads are not limited
     to its meters: meters it does not list are reported as unknown). Raises
-    source.SourceError when the database cannot be read.
+    storage.influxdb.query.QueryError when the database cannot be read.
     """
     del topology
     storage = config.storage

@@ -247,13 +247,13 @@ def compute(
         end = window.to_s if o.end_s is None else o.end_s
         if not (o.start_s < window.to_s and end > window.from_s):
             continue  # outside the window
-        place = topology.get(o.meter_id)
-        if place is None:
+        where = topology.get(o.meter_id)
+        if where is None:
             unknown.add(o.meter_id)
             continue
         open_count += o.end_s is None
-        per_group[(customer_key(place), group_of(place))].append(o)
-        per_customer[customer_key(place)].append(o)
+        per_group[(customer_key(where), group_of(where))].append(o)
+        per_customer[customer_key(where)].append(o)
 
     def tally(target: GroupIndices, interruptions: list[_Interruption]) -> tuple[int, float]:
         sustained, minutes = 0, 0.0

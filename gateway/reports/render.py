@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -127,7 +128,7 @@ class _Writer:
     def __init__(self, buf: io.StringIO) -> None:
         self._w = csv.writer(buf, lineterminator="\n")
 
-    def writerow(self, row: list[Any]) -> None:
+    def writerow(self, row: Sequence[Any]) -> None:
         self._w.writerow([csv_cell(v) for v in row])
 
 

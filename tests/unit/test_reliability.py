@@ -60,12 +60,12 @@ from meter_gateway.gateway.reports.reliability import (
 )
 from meter_gateway.gateway.reports.render import render
 from meter_gateway.gateway.reports.source import (
-    SourceError,
     flux_queries,
     influxql_queries,
     read_points,
 )
 from meter_gateway.storage.influxdb.config import StorageConfig
+from meter_gateway.storage.influxdb.query import QueryError
 
 NS = 1_000_000_000
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -387,7 +387,7 @@ def test_database_unreachable_names_the_url(
 
 def test_database_unreachable_v2_names_the_url() -> None:
     cfg = StorageConfig(api="v2", url="http://127.0.0.1:9", token="t", org="o", timeout_s=2)
-    with pytest.raises(SourceError, match=r"cannot reach the database at http://127.0.0.1:9"):
+    with pytest.raises(QueryError, match=r"cannot reach the database at http://127.0.0.1:9"):
         read_points(cfg, WINDOW, READ_UNTIL)
 
 
