@@ -118,8 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=_cmd_check)
 
-    # `replay`: recorded traffic through validation, storage and detectors (gateway/replay.py).
-    from meter_gateway.gateway import replay as replay_cmd
+    # `replay`: recorded traffic through validation, storage and detectors (the engine in
+    # gateway/replay.py, its command line in gateway/replay_cli.py).
+    from meter_gateway.gateway import replay_cli as replay_cmd
 
     replay = sub.add_parser(
         "replay",
@@ -136,9 +137,9 @@ def _parser() -> argparse.ArgumentParser:
 
     report_cmd.register(sub)
 
-    # `dead-letter list|replay`: the dead-letter store by reason, and replayed through
-    # today's validation (gateway/deadletters.py).
-    from meter_gateway.gateway import deadletters as dead_letter_cmd
+    # `dead-letter list|replay`: the dead-letter store by reason, and its records put
+    # through today's validation again (gateway/deadletters/).
+    from meter_gateway.gateway.deadletters import cli as dead_letter_cmd
 
     dead_letter_cmd.register(sub)
 

@@ -42,7 +42,6 @@ import contextlib
 import dataclasses
 import gzip
 import logging
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -50,7 +49,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, final
 
 import orjson
 
@@ -73,9 +72,12 @@ from meter_gateway.protocols.formats import (
     short_repr,
 )
 from meter_gateway.storage.deadletter import DeadLetterStore, dead_letter_record
+from meter_gateway.storage.influxdb.factory import make_client, make_writer
+from meter_gateway.storage.influxdb.sink import DirectSink
+from meter_gateway.storage.influxdb.writer import BatchWriter
 from meter_gateway.storage.lineprotocol import PRECISION_DIVISOR, ReadingEncoder
 
-__all__ = ["EngineLike", "LongLine", "Replay", "ReplaySummary", "open_lines", "run_cli"]
+__all__ = ["EngineLike", "LongLine", "Replay", "ReplaySummary", "open_lines"]
 
 log = logging.getLogger("meter_gateway.replay")
 
@@ -119,39 +121,6 @@ class _NullEncoder:
     @staticmethod
     def encode(r: Reading) -> str:
         return ""
-
-
-class _NullSink:
-    durable = 1 << 62
-    paused = False
-
-    @staticmethod
-    def add(line: str) -> int:
-        return 0
-
-    async def wait_durable(self, seq: int) -> None:
-        return None
-
-
-class _WriterSink:
-    """Straight into the database writer, no spool: a replay can simply be run again, so
-    the spool's fsyncs would buy nothing. Backpressure: the replay waits while it is full."""
-
-    durable = 1 << 62
-
-    def __init__(self, writer: Any) -> None:
-        self._writer = writer
-
-    def add(self, line: str) -> int:
-        self._writer.add(line)
-        return 0
-
-    @property
-    def paused(self) -> bool:
-        return bool(self._writer.paused)
-
-    async def wait_durable(self, seq: int) -> None:
-        return None
 
 
 class _DeadLetter(DeadLetterStore):
@@ -253,6 +222,7 @@ class ReplaySummary:
 # -- reading the files ---------------------------------------------------------------------
 
 
+@final  # so that `type(line) is LongLine`, the fast test, narrows for the type checker
 @dataclass(slots=True)
 class LongLine:
     """A line over the length limit, in place of its bytes: its start and its length."""
@@ -366,26 +336,20 @@ class Replay:
                 self.summary.detectors = why
         self.engine: EngineLike | None = None
         self.dead_letter = _DeadLetter(config.gateway.data_dir)
-        self.writer: Any = None
+        self.writer: BatchWriter | None = None
         self.client: Any = None
+        encoder: Any
         if store:
-            from meter_gateway.gateway.app import make_client
-            from meter_gateway.storage.influxdb.writer import BatchWriter
-
             st = config.storage
-            self.client = client if client is not None else make_client(config)
-            self.writer = BatchWriter(
-                self.client,
-                batch_size=st.batch_size,
-                flush_interval_s=st.flush_interval_s,
-                max_retry_delay_s=st.max_retry_delay_s,
-                max_buffered_lines=st.max_buffered_lines,
-                on_bad_line=self._bad_line,
-            )
-            self.sink: Any = _WriterSink(self.writer)
-            encoder: Any = ReadingEncoder(st.precision, topology)
+            self.client = client if client is not None else make_client(st)
+            self.writer = make_writer(self.client, st, on_bad_line=self._bad_line)
+            encoder = ReadingEncoder(st.precision, topology)
         else:
-            self.sink, encoder = _NullSink(), _NullEncoder()
+            encoder = _NullEncoder()
+        # Straight into the database writer, no spool: a replay can simply be run again,
+        # so the spool's fsyncs would buy nothing. Backpressure: the replay waits while
+        # the writer is full. With --no-store, lines go nowhere.
+        self.sink = DirectSink(self.writer)
         # VEE on the recording's clock, its interval store in a folder of its own: a
         # replay must not touch the live gateway's days. Only when storing: its
         # estimates and daily figures go nowhere else.
@@ -560,7 +524,7 @@ class Replay:
                     self._run(objs, payloads, numbers, name)
                 self._long_line(line, f"replay:{name}:{n}")
                 continue
-            if not line or line.isspace():  # type: ignore[union-attr]
+            if not line or line.isspace():
                 continue
             obj: Any
             try:
@@ -601,17 +565,17 @@ class Replay:
                     if now >= self._next_tick:
                         self._tick(now)
                     objs.append(obj)
-                    payloads.append(line)  # type: ignore[arg-type]
+                    payloads.append(line)
                     numbers.append(n)
                     continue
             # The general way, for this line alone (parsed again there: such lines are few).
             if objs:
                 self._run(objs, payloads, numbers, name)
-            self._decoded = decode(line)  # type: ignore[arg-type]
+            self._decoded = decode(line)
             now = self.now
             if now >= self._next_tick:
                 self._tick(now)
-            handle(f"replay:{name}:{n}", line, self._take, None)  # type: ignore[arg-type]
+            handle(f"replay:{name}:{n}", line, self._take, None)
         if objs:
             self._run(objs, payloads, numbers, name)
         self.summary.lines += n - first
@@ -731,7 +695,7 @@ class Replay:
         s, p = self.summary, self.pipeline
         s.elapsed_s = elapsed
         s.readings = sum(p.received.values())
-        s.accepted = sum(p.stored.values())
+        s.accepted = sum(p.spooled.values())
         s.rejected = Counter(p.rejected)
         s.reasons = list(self.dead_letter.examples)
         s.duplicates = p.duplicates
@@ -775,98 +739,3 @@ def _status(obj: dict[str, Any]) -> Decoded:
     decoded = last_will(status.encode(), meter_id)
     decoded.signals = [dataclasses.replace(s, ts=obj.get("ts"), body=obj) for s in decoded.signals]
     return decoded
-
-
-# -- the command ---------------------------------------------------------------------------
-
-
-def add_arguments(p: Any) -> None:
-    """The `replay` command's arguments (the gateway's command line calls this)."""
-    p.add_argument("-c", "--config", required=True, type=Path, help="the YAML configuration file")
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="JSON Lines (.gz too)")
-    p.add_argument(
-        "--events-out",
-        type=Path,
-        metavar="FILE",
-        help="write every event (raised and cleared) here, one JSON object a line",
-    )
-    p.add_argument(
-        "--no-store",
-        action="store_true",
-        help="write nothing to the database (validation and detectors still run)",
-    )
-    p.add_argument(
-        "--progress-every",
-        type=float,
-        default=5.0,
-        metavar="S",
-        help="seconds between progress lines on stderr (default 5)",
-    )
-
-
-DESCRIPTION = """\
-Replay recorded traffic through the gateway's validation, storage and detectors, as if it
-arrived live, on the recording's own clock: history from any date replays.
-
-FILE is JSON Lines (.gz accepted), in arrival order: readings in the `json` format with a
-meter_id, meter events {"meter_id", "ts", "type": "last_gasp"} (power_restored, tamper,
-cover_open) and status lines {"meter_id", "ts", "status": "offline"} (or "online").
-`meter-gateway simulate replay-file` writes such files.
-
-The clock: a line's "_at" (epoch seconds: when the gateway would have received it) when
-present, else the watermark, the latest ts seen so far. Validation's age and future bounds
-and the detectors' timers are judged against it. A ts more than validation.max_age_s ahead of
-the watermark does not move it (the line is rejected as in the future).
-
-Readings are stored (unless --no-store) with the configuration's storage settings; events go
-to --events-out and to the meter_event measurement. Nothing is published to MQTT or to the
-webhook: replayed history pages no one. Bad lines go to the dead-letter store under
-<data_dir>/dead-letter/, with the reason and `replay:FILE:LINE`.
-
-Progress goes to stderr every few seconds, a summary at the end. Exit 0 when the files were
-read (rejected lines included), 1 when a file cannot be read, 2 for a bad configuration.
-"""
-
-
-def run_cli(args: Any) -> int:
-    """`meter-gateway replay ...`: the exit code."""
-    from meter_gateway.config.loader import load_config_or_say
-    from meter_gateway.config.topology import TopologyError
-    from meter_gateway.gateway.logs import setup_logging
-
-    setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
-    cfg = load_config_or_say(args.config)
-    if cfg is None:
-        return 2
-    missing = [str(f) for f in args.files if not Path(f).is_file()]
-    if missing:
-        print(f"replay: no such file: {', '.join(missing)}", file=sys.stderr)
-        return 1
-    out: IO[bytes] | None = None
-    try:
-        if args.events_out is not None:
-            args.events_out.parent.mkdir(parents=True, exist_ok=True)
-            out = args.events_out.open("wb", buffering=1 << 20)
-        replay = Replay(
-            cfg,
-            store=not args.no_store,
-            events_out=out,
-            progress=lambda line: print(line, file=sys.stderr, flush=True),
-            progress_every_s=args.progress_every,
-        )
-        if replay.summary.detectors != "on":
-            print(f"replay: detectors {replay.summary.detectors}", file=sys.stderr)
-        summary = asyncio.run(replay.run(args.files))
-    except TopologyError as exc:
-        print(f"replay: {exc}", file=sys.stderr)
-        return 2
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        print(f"replay: cannot read the input: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if out is not None:
-            out.close()
-    print(summary.text(), file=sys.stderr)
-    if args.events_out is not None:
-        print(f"  events written to {args.events_out}", file=sys.stderr)
-    return 0

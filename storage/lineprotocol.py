@@ -159,13 +159,19 @@ def encode_point(
     return f"{head} {body}" if ts is None else f"{head} {body} {ts}"
 
 
+class Place(Protocol):
+    """Where a meter sits in the network, as far as its tags need (a topology entry)."""
+
+    def get(self, key: str, default: str | None = None, /) -> str | None: ...
+
+
 class ReadingEncoder:
     """Reading -> line of `meter_reading`, with the tag prefix cached per meter."""
 
     def __init__(
         self,
         precision: str = "s",
-        topology: Mapping[str, Mapping[str, str]] | None = None,
+        topology: Mapping[str, Place] | None = None,
     ) -> None:
         self._divisor = PRECISION_DIVISOR[precision]
         self._topology = topology or {}

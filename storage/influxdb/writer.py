@@ -25,7 +25,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol, TypedDict
 
 from meter_gateway.storage.influxdb.errors import (
     BadPointsError,
@@ -34,7 +34,50 @@ from meter_gateway.storage.influxdb.errors import (
     WriteError,
 )
 
-__all__ = ["BATCH_LINES_BUCKETS", "WRITE_SECONDS_BUCKETS", "BatchWriter", "Histogram", "LineClient"]
+__all__ = [
+    "BATCH_LINES_BUCKETS",
+    "WRITE_SECONDS_BUCKETS",
+    "BatchWriter",
+    "Histogram",
+    "HistogramStats",
+    "LineClient",
+    "WriterCounts",
+    "WriterStats",
+]
+
+
+class HistogramStats(TypedDict):
+    count: int
+    sum: float
+    buckets: dict[str, int]  # upper bound ("+Inf" last) -> observations at or below it
+
+
+class WriterCounts(TypedDict):
+    """What the writer did, in numbers."""
+
+    healthy: bool
+    lines_written: int
+    lines_by_source: dict[str, int]
+    lines_refused: int
+    batches_written: int
+    pending_lines: int
+    paused_sources: bool
+    retries: int
+    last_write_s: float | None
+    write_seconds: HistogramStats
+    batch_lines: HistogramStats
+
+
+class WriterStats(WriterCounts):
+    """The numbers, and the words and times that are only for this process: the
+    target and the database's errors may hold credentials (the status page redacts
+    them), `refusing_since` is monotonic."""
+
+    target: str
+    refusing_since: float | None
+    last_refusal: str | None
+    last_error: str | None
+
 
 log = logging.getLogger("meter_gateway.storage")
 
@@ -74,7 +117,7 @@ class Histogram:
             out.append(("+Inf" if bound == float("inf") else repr(bound), total))
         return out
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> HistogramStats:
         return {"count": self.count, "sum": self.sum, "buckets": dict(self.cumulative())}
 
 
@@ -139,7 +182,9 @@ class BatchWriter:
         self.last_write_s: float | None = None
 
     # -- the hot path ---------------------------------------------------------------
-    def add(self, line: str) -> None:
+    def add(self, line: str) -> int:
+        """Take one line. Returns 0, the position a sink's `add` returns when there is
+        nothing to wait for: `DirectSink` gives the pipeline this very method."""
         buf = self._buf
         buf.append(line)
         if len(buf) >= self._batch_size:
@@ -152,6 +197,7 @@ class BatchWriter:
                 self._client.target,
                 self._low,
             )
+        return 0
 
     def extend(self, lines: list[str]) -> None:
         """Take many lines at once (a spool record)."""
@@ -167,24 +213,30 @@ class BatchWriter:
     def paused(self) -> bool:
         return not self._resumed.is_set()
 
-    def stats(self) -> dict[str, Any]:
-        """State and counters for metrics and the status page (a snapshot)."""
+    def counts(self) -> WriterCounts:
+        """Counters and state for metrics and the status page (a snapshot)."""
         return {
-            "target": self._client.target,
             "healthy": self.healthy,
             "lines_written": self.lines_written,
             "lines_by_source": dict(self.lines_by_source),
             "lines_refused": self.lines_rejected,
-            "refusing_since": self.refusing_since,
-            "last_refusal": self.last_refusal,
             "batches_written": self.batches_written,
             "pending_lines": self.pending,
             "paused_sources": self.paused,
             "retries": self.retries,
-            "last_error": self.last_error,
             "last_write_s": self.last_write_s,
             "write_seconds": self.write_seconds.stats(),
             "batch_lines": self.batch_lines.stats(),
+        }
+
+    def stats(self) -> WriterStats:
+        """`counts()` and the target, the errors and when refusals began."""
+        return {
+            **self.counts(),
+            "target": self._client.target,
+            "refusing_since": self.refusing_since,
+            "last_refusal": self.last_refusal,
+            "last_error": self.last_error,
         }
 
     async def wait_resumed(self) -> None:
