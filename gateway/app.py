@@ -14,18 +14,17 @@ from meter_gateway.config.secrets import redact_text
 from meter_gateway.config.topology import MeterPlace, load_topology
 from meter_gateway.gateway.events import Condition, Event, compiled
 from meter_gateway.gateway.events.service import EventService
-from meter_gateway.gateway.http import StatusServer
 from meter_gateway.gateway.logs import library_limit
-from meter_gateway.gateway.pipeline import Pipeline, Sink
+from meter_gateway.gateway.pipeline import Pipeline
 from meter_gateway.gateway.reading import canonical_from_fields
+from meter_gateway.gateway.status import StatusServer
 from meter_gateway.gateway.validate import Flag, MeterRules, Validator
 from meter_gateway.gateway.vee.service import VeeService
 from meter_gateway.protocols.formats import Signal
 from meter_gateway.protocols.mqtt.source import LOOP_WINDOW_S, MqttSource
 from meter_gateway.storage.deadletter import DeadLetterStore, dead_letter_record
-from meter_gateway.storage.influxdb.v1 import V1Client
-from meter_gateway.storage.influxdb.v2 import V2Client
-from meter_gateway.storage.influxdb.writer import BatchWriter, LineClient
+from meter_gateway.storage.influxdb.factory import make_client, make_writer
+from meter_gateway.storage.influxdb.sink import DirectSink
 from meter_gateway.storage.lineprotocol import PRECISION_DIVISOR, ReadingEncoder
 from meter_gateway.storage.spool import Spool, SpoolNote
 
@@ -39,10 +38,6 @@ STALL_S = 60.0  # messages unacknowledged this long without progress: not ready
 # are not stored, and it will not pass by itself.
 REFUSING_NOT_READY_S = 300.0
 WATCH_S = 5.0  # how often readiness is checked for the log
-
-
-def make_client(config: Config) -> LineClient:
-    return V1Client(config.storage) if config.storage.api == "v1" else V2Client(config.storage)
 
 
 class RateMeter:
@@ -70,32 +65,6 @@ class RateMeter:
             await asyncio.sleep(self._every)
 
 
-class _MemorySink:
-    """Readings straight into the writer's memory: the path before the spool.
-
-    For benchmarks that measure what the spool costs; never for a deployment."""
-
-    durable = 1 << 62
-
-    def __init__(self, writer: BatchWriter) -> None:
-        self.add = writer.add  # type: ignore[method-assign]
-        self._writer = writer
-
-    def add(self, line: str) -> int:  # replaced per instance; here for the type
-        self._writer.add(line)
-        return 0
-
-    @property
-    def paused(self) -> bool:
-        return self._writer.paused
-
-    async def wait_resumed(self) -> None:
-        await self._writer.wait_resumed()
-
-    async def wait_durable(self, seq: int) -> None:
-        return None
-
-
 class Gateway:
     """`await start()`, then `await stop()` (drains); or `await run(stop_event)`."""
 
@@ -112,11 +81,13 @@ class Gateway:
             topology = load_topology(config.topology.file)
         self.topology = topology
         rejected_topic = f"gateway/{config.gateway.id}/rejected"
-        self.dead_letter = DeadLetterStore(
-            config.gateway.data_dir,
-            publish=lambda line: self.mqtt.publish_nowait(rejected_topic, line, qos=1),
-        )
-        self.client = make_client(config)
+
+        def publish_rejected(line: bytes) -> None:
+            # A record the broker connection cannot take is counted there (publish_dropped).
+            self.mqtt.publish_nowait(rejected_topic, line, qos=1)
+
+        self.dead_letter = DeadLetterStore(config.gateway.data_dir, publish=publish_rejected)
+        self.client = make_client(config.storage)
         # The database as people may see it (logs, /status, the page): no credentials.
         self.storage_target = redact_text(self.client.target)
         # Refusals seen by `storage_refusals()`, for the writers that do not track them.
@@ -125,14 +96,7 @@ class Gateway:
         self._refusing_since: float | None = None
         self._last_refused_at: float | None = None
         st = config.storage
-        self.writer = BatchWriter(
-            self.client,
-            batch_size=st.batch_size,
-            flush_interval_s=st.flush_interval_s,
-            max_retry_delay_s=st.max_retry_delay_s,
-            max_buffered_lines=st.max_buffered_lines,
-            on_bad_line=self._bad_line,
-        )
+        self.writer = make_writer(self.client, st, on_bad_line=self._bad_line)
         self.spool = Spool(
             config.gateway.data_dir / "spool",
             max_bytes=st.spool_max_bytes,
@@ -148,7 +112,9 @@ class Gateway:
             {"gateway_id": config.gateway.id},
             "major",
         )
-        sink: Sink = self.spool if spool else _MemorySink(self.writer)
+        # Without the spool (benchmarks that measure what it costs; never a deployment),
+        # readings go straight into the writer's memory: the path before the spool.
+        sink: Spool | DirectSink = self.spool if spool else DirectSink(self.writer)
         self._sink = sink
         # Events: detectors -> engine -> outbox -> MQTT / database (through the spool) /
         # webhook. An input that raised an event is acked once the event is on disk.
@@ -159,7 +125,8 @@ class Gateway:
             add_line=sink.add,
             wait_line_durable=sink.wait_durable,
             precision_divisor=self._precision,
-            mqtt_client=lambda: self.mqtt.paho_client,
+            # Late lookup: the MQTT source is made after the event service.
+            mqtt_publish=lambda topic, payload: self.mqtt.publish_acked(topic, payload),
             hold_for_event=lambda seq: self.pipeline.hold_for_event(seq),
         )
         encoder = ReadingEncoder(st.precision, topology)
@@ -413,7 +380,7 @@ class Gateway:
             self._sink_tasks += [self._spool_task, self._feed_task]
         self.events.start()
         self._sink_tasks += self.events.tasks
-        self._vee_task: asyncio.Task[None] | None = None
+        self._vee_task = None
         if self.vee is not None:
             self._vee_task = asyncio.create_task(self.vee.run(), name="daily")
         self._rate_task = asyncio.create_task(self.rate.run(self._report), name="rate")

@@ -32,7 +32,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from meter_gateway.gateway.reading import Reading
 from meter_gateway.gateway.validate import Flag, Invalid, MeterRules, Validator
@@ -53,6 +53,7 @@ __all__ = [
     "MAX_GROUPS_PER_MESSAGE",
     "RECENT_REJECTIONS",
     "Pipeline",
+    "PipelineStats",
     "Rejected",
     "Sink",
     "expand_indexes",
@@ -141,10 +142,29 @@ def _elements_text(items: list[Any]) -> str | None:
         return None
 
 
+class PipelineStats(TypedDict):
+    """`Pipeline.stats()`: counters for metrics and the status page."""
+
+    messages: int
+    received: dict[str, int]  # by source
+    spooled: dict[str, int]  # valid readings handed to the spool, by source
+    rejected: dict[str, int]  # by the field at fault
+    rejected_by_source: dict[str, int]  # by "source field"
+    flagged: dict[str, int]  # by flag kind
+    duplicates: int
+    signals: dict[str, int]  # by value
+    internal_errors: int
+    meters_seen: int
+    meters_admitted: int
+    meters_refused: int
+    max_meters: int
+
+
 class Sink(Protocol):
     """Where encoded readings go: `add` returns the position to wait for."""
 
-    durable: int
+    @property
+    def durable(self) -> int: ...
 
     def add(self, line: str) -> int: ...
 
@@ -157,7 +177,8 @@ class Sink(Protocol):
 class Durable(Protocol):
     """A store that says how far it is on disk."""
 
-    durable: int
+    @property
+    def durable(self) -> int: ...
 
     async def wait_durable(self, seq: int) -> None: ...
 
@@ -212,7 +233,7 @@ class Pipeline:
         self._events = events
         self._event_seq = 0  # outbox sequence of the last event the input being handled raised
         self.received: Counter[str] = Counter()  # readings seen, by source
-        self.stored: Counter[str] = Counter()  # readings handed to storage, by source
+        self.spooled: Counter[str] = Counter()  # readings handed to the spool, by source
         self.rejected: Counter[str] = Counter()  # by the field at fault (a metric label)
         self.rejected_by: Counter[tuple[str, str]] = Counter()  # (source, field at fault)
         self.flagged: Counter[str] = Counter()  # by flag kind
@@ -287,12 +308,12 @@ class Pipeline:
             if self._events is not None and ev > self._events.durable:
                 await self._events.wait_durable(ev)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> PipelineStats:
         """Counters for metrics and the status page (a snapshot; safe to keep)."""
         return {
             "messages": self.messages,
             "received": dict(self.received),
-            "stored": dict(self.stored),
+            "spooled": dict(self.spooled),
             "rejected": dict(self.rejected),
             "rejected_by_source": {f"{src} {why}": n for (src, why), n in self.rejected_by.items()},
             "flagged": dict(self.flagged),
@@ -361,7 +382,7 @@ class Pipeline:
         admitted = self._admitted
         flags: list[Flag] = []
         waiting = self._waiting
-        received = stored = 0
+        received = spooled = 0
         for i, obj in enumerate(items):
             self.messages += 1
             self._ticket = self._pos = 0
@@ -397,7 +418,7 @@ class Pipeline:
                     on_reading(r)
                 received += 1
                 if r is not None:
-                    stored += 1
+                    spooled += 1
                     if on_readings is not None:
                         on_readings([r])
                 if flags:
@@ -418,7 +439,7 @@ class Pipeline:
                 waiting.append((self._issued, self._pos, self._ticket, self._event_seq))
                 self._event_seq = 0
         self.received["mqtt"] += received
-        self.stored["mqtt"] += stored
+        self.spooled["mqtt"] += spooled
 
     def _message(
         self, topic: str, payload: bytes, fmt: PayloadFormat, topic_id: str | None
@@ -497,11 +518,12 @@ class Pipeline:
         flags: list[Flag] = []
         clocks: list[Flag] | None = None  # rejections for their time (Invalid.clock)
         positions = decoded.positions
-        stored = 0
+        spooled = 0
         pos = 0
         last_seen = self.last_seen
         admitted = self._admitted
         items = decoded.readings
+        r: Reading | None
         for i, obj in enumerate(items):
             try:
                 r = check(obj, "mqtt", now_ns)
@@ -529,13 +551,13 @@ class Pipeline:
                 index = positions[i] if positions is not None else None
                 self._internal_error(exc, topic=topic, payload=payload, item=obj, index=index)
                 continue
-            stored += 1
+            spooled += 1
             if on_reading is not None:
                 on_reading(r)
             if batch is not None:
                 batch.append(r)
         self.received["mqtt"] += len(items)
-        self.stored["mqtt"] += stored
+        self.spooled["mqtt"] += spooled
         if pos:
             self._pos = pos
         if batch and self._on_readings is not None:
@@ -561,7 +583,7 @@ class Pipeline:
             r2 = self._rules.judge(r, flags)
             if r2 is not None:
                 self._pos = self._sink.add(self._encode(r2))
-                self.stored[source] += 1
+                self.spooled[source] += 1
                 if self._on_reading is not None:
                     self._on_reading(r2)
                 if self._on_readings is not None:

@@ -251,7 +251,12 @@ async def run_demo(
             # Three devices people already have, metering one more simulated meter over
             # the same day: a Tasmota plug, a Shelly Pro 3EM, a Sparkplug B edge node.
             devices, device_msgs = device_traffic(fleet.start, sim_span, seed)
-            await asyncio.to_thread(lambda: [publisher.publish(m) for m in device_msgs])
+
+            def publish_devices() -> None:
+                for m in device_msgs:
+                    publisher.publish(m)
+
+            await asyncio.to_thread(publish_devices)
             stop = threading.Event()
             latest: dict[str, RunStats] = {}
             fleet_task = asyncio.create_task(
@@ -303,7 +308,7 @@ async def run_demo(
             stored_db = int(rows[0]["count"]) if rows else 0
         db_label = "VictoriaMetrics" if vm is not None else "InfluxDB"
         p = gw.pipeline
-        handed = sum(p.stored.values())
+        handed = sum(p.spooled.values())
         # Points beside the readings: the estimates of gaps no actual has filled yet.
         estimated = int(gw.vee.stats["estimates_standing"]) if gw.vee is not None else 0
         stored_db -= estimated

@@ -33,6 +33,23 @@ ALLOWED: dict[str, frozenset[str]] = {
     "gateway": frozenset({"gateway", "config", "protocols", "storage"}),
     "simulators": frozenset({"simulators", "gateway", "config", "protocols", "storage"}),
 }
+# Rooms inside a layer, with what they may not import (a dotted prefix; third-party
+# packages too). The durable log is the floor the stores stand on: it imports nothing
+# of theirs. The status page reads the gateway through a narrow Protocol, never the
+# gateway itself (that was an import cycle). The wire libraries stay in their adapters:
+# paho in protocols/mqtt, pymodbus in protocols/modbus, urllib's HTTP client in storage.
+ROOMS: dict[str, tuple[str, ...]] = {
+    "storage/log": (
+        "meter_gateway.storage.influxdb",
+        "meter_gateway.storage.spool",
+        "meter_gateway.storage.webhook",
+        "meter_gateway.storage.deadletter",
+        "meter_gateway.storage.lineprotocol",
+    ),
+    "gateway/status": ("meter_gateway.gateway.app", "meter_gateway.gateway.cli"),
+    "gateway": ("paho", "pymodbus", "urllib.request"),
+    "config": ("paho", "pymodbus", "urllib.request"),
+}
 # The root package's own folder: it imports no layer.
 ROOT_FOLDER = "meter_gateway"
 # Where a bare import of an old top-level name is looked for.
@@ -58,7 +75,9 @@ def _is_import_module(func: ast.expr) -> bool:
     return isinstance(func, ast.Name) and func.id in {"import_module", "__import__"}
 
 
-def imported_modules(path: Path, package: str | None = None) -> Iterator[tuple[int, str]]:
+def imported_modules(
+    path: Path, package: str | None = None, *, names: bool = False
+) -> Iterator[tuple[int, str]]:
     """(line, module) for every import in `path`, wherever it is in the file.
 
     `package` is the dotted name of the package the file is in; with it, relative
@@ -80,8 +99,9 @@ def imported_modules(path: Path, package: str | None = None) -> Iterator[tuple[i
             else:
                 module = node.module or ""
             found.append((node.lineno, module))
-            # `from meter_gateway import gateway` imports the subpackage.
-            if module and "." not in module:
+            # `from meter_gateway import gateway` imports the subpackage; `names`: any
+            # `from a.b import c` may be the module a.b.c.
+            if module and (names or "." not in module):
                 found.extend(
                     (node.lineno, f"{module}.{alias.name}")
                     for alias in node.names
@@ -128,6 +148,28 @@ def layer_violations(
     return out
 
 
+def room_violations(
+    root: Path, rooms: Mapping[str, Iterable[str]] = ROOMS, package: str = PACKAGE
+) -> list[str]:
+    """`file:line: room -> module` for each import a room's rule forbids."""
+    out: list[str] = []
+    for room, forbidden in rooms.items():
+        folder = root / room
+        if not folder.is_dir():
+            continue
+        prefixes = tuple(forbidden)
+        for path in _python_files(folder):
+            layer_package = ".".join([package, *path.relative_to(root).parts[:-1]])
+            said: set[int] = set()  # one report a line: `from a import b` is a and a.b
+            for line, module in imported_modules(path, layer_package, names=True):
+                if line in said:
+                    continue
+                if any(module == p or module.startswith(p + ".") for p in prefixes):
+                    said.add(line)
+                    out.append(f"{path.relative_to(root)}:{line}: {room} -> {module}")
+    return out
+
+
 def bare_imports(
     root: Path, names: Iterable[str] = ALLOWED, folders: Iterable[str] = SCANNED
 ) -> list[str]:
@@ -150,6 +192,11 @@ def bare_imports(
 def test_every_layer_imports_only_the_layers_below_it() -> None:
     violations = layer_violations(ROOT)
     assert not violations, "imports against the layering:\n" + "\n".join(violations)
+
+
+def test_every_room_keeps_to_its_rule() -> None:
+    violations = room_violations(ROOT)
+    assert not violations, "imports a room may not make:\n" + "\n".join(violations)
 
 
 def test_nothing_imports_the_folders_by_their_old_top_level_names() -> None:
@@ -260,4 +307,28 @@ def test_the_checker_reports_the_old_top_level_names(tmp_path: Path) -> None:
         "tests/test_x.py:1: gateway.cli",
         "tests/test_x.py:2: config.schema",
         "bench/b.py:2: simulators.demo",
+    ]
+
+
+def test_the_checker_reports_a_room_breaking_its_rule(tmp_path: Path) -> None:
+    root = _tree(
+        tmp_path,
+        {
+            "storage/log/commit.py": (
+                "from meter_gateway.storage.log.segment import Record\n"  # its own room
+                "def late():\n"
+                "    from ..spool import Spool\n"
+            ),
+            "gateway/status/page.py": (
+                "from meter_gateway.gateway.status.view import GatewayView\n"
+                "from meter_gateway.gateway import app\n"
+            ),
+            "gateway/events/delivery.py": "import paho.mqtt.client as paho\n",
+            "protocols/mqtt/client.py": "import paho.mqtt.client as paho\n",  # its place
+        },
+    )
+    assert room_violations(root) == [
+        "storage/log/commit.py:3: storage/log -> meter_gateway.storage.spool",
+        "gateway/status/page.py:2: gateway/status -> meter_gateway.gateway.app",
+        "gateway/events/delivery.py:1: gateway -> paho.mqtt.client",
     ]

@@ -27,30 +27,28 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import orjson
-import paho.mqtt.client as paho
 
 from meter_gateway.config.schema import Config
 from meter_gateway.config.topology import MeterPlace
 from meter_gateway.gateway.events.delivery import (
-    AckedPublisher,
     database_sender,
     event_topic,
     mqtt_sender,
     webhook_sender,
 )
-from meter_gateway.gateway.events.engine import Engine
+from meter_gateway.gateway.events.engine import Engine, EngineStats
 from meter_gateway.gateway.events.event import Event
-from meter_gateway.gateway.events.outbox import Outbox, Send, backoff
+from meter_gateway.gateway.events.outbox import Outbox, OutboxStats, Send, backoff
 from meter_gateway.gateway.reading import Reading
 from meter_gateway.gateway.validate import Flag
 from meter_gateway.protocols.formats import Signal
 from meter_gateway.storage.deadletter import DeadLetterStore
 from meter_gateway.storage.webhook import WebhookClient
 
-__all__ = ["EventService"]
+__all__ = ["EventService", "EventServiceStats"]
 
 log = logging.getLogger("meter_gateway.events")
 
@@ -68,6 +66,18 @@ MQTT_TIMEOUT_S = 30.0  # a publish from memory waits this long for its PUBACK, t
 _MAGIC = b"MGEV1\n"  # state file: magic, then the outbox seq it covers, then the engine's blob
 
 
+class EventServiceStats(TypedDict):
+    """`EventService.stats()`: for the metrics and the status page."""
+
+    enabled: bool  # events.enabled
+    this_run: dict[str, int]  # events emitted since start, by "type state"
+    state_snapshots: int
+    published_from_memory: int
+    state_snapshot_s: float  # how long the last snapshot held the event loop
+    outbox: OutboxStats
+    engine: NotRequired[EngineStats]  # while the engine is enabled
+
+
 class EventService:
     """Owns the engine, the outbox and its drainers for one running gateway."""
 
@@ -80,7 +90,7 @@ class EventService:
         add_line: Callable[[str], int],
         wait_line_durable: Callable[[int], Awaitable[None]],
         precision_divisor: int,
-        mqtt_client: Callable[[], paho.Client] | None,
+        mqtt_publish: Callable[[str, bytes], Awaitable[None]] | None,
         hold_for_event: Callable[[int], None] | None = None,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
@@ -91,7 +101,7 @@ class EventService:
         self._hold = hold_for_event
         self.enabled = ev.enabled
         destinations = ["database"]
-        if mqtt_client is not None:
+        if mqtt_publish is not None:
             destinations.append("mqtt")
         self._webhook: WebhookClient | None = None
         if ev.webhook_url is not None:
@@ -109,17 +119,10 @@ class EventService:
         self._said_from_memory: set[int] = set()
         self._from_memory: set[asyncio.Task[None]] = set()
         self.published_from_memory = 0
-        if mqtt_client is not None:
+        if mqtt_publish is not None:
             # Waits for each PUBACK; a retry after a timeout awaits the same queued
             # message rather than queueing a copy.
-            # The client is asked for when the first event goes out (it is made after us).
-            get_client = mqtt_client
-            publisher: list[AckedPublisher] = []
-
-            async def publish(topic: str, payload: bytes) -> None:
-                if not publisher:
-                    publisher.append(AckedPublisher(get_client()))
-                await publisher[0](topic, payload)
+            publish = mqtt_publish
 
             self._senders["mqtt"] = self._unless_said(mqtt_sender(publish, ev.topic_prefix, gid))
             prefix = ev.topic_prefix
@@ -309,8 +312,8 @@ class EventService:
     def active(self) -> list[Event]:
         return self.engine.active() if self.enabled else []
 
-    def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def stats(self) -> EventServiceStats:
+        out: EventServiceStats = {
             "enabled": self.enabled,
             "this_run": {f"{t} {st}": n for (t, st), n in sorted(self.counts.items())},
             "state_snapshots": self.snapshots,

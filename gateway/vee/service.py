@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -47,12 +47,32 @@ from meter_gateway.gateway.vee.localday import day_bounds, day_of
 from meter_gateway.gateway.vee.store import IntervalStore, day_range
 from meter_gateway.storage.lineprotocol import encode_point
 
-__all__ = ["VeeService"]
+__all__ = ["DailyStatus", "VeeService"]
 
 log = logging.getLogger("meter_gateway.vee")
 
 NS = 1_000_000_000
 _DAY_NS = 86_400 * NS
+
+
+class DailyStatus(TypedDict):
+    """`VeeService.status()`: the daily figures and estimates, for the status page and
+    the metrics. The counters are `VeeService.stats`'."""
+
+    timezone: str
+    estimation: bool  # estimation.enabled
+    daily: bool  # daily.enabled
+    meters: int
+    closed_through: str | None  # the last local day computed at its close (ISO date)
+    days_computed: float
+    meter_days: float
+    estimates_written: float
+    estimates_replaced: float
+    estimates_standing: float
+    last_compute_s: float
+    store: str  # the interval store's folder
+    store_problem: str | None  # why the interval store cannot be written, while it cannot
+    samples_dropped: int
 
 
 class _Meter:
@@ -287,23 +307,22 @@ class VeeService:
         self._next_ns = now_ns + self._every_ns
         self.plan_flush()
         today = day_of(now_ns, self.tz)
-        self.start_clock(now_ns)
+        through = self.start_clock(now_ns)
         close = []
-        d = self.closed_through + timedelta(days=1)
+        d = through + timedelta(days=1)
         while day_bounds(d, self.tz)[1] + self._settle_ns <= now_ns:
             close.append(d)
             d += timedelta(days=1)
-        closed_through = close[-1] if close else self.closed_through
+        closed_through = close[-1] if close else through
         oldest = today - timedelta(days=self._keep_days)
         marked, self._dirty = self._dirty, {}
         dirty = {
             day: marked.get(day)
             for day in self.store.days()
-            if oldest <= day <= self.closed_through
-            and self.store.size(day) != self._computed.get(day)
+            if oldest <= day <= through and self.store.size(day) != self._computed.get(day)
         }
         for day, meters in marked.items():  # a neighbour's sample changed these
-            if day not in dirty and oldest <= day <= self.closed_through:
+            if day not in dirty and oldest <= day <= through:
                 dirty[day] = meters
         if not close and not dirty:
             return None
@@ -503,12 +522,15 @@ class VeeService:
         self.commit(job, res)
         return res
 
-    def start_clock(self, now_ns: int) -> None:
+    def start_clock(self, now_ns: int) -> date:
         """The first time the service learns what time it is: at a first start, days
-        before it are computed only where data for them arrives."""
-        if self.closed_through is None:
-            self.closed_through = day_of(now_ns, self.tz) - timedelta(days=1)
+        before it are computed only where data for them arrives. Returns
+        `closed_through`, which is set from then on."""
+        closed = self.closed_through
+        if closed is None:
+            closed = self.closed_through = day_of(now_ns, self.tz) - timedelta(days=1)
             self._save_state()
+        return closed
 
     async def run(self, clock: Callable[[], int] = _time.time_ns, every_s: float = 1.0) -> None:
         """Live: records to the OS every second; days computed in a thread when due.
@@ -536,15 +558,21 @@ class VeeService:
                 continue
             self.commit(job, res)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> DailyStatus:
         """For the status page and the metrics."""
+        st = self.stats
         return {
             "timezone": self.config.gateway.timezone,
             "estimation": self.estimate,
             "daily": self.daily,
             "meters": len(self._meters),
             "closed_through": self.closed_through.isoformat() if self.closed_through else None,
-            **self.stats,
+            "days_computed": st["days_computed"],
+            "meter_days": st["meter_days"],
+            "estimates_written": st["estimates_written"],
+            "estimates_replaced": st["estimates_replaced"],
+            "estimates_standing": st["estimates_standing"],
+            "last_compute_s": st["last_compute_s"],
             "store": str(self.store.folder),
             "store_problem": self.store.problem,
             "samples_dropped": self.store.dropped,

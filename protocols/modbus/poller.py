@@ -305,7 +305,7 @@ class Poller:
                 reason = self._note(dev, err.kind, cause, tries)
                 if err.from_device:
                     code = err.code if isinstance(err, DeviceExceptionError) else None
-                    sig = (err.kind, req.function, req.address, code)
+                    sig: tuple[object, ...] = (err.kind, req.function, req.address, code)
                     bad.append((sig, err.kind, reason, err.raw))
                 if isinstance(err, DeviceExceptionError):
                     continue  # alive, this block refused: try the others

@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Literal, Protocol, TypedDict
 
 import paho.mqtt.client as paho
 
@@ -40,16 +40,35 @@ from meter_gateway.protocols.logs import LogLimiter
 from meter_gateway.protocols.mqtt.client import Connection, MqttError, tls_context
 from meter_gateway.protocols.mqtt.config import MqttConfig
 
-__all__ = ["Durability", "FlowControl", "MqttSource", "match_topic"]
+__all__ = ["Durability", "FlowControl", "MqttSource", "MqttStats", "match_topic"]
 
 log = logging.getLogger("meter_gateway.mqtt")
 
 # topic, payload, format, the topic's meter id -> the ticket to be durable before the ack
 Handler = Callable[[str, bytes, PayloadFormat, "str | None"], int]
+# A topic's format and the meter id its topic gives (None: a topic no filter matches).
+_Route = tuple[PayloadFormat, "str | None"]
 
 #: Connection losses within this many seconds that make a reconnect loop.
 LOOP_WINDOW_S = 120.0
 LOOP_LOSSES = 3
+
+
+class MqttStats(TypedDict):
+    """`MqttSource.stats()`: state and counters for metrics and the status page."""
+
+    broker: str  # host:port
+    client_id: str
+    connected: bool
+    connects: int
+    attempts: int
+    unacknowledged: int  # messages received but not yet acknowledged
+    stalled_s: float
+    reconnect_loop: int  # connection losses in the last LOOP_WINDOW_S when they make a loop
+    sessions_lost: int
+    unrouted: int
+    handler_errors: int
+    publish_dropped: int
 
 
 class FlowControl(Protocol):
@@ -62,7 +81,8 @@ class FlowControl(Protocol):
 class Durability(Protocol):
     """How far the records behind the handler's tickets are on disk."""
 
-    durable: int
+    @property
+    def durable(self) -> int: ...
 
     async def wait_durable(self, seq: int) -> None: ...
 
@@ -113,7 +133,7 @@ class MqttSource:
         self._session_file = state_dir / "mqtt-session" if state_dir is not None else None
         self._on_state = on_state or (lambda connected: None)
         self._filters = [(sub.topic.split("/"), FORMATS[sub.format]) for sub in cfg.subscriptions]
-        self._routes: dict[str, tuple[PayloadFormat, str | None] | None] = {}
+        self._routes: dict[str, _Route | None] = {}
         # One connection object, one paho client, for the life of the source: what is
         # published while the broker is away waits in it (see publish_nowait).
         self._conn = self._make_connection()
@@ -140,7 +160,7 @@ class MqttSource:
         await self._connected_event.wait()
 
     # -- routing ------------------------------------------------------------------------
-    def _route(self, topic: str) -> tuple[PayloadFormat, str | None] | None:
+    def _route(self, topic: str) -> _Route | None:
         route = None
         for levels, fmt in self._filters:
             ok, topic_id = match_topic(levels, topic)
@@ -160,7 +180,8 @@ class MqttSource:
         ticket = 0
         try:
             topic = msg.topic
-            route = self._routes.get(topic, False)
+            # False: not seen yet (None is cached too: a topic routed nowhere).
+            route: _Route | Literal[False] | None = self._routes.get(topic, False)
             if route is False:
                 route = self._route(topic)
             if route is None:
@@ -253,7 +274,7 @@ class MqttSource:
         """Messages received but not yet acknowledged."""
         return len(self._held)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> MqttStats:
         """State and counters for metrics and the status page (a snapshot)."""
         return {
             "broker": f"{self._cfg.host}:{self._cfg.port}",
@@ -317,11 +338,12 @@ class MqttSource:
         self.publish_dropped += 1
         return False
 
-    @property
-    def paho_client(self) -> paho.Client:
-        """The paho client behind every connection of this source (it outlives them):
-        for publishers that wait for the broker's acknowledgement (the event outbox)."""
-        return self._conn.client
+    async def publish_acked(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> None:
+        """Publish and return once the broker acknowledged it (for the event outbox);
+        see `Connection.publish_acked`."""
+        await self._conn.publish_acked(topic, payload, qos, retain)
 
     # -- connection ---------------------------------------------------------------------------
     def _make_connection(self) -> Connection:

@@ -173,7 +173,7 @@ async def test_a_clock_set_back_600_s_is_clock_drift_on_its_second_reading(
         # The back-filled batch went in before the reset (events come out in order): it
         # raised nothing.
         assert not events.of("clock_drift", "m-fill")
-        assert gw.pipeline.stored["mqtt"] >= 290 + 2 * 6
+        assert gw.pipeline.spooled["mqtt"] >= 290 + 2 * 6
 
         # Judged on its new timeline (still behind: nothing new), then set right: cleared.
         await meters.rounds(2)

@@ -100,7 +100,7 @@ async def test_hostile_batches_cost_about_their_size_and_delay_nothing_for_long(
         good = {"ts": int(time.time()), "energy_import_kwh": 1.0, "voltage_v": 230.0}
         publisher.publish("meters/m-after/reading", orjson.dumps(good))
         await wait_until(
-            lambda: gw.pipeline.stored.get("mqtt", 0) >= 1, within=60, what="the good reading"
+            lambda: gw.pipeline.spooled.get("mqtt", 0) >= 1, within=60, what="the good reading"
         )
         handled_s = time.monotonic() - sent
         await wait_until(lambda: series(victoria, "m-after"), what="the good reading stored")
@@ -215,7 +215,7 @@ async def test_a_flood_of_new_meters_is_refused_beyond_the_limit(
         return orjson.dumps({"meter_id": meter, "ts": t, "power_w": 5.0})
 
     publisher.publish("meters/early-1/reading", reading("early-1", now - 600))
-    await wait_until(lambda: gw.pipeline.stored.get("mqtt", 0) == 1, what="early-1 taken")
+    await wait_until(lambda: gw.pipeline.spooled.get("mqtt", 0) == 1, what="early-1 taken")
     messages: list[tuple[str, bytes | str]] = []
     for b in range(20):
         flood = [{"meter_id": f"f-{b}-{i}", "ts": now, "power_w": 1.0} for i in range(100)]
@@ -239,14 +239,14 @@ async def test_a_flood_of_new_meters_is_refused_beyond_the_limit(
     from prometheus_client import generate_latest
     from prometheus_client.core import CollectorRegistry
 
-    from meter_gateway.gateway.http import _Collector, page_view, status_snapshot
+    from meter_gateway.gateway.status import GatewayCollector, page_view, status_snapshot
 
     snap = status_snapshot(gw)
     assert snap["admission"] == {"max_meters": 20, "meters_admitted": 20, "meters_refused": 1981}
     attention = " ".join(page_view(snap)["attention"])
     assert "limits.max_meters (20) reached: 1,981 readings or messages" in attention
     registry = CollectorRegistry()
-    registry.register(_Collector(gw))
+    registry.register(GatewayCollector(gw))
     metrics = generate_latest(registry).decode()
     assert "meter_gateway_meters_refused_total 1981.0" in metrics
     assert "meter_gateway_meters_admitted 20.0" in metrics

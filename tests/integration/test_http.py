@@ -12,8 +12,8 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from meter_gateway.gateway.app import Gateway
-from meter_gateway.gateway.http import page_view, render_page, status_snapshot
 from meter_gateway.gateway.reading import Reading
+from meter_gateway.gateway.status import page_view, render_page, status_snapshot
 from tests.conftest import make_config, wait_until
 
 _NS = 1_000_000_000

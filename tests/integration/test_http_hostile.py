@@ -10,7 +10,7 @@ import logging
 import aiohttp
 import pytest
 
-from meter_gateway.gateway.http import _QuietRequestHandler
+from meter_gateway.gateway.status.server import _QuietRequestHandler
 from tests.conftest import make_config
 
 TOKEN = "tok-Sx81-secret-Qw"

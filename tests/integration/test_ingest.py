@@ -144,5 +144,5 @@ async def test_readings_are_stored_field_for_field(
     # Tags from the topology file, escaped on the wire and read back as written.
     assert {m: TAGS[m] for m in TAGS} == {m: place(m) for m in TAGS}
     assert len(TAGS) == 120
-    assert gw.pipeline.stored["mqtt"] == len(expected)
+    assert gw.pipeline.spooled["mqtt"] == len(expected)
     assert sum(gw.pipeline.rejected.values()) == 0

@@ -60,7 +60,7 @@ async def test_modbus_meter_is_polled_and_stored(
     for field, value in VALUES.items():
         assert got[field]["metric"]["source"] == "modbus"
         assert got[field]["values"][0] == pytest.approx(f32(value), rel=1e-7), field
-    assert gw.pipeline.stored["modbus"] >= 2
+    assert gw.pipeline.spooled["modbus"] >= 2
 
 
 async def test_modbus_device_sending_exceptions_is_dead_lettered_not_fatal(
@@ -95,7 +95,7 @@ async def test_modbus_device_sending_exceptions_is_dead_lettered_not_fatal(
     )
     gw = await run_gateway(cfg)
     await wait_until(
-        lambda: gw.dead_letter.count and gw.pipeline.stored["modbus"] >= 3,
+        lambda: gw.dead_letter.count and gw.pipeline.spooled["modbus"] >= 3,
         what="live readings and a rejected exception response",
     )
     await gw.dead_letter.flush()

@@ -255,7 +255,7 @@ def mutations(count: int = COUNT, seed: int = SEED) -> list[tuple[str, bytes]]:
 
 async def _build_like_run(cfg: Config) -> None:
     from meter_gateway.gateway.app import Gateway
-    from meter_gateway.gateway.http import render_page, status_snapshot
+    from meter_gateway.gateway.status import render_page, status_snapshot
 
     gw = Gateway(cfg, shutdown_timeout_s=1)
     # start(): the data directory, then the status server's address.

@@ -604,7 +604,7 @@ def test_through_the_pipeline_readings_are_stored_and_signals_raised(tmp_path):
         )
     finally:
         spb.reset()
-    assert p.stored["mqtt"] == 3
+    assert p.spooled["mqtt"] == 3
     assert signals == [("edge-9", "online", "spBv1.0/g/NBIRTH/edge-9")]
     assert sum(p.rejected.values()) == 1
     assert any(line.startswith("reading") or "edge-9" in line for line in Sink.lines)

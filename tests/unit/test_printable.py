@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from meter_gateway.gateway.app import Gateway
-from meter_gateway.gateway.http import render_page, status_snapshot
 from meter_gateway.gateway.logs import library_limit, printable, setup_logging
+from meter_gateway.gateway.status import render_page, status_snapshot
 from tests.conftest import make_config
 
 RTL = "m-\u202eliam\u202c"  # shows as "m-mail" reversed: a forged id
