@@ -14,7 +14,7 @@ import math
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import NoReturn
+from typing import NoReturn, cast
 
 from meter_gateway.config.schema import ValidationConfig
 from meter_gateway.gateway.reading import CURRENT_FIELDS, FIELDS, VOLTAGE_FIELDS, Reading
@@ -186,10 +186,10 @@ class Validator:
         meter_id = obj.get("meter_id")
         # The type first: a list or an object is unhashable and cannot be looked up.
         if type(meter_id) is not str or meter_id not in self._ids:
-            self._check_meter_id(meter_id)
+            meter_id = self._check_meter_id(meter_id)
         ts = obj.get("ts")
         # A time seen before (a fleet shares its timestamps): the cache, without a call.
-        ts_ns = self._ts_cache.get(ts) if type(ts) is str else None  # type: ignore[call-overload]
+        ts_ns = self._ts_cache.get(ts) if type(ts) is str else None
         if ts_ns is None:
             ts_ns = self._ts(ts)
         if ts_ns > now_ns + self._max_future_ns:
@@ -262,7 +262,7 @@ class Validator:
                 field="reading",
                 kind="missing",
             )
-        return _new_tuple(Reading, (meter_id, ts_ns, source, values, "actual"))  # type: ignore[no-any-return]
+        return _new_tuple(Reading, (meter_id, ts_ns, source, values, "actual"))
 
     @staticmethod
     def _beyond(message: str, kind: str, meter_id: str, ts_ns: int, bound_ns: int) -> NoReturn:
@@ -274,7 +274,8 @@ class Validator:
             clock=Flag(kind, meter_id, ts_ns, message, bound_ns / _NS),
         )
 
-    def _check_meter_id(self, meter_id: object) -> None:
+    def _check_meter_id(self, meter_id: object) -> str:
+        """`meter_id` when it follows the id rule (and is remembered); else Invalid."""
         if meter_id is None:
             raise Invalid("meter_id: missing", field="meter_id", kind="missing")
         if type(meter_id) is not str:
@@ -286,17 +287,19 @@ class Validator:
             raise Invalid(id_problem(meter_id) or "", field="meter_id", kind="format")
         if len(self._ids) < 1_000_000:
             self._ids.add(meter_id)
+        return meter_id
 
     def _ts(self, ts: object) -> int:
         t = type(ts)
         if t is str:
-            cached = self._ts_cache.get(ts)  # type: ignore[arg-type]
+            text = cast(str, ts)  # `t is str` (mypy narrows only `type(ts) is str` itself)
+            cached = self._ts_cache.get(text)
             if cached is not None:
                 return cached
-            ns = _parse_rfc3339(ts)  # type: ignore[arg-type]
+            ns = _parse_rfc3339(text)
             if len(self._ts_cache) >= 4096:
                 self._ts_cache.clear()
-            self._ts_cache[ts] = ns  # type: ignore[index]
+            self._ts_cache[text] = ns
             return ns
         if t is int:
             if not 0 <= ts <= _EPOCH_S_MAX:  # type: ignore[operator]
@@ -419,7 +422,8 @@ class MeterRules:
         recent = st.recent
         seen = recent.get(ts)
         if seen is not None:
-            earlier = seen if type(seen) is list else [seen]
+            # isinstance narrows `seen` on both sides (`type(seen) is list` only on one).
+            earlier = seen if isinstance(seen, list) else [seen]
             if any(e >> _MASK_BITS == fp for e in earlier):
                 self.duplicates += 1
                 return None

@@ -331,7 +331,7 @@ def _batch(t: float, concentrator_id: str, readings: list[bytes]) -> Message:
 
 def _altered(reading: dict[str, Any], i: int) -> bytes:
     """The reading with ``i`` W more power: same meter and ts, different values."""
-    power = float(reading["power_w"])  # type: ignore[arg-type]
+    power = float(reading["power_w"])
     return orjson.dumps({**reading, "power_w": round(power + i, 1)})
 
 

@@ -496,7 +496,7 @@ class MeterModel:
                 load, pv = d.load, d.pv
                 while a < b:
                     m = int(a // STEP_S)
-                    nxt = (m + 1) * STEP_S
+                    nxt: float = (m + 1) * STEP_S
                     if nxt > b:
                         nxt = b
                     power = (load[m] + xw) * lf

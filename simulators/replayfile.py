@@ -133,7 +133,7 @@ def message_lines(msg: Message) -> list[bytes]:
     raise ValueError(f"unknown message kind {msg.kind!r}")
 
 
-def _open(path: Path, stack: contextlib.ExitStack) -> IO[bytes]:
+def _open(path: Path, stack: contextlib.ExitStack) -> IO[bytes] | gzip.GzipFile:
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = stack.enter_context(path.open("wb", buffering=1 << 20))
     if path.name.endswith(".gz"):

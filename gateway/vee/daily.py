@@ -49,7 +49,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from operator import itemgetter
-from typing import NamedTuple
+from typing import Final, Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
 from meter_gateway.gateway.vee.localday import NS, grid_with_wall
@@ -89,11 +89,15 @@ class DailyFigures:
 
 
 _TS = itemgetter(0)
-_IMP, _EXP, _EST = 1, 2, 3  # field positions in DaySample
+# Field positions in DaySample; Final, so that indexing a sample with them has the
+# field's own type.
+_IMP: Final = 1
+_EXP: Final = 2
+_EST: Final = 3
 
 
 def _boundary_values(
-    win: Sequence[DaySample], grid: Sequence[int], reg: int, iv_ns: int
+    win: Sequence[DaySample], grid: Sequence[int], reg: Literal[1, 2], iv_ns: int
 ) -> tuple[list[float | None], list[bool]]:
     """The register at every boundary (None: unknown) and whether it is estimated.
 

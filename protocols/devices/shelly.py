@@ -90,7 +90,8 @@ def _fields(status: dict[str, Any]) -> dict[str, Any]:
                 out[name] = values
         if "total_act_power" in status:
             out["power_w"] = status["total_act_power"]
-            p, s = status["total_act_power"], status.get("total_aprt_power")
+            # No apparent power reads as 0, which `s > 0` leaves without a factor.
+            p, s = status["total_act_power"], status.get("total_aprt_power", 0)
             if type(p) in (int, float) and type(s) in (int, float) and s > 0:
                 out["power_factor"] = round(p / s, 4)
         if "a_freq" in status:

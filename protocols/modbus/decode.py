@@ -11,6 +11,7 @@ import math
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from meter_gateway.protocols.modbus.datatypes import DATA_TYPES, ByteOrder, DataType, WordOrder
 from meter_gateway.protocols.modbus.registermap import RegisterEntry
@@ -21,12 +22,12 @@ __all__ = ["FLOAT32_MAX", "DecodeProblem", "decode", "decode_block", "encode", "
 def _to_wire(words: Sequence[int], word_order: WordOrder, byte_order: ByteOrder) -> bytes:
     """Words as received -> the big-endian byte string `struct` unpacks."""
     ordered = reversed(words) if word_order is WordOrder.LITTLE else words
-    endian = "little" if byte_order is ByteOrder.LITTLE else "big"
+    endian: Literal["little", "big"] = "little" if byte_order is ByteOrder.LITTLE else "big"
     return b"".join(w.to_bytes(2, endian) for w in ordered)
 
 
 def _from_wire(data: bytes, word_order: WordOrder, byte_order: ByteOrder) -> list[int]:
-    endian = "little" if byte_order is ByteOrder.LITTLE else "big"
+    endian: Literal["little", "big"] = "little" if byte_order is ByteOrder.LITTLE else "big"
     words = [int.from_bytes(data[i : i + 2], endian) for i in range(0, len(data), 2)]
     return words[::-1] if word_order is WordOrder.LITTLE else words
 
@@ -39,7 +40,7 @@ def decode_raw(words: Sequence[int], entry: RegisterEntry) -> float | int:
     (raw,) = struct.unpack(
         ">" + info.struct_code, _to_wire(words, entry.word_order, entry.byte_order)
     )
-    return raw  # type: ignore[no-any-return]
+    return raw
 
 
 def decode(words: Sequence[int], entry: RegisterEntry) -> float:

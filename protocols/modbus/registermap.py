@@ -198,7 +198,8 @@ def _apply_defaults(data: dict[str, Any]) -> dict[str, Any]:
 
 def _format_errors(origin: str, data: dict[str, Any], exc: ValidationError) -> str:
     lines = []
-    entries = data.get("registers") if isinstance(data.get("registers"), list) else []
+    registers = data.get("registers")
+    entries = registers if isinstance(registers, list) else []
     for err in exc.errors():
         loc = err["loc"]
         path = ""

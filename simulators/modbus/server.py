@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
@@ -130,7 +130,9 @@ def make_meter(
     """A meter of a bundled model; live values from the meter model unless `values`/`live=False`."""
     rmap = bundled_map(model)
     meter_id = meter_id or f"{model}-{unit:04d}"
-    phases = 3 if any(e.field.endswith(("l2_v", "l3_v")) for e in rmap.registers) else 1
+    phases: Literal[1, 3] = (
+        3 if any(e.field.endswith(("l2_v", "l3_v")) for e in rmap.registers) else 1
+    )
     source: ValueSource
     if values is not None or not live:
         source = static_source(values, phases=phases)
@@ -142,6 +144,15 @@ def make_meter(
         else:
             source = model_source(MeterModel(meter_id, seed=seed, phases=phases, start=start))
     return SimulatedMeter(unit=unit, register_map=rmap, source=source, meter_id=meter_id)
+
+
+class _SerialOptions(TypedDict):
+    """The line settings ModbusSerialServer takes as keywords."""
+
+    baudrate: int
+    parity: str
+    stopbits: int
+    bytesize: int
 
 
 class MeterServer:
@@ -170,7 +181,7 @@ class MeterServer:
         self.port = port
         self.serial_port = serial_port
         self._framer = FramerType.RTU if (framer == "rtu" or serial_port) else FramerType.SOCKET
-        self._serial = {
+        self._serial: _SerialOptions = {
             "baudrate": baudrate,
             "parity": parity,
             "stopbits": stopbits,
@@ -214,7 +225,7 @@ class MeterServer:
                 framer=FramerType.RTU,
                 port=self.serial_port,
                 trace_packet=self._trace_packet,
-                **self._serial,  # type: ignore[arg-type]
+                **self._serial,
             )
         else:
             self._server = ModbusTcpServer(

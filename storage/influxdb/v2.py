@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import cast
+
 import aiohttp
 from influxdb_client.client.exceptions import InfluxDBError
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
@@ -26,7 +29,9 @@ class V2Client:
 
     def __init__(self, cfg: StorageConfig) -> None:
         self._cfg = cfg
-        self._precision = _PRECISION[cfg.precision]
+        # influxdb-client annotates `write_precision` as its WritePrecision class, whose
+        # constants (the values here) are plain strings: the annotation is what is wrong.
+        self._precision = cast(WritePrecision, _PRECISION[cfg.precision])
         self._client: InfluxDBClientAsync | None = None
         self.target = f"{cfg.shown_url} bucket {cfg.bucket!r} (v2 /api/v2/write)"
 
@@ -54,7 +59,7 @@ class V2Client:
                 write_precision=self._precision,
             )
         except ApiException as exc:
-            headers = exc.headers or {}
+            headers: Mapping[str, str] = exc.headers or {}
             body_text = (
                 exc.body.decode("utf-8", "replace")
                 if isinstance(exc.body, bytes)
