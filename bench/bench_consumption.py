@@ -28,8 +28,6 @@ The data is in a temporary folder unless `--dir` names one (then it is kept).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from collections import Counter
@@ -51,6 +49,7 @@ from meter_gateway.simulators.score import (
 from meter_gateway.simulators.truth import read_truth
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
 import replaybench
 from report import print_table
 
@@ -153,7 +152,7 @@ def main() -> int:
     if args.weeks is not None and args.weeks < 2:
         ap.error("--weeks: at least 2 (a week of warm-up, a week of faults)")
 
-    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.platform()}")
+    print("\n".join(common.environment(detectors=True)))
     scenario = scaled(load_scenario(args.scenario), args.meters, args.weeks)
     with replaybench.folder(args.dir, "bench-consumption-") as folder:
         fleet = Fleet(scenario)

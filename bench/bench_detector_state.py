@@ -35,10 +35,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.metadata
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -48,6 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common
 from report import print_table  # bench/report.py: run as `python bench/<name>.py`
 
 from meter_gateway.config.schema import EventsConfig
@@ -206,19 +204,6 @@ def child(case: str, meters: int, transformers: int, rounds: int) -> dict[str, A
 
 
 # -- the parent: run the children, print the table ---------------------------------------------
-def environment() -> list[str]:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return [
-        f"date        {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
-        f"machine     {platform.machine()}, {cpus} usable CPUs ({os.cpu_count()} online), "
-        f"load average {load}",
-        f"python      {platform.python_version()} ({platform.python_implementation()})",
-        f"packages    orjson {importlib.metadata.version('orjson')}, "
-        f"pydantic {importlib.metadata.version('pydantic')}",
-    ]
-
-
 def run_child(case: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [
         sys.executable,
@@ -316,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Detector state: {args.meters:,} meters on {args.transformers:,} transformers, "
         f"{args.readings} three-phase readings each, a fresh process per run"
     )
-    for line in environment():
+    for line in common.environment(["orjson", "pydantic"], detectors=True):
         print("  " + line)
     print()
     results: dict[str, list[dict[str, Any]]] = {c: [] for c in CASES}
@@ -335,9 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     print()
     ok = print_results(results)
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print()
-    print(f"load average at the end: {load}")
+    print(f"load average at the end: {common.load_average()}")
     return 0 if ok else 1
 
 

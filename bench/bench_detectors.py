@@ -21,12 +21,9 @@ The data is in a temporary folder unless `--dir` names one (then it is kept).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 from pathlib import Path
 
-from meter_gateway.gateway.events import compiled
 from meter_gateway.gateway.replay import ReplaySummary
 from meter_gateway.simulators.fleet import Fleet
 from meter_gateway.simulators.meter import rfc3339
@@ -35,6 +32,7 @@ from meter_gateway.simulators.score import Score, read_events, score
 from meter_gateway.simulators.truth import read_truth
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
 import replaybench
 from report import print_table
 
@@ -75,9 +73,8 @@ def main() -> int:
     ap.add_argument("--show", type=int, default=5, help="missed/false examples to list")
     args = ap.parse_args()
 
-    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.platform()}")
-    # Replay speed depends on it: the detectors compiled, or their Python fallback.
-    print(f"event detectors: {compiled.status}")
+    # Replay speed depends on the detectors' build: compiled, or their Python sources.
+    print("\n".join(common.environment(detectors=True)))
     with replaybench.folder(args.dir, "bench-detectors-") as folder:
         fleet = Fleet(load_scenario(args.scenario))
         path, gen_s = replaybench.generate(fleet, folder, args.reuse)

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import platform
 import statistics
 import sys
 import time
@@ -38,10 +36,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common
 from report import print_table  # bench/report.py: run as `python bench/<name>.py`
 
 from meter_gateway.config.schema import EventsConfig, ValidationConfig
-from meter_gateway.gateway.events import compiled
 from meter_gateway.gateway.events.engine import Engine
 from meter_gateway.gateway.events.service import EventService
 from meter_gateway.gateway.pipeline import Pipeline
@@ -156,7 +154,7 @@ def _pipeline_run(stream: list[tuple[int, bytes]], detect: bool) -> tuple[float,
         clock.now_ns = arrive
         handle(TOPIC, payload, fmt, "dc-1")
     dt = time.process_time() - t
-    n = sum(p.stored.values())
+    n = sum(p.spooled.values())
     assert n == len(stream) * PER_BATCH, (n, p.rejected)
     return dt / n * 1e6, len(events)
 
@@ -193,10 +191,10 @@ def main() -> int:
     ap.add_argument("--batches", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
+    print("\n".join(common.environment(["orjson"], detectors=True)))
     print(
-        f"python {platform.python_version()}, {os.cpu_count()} CPUs, {args.meters} meters,"
-        f" {args.batches} x {PER_BATCH}-reading batches, median of {args.repeat};"
-        f" detectors: {compiled.status}"
+        f"{args.meters} meters, {args.batches} x {PER_BATCH}-reading batches, "
+        f"median of {args.repeat}"
     )
     t0_s = float(int(time.time()) // INTERVAL_S * INTERVAL_S - 86400)
     rows = []

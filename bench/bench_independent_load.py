@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import platform
 import sys
 import time
 from collections import Counter
@@ -32,6 +30,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
 import independent_load as il
 import replaybench
 from report import print_table
@@ -246,9 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"bench_independent_load: {spec.households} households (CREST / richardsonpy), "
         f"{spec.businesses} businesses (BDEW / demandlib), {spec.days} days at 15 min, "
-        f"seed {spec.seed}; python {platform.python_version()}, {os.cpu_count()} CPUs, "
-        f"detectors {_build()}" + (f"; events: {events}" if events else "; shipped defaults")
+        f"seed {spec.seed}" + (f"; events: {events}" if events else "; shipped defaults")
     )
+    print("\n".join(common.environment(["richardsonpy", "demandlib"], detectors=True)))
     t0 = time.perf_counter()
     fleet = il.generate(spec, args.cache)
     gen_s = time.perf_counter() - t0
@@ -274,12 +273,6 @@ def main(argv: list[str] | None = None) -> int:
         + ("met" if not over else "missed: " + ", ".join(f"{k} {v:.2f}" for k, v in over.items()))
     )
     return 0
-
-
-def _build() -> str:
-    from meter_gateway.gateway.events.compiled import status
-
-    return status
 
 
 if __name__ == "__main__":

@@ -9,10 +9,9 @@ meter rules, line protocol) for single messages and 100-reading batches.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
-import influxdb_client
+import common  # bench/common.py: run as `python bench/<name>.py`
 import orjson
 from influxdb_client import Point, WritePrecision
 
@@ -136,10 +135,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100_000)
     n = ap.parse_args().n
-    print(
-        f"python {platform.python_version()}, influxdb-client {influxdb_client.__version__}, "
-        f"{n:,} readings with all 11 fields"
-    )
+    print("\n".join(common.environment(["influxdb-client", "orjson"])))
+    print(f"{n:,} readings with all 11 fields")
     a, b = rate(ours, n), rate(points, n)
     print(f"  encode, ours (ReadingEncoder):       {a:>12,.0f} readings/s")
     print(f"  encode, influxdb-client Point:       {b:>12,.0f} readings/s   (ours x{a / b:.1f})")

@@ -27,13 +27,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import common  # bench/common.py: run as `python bench/<name>.py`
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from meter_gateway.protocols.modbus.config import ModbusConfig  # noqa: E402 - after the path fix-up
-from meter_gateway.protocols.modbus.poller import Poller  # noqa: E402
+from meter_gateway.protocols.modbus.config import ModbusConfig
+from meter_gateway.protocols.modbus.poller import Poller
 
 
 def _free_run(n: int) -> int:
@@ -68,6 +66,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def main(args: argparse.Namespace) -> int:
+    print("\n".join(common.environment(["pymodbus"])))
     live = args.meters - args.dead
     ports = -(-live // args.units_per_port)
     base = _free_run(ports + 1)
@@ -80,7 +79,7 @@ async def main(args: argparse.Namespace) -> int:
         "--port", str(base), "--model", args.model, "--seed", "1",
         "--config-out", str(devices_file), "--interval", str(args.interval),
         stderr=asyncio.subprocess.PIPE,
-            cwd=str(ROOT),
+            cwd=str(common.ROOT),
     )  # fmt: skip
     assert sim.stderr is not None
     try:
@@ -92,9 +91,9 @@ async def main(args: argparse.Namespace) -> int:
             if "serving" in line:
                 break
         devices = yaml.safe_load(devices_file.read_text())["modbus"]["devices"]
-        common = {"interval_s": args.interval, "timeout_s": args.timeout, "retries": args.retries}
+        each = {"interval_s": args.interval, "timeout_s": args.timeout, "retries": args.retries}
         for d in devices:
-            d.update(common)
+            d.update(each)
         silent = args.dead // 2
         for k in range(silent):  # unit ids above the served ones, on the live connections
             port = base + k % ports
@@ -102,12 +101,12 @@ async def main(args: argparse.Namespace) -> int:
             unit = served + 1 + k // ports
             devices.append(
                 {"meter_id": f"silent-{k:03d}", "model": args.model, "host": "127.0.0.1",
-                 "port": port, "unit": unit, **common}
+                 "port": port, "unit": unit, **each}
             )  # fmt: skip
         for k in range(args.dead - silent):
             devices.append(
                 {"meter_id": f"refused-{k:03d}", "model": args.model, "host": "127.0.0.1",
-                 "port": closed_port, "unit": k + 1, **common}
+                 "port": closed_port, "unit": k + 1, **each}
             )  # fmt: skip
         cfg = ModbusConfig.model_validate({"devices": devices})
         readings = Counter[str]()

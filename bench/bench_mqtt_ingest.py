@@ -1,13 +1,15 @@
 """MQTT ingest throughput: readings per second from a broker into the database.
 
-Compares, in the same run, four consumers draining the same broker: a bare paho-mqtt 2
-subscriber, the gateway as deployed (readings durable in its on-disk spool before any
+Compares, in the same run, five consumers draining the same broker: two bare paho-mqtt 2
+subscribers (MQTT 5 with the gateway's Receive Maximum, and a plain MQTT 3.1.1 one), the
+gateway as deployed (readings durable in its on-disk spool before any
 acknowledgement, the event detectors fed every stored reading), the same gateway with
 `events.enabled: false` (no detectors: the pipeline gets no `on_readings` hook), and the
 gateway with `spool=False` (readings wait in memory, the path before the spool; for
 benchmarks only; detectors on):
 
     .venv/bin/python bench/bench_mqtt_ingest.py [--messages N] [--batches N] [--repeat K]
+                                                [--quick] [--all-formats] [--profile FILE]
 
 Two cases, QoS 1 both:
 
@@ -23,15 +25,17 @@ with the consumer for a core):
    gateway, so each creates its series itself (the second writer of the same readings
    into one database would find them all created).
 2. Give each consumer a persistent session (MQTT 5, clean start off, session expiry,
-   fixed client id) subscribed to both topics, then disconnect it: the bare paho
-   subscriber `bench-paho`, the gateway with the spool (`meter-gateway-bench-spool`),
+   fixed client id; the plain subscriber: MQTT 3.1.1, clean session off) subscribed to
+   both topics, then disconnect it: the bare paho subscribers `bench-paho` and
+   `bench-paho-plain`, the gateway with the spool (`meter-gateway-bench-spool`),
    the same without detectors (`meter-gateway-bench-nodetect`) and the gateway without
    the spool (`meter-gateway-bench-memory`), each started, connected and stopped; each
    gateway has its own data_dir.
 3. Per case: publish the messages with QoS 1 from a separate paho client and wait for
-   every PUBACK, then disconnect it. The four sessions now hold every message.
-4. Drain with the bare subscriber: connect, and time until `on_message` (which only
-   counts; paho acknowledges QoS 1 itself) has seen all N messages.
+   every PUBACK, then disconnect it. The five sessions now hold every message.
+4. Drain with each bare subscriber, the MQTT 5 one first: connect, and time from
+   `connect()` (as the gateways' drains include their connect) until `on_message`
+   (which only counts; paho acknowledges QoS 1 itself) has seen all N messages.
 5. Drain with each gateway (`Gateway(config)`, the same with `events.enabled: false`,
    and `Gateway(config, spool=False)`, under uvloop, as `meter-gateway run` runs it; the
    order is reversed from one repeat to the next, so the two with the spool take turns
@@ -44,16 +48,21 @@ with the consumer for a core):
 
 The detectors see the readings as live ones, arriving now. The events they raise
 are counted per drain (`Gateway.events.counts`) and printed; their WARNING log lines
-are counted and kept off the terminal (one per event would bury the results). With
-these readings each meter raises one `reverse_energy` (its export register rises and
-no meter is marked prosumer): 1,000 events per drain with the detectors on.
+are counted and kept off the terminal (one per event would bury the results). The
+meters are consumers (their export register stays put), so these readings are expected
+to raise none.
 
-All consumers ask the broker for the same MQTT 5 Receive Maximum (the gateway's
-configured one, 500 by default), so only the client side differs. Timestamps are
+The MQTT 5 consumers ask the broker for the same Receive Maximum (the gateway's
+configured one, 500 by default), so only the client side differs. The plain subscriber
+is the baseline without that handicap: paho decodes an MQTT 3.1.1 PUBLISH without
+building a `Properties` for it, and the broker sends it up to its own window
+(`max_inflight_messages 1000`, as deployed) unacknowledged. The gateway's ratio against
+each is printed; >= 1.00 means it drains as fast as that subscriber. Timestamps are
 within the last days (the gateway refuses readings older than 7 days), distinct per
 meter, and meter ids are distinct per case and repeat, so nothing is a duplicate.
 
-Each case runs `--repeat` times (3 by default; about 2.5 min in all); the summary
+Each case runs `--repeat` times (3 by default; about 2.5 min in all; `--quick`: 10,000
+messages, 200 batches, once, to check the bench runs); the summary
 gives the median and range. Each drain also reports the CPU time the consumer, the
 broker and the database used meanwhile, in % of one core: on a 2-core machine the
 gateway and VictoriaMetrics share the cores, so the database's work bounds the rate.
@@ -73,37 +82,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import importlib.metadata
 import logging
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import common  # bench/common.py: run as `python bench/<name>.py`
 import orjson
 import paho.mqtt.client as paho
 import uvloop
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from report import print_table  # bench/report.py: run as `python bench/<name>.py`
+from report import print_table  # bench/report.py
 
 from meter_gateway.config.schema import Config
 from meter_gateway.gateway.app import Gateway
-from meter_gateway.gateway.events import compiled
 from meter_gateway.simulators.services import Mosquitto, VictoriaMetrics
 
 METERS = 1000
 BATCH_SIZE = 100  # readings per concentrator message
 PAHO_CLIENT_ID = "bench-paho"
+PLAIN_CLIENT_ID = "bench-paho-plain"
 GATEWAY_ID = "bench"
 
 
@@ -139,6 +144,8 @@ ALL_FORMATS = (
     ("spBv1.0/#", "sparkplug-b"),
 )
 SESSION_EXPIRY_S = 3600
+# The options' defaults: (a full run, --quick) when the option is not given.
+RUN_SIZES = {"messages": (50_000, 10_000), "batches": (2_000, 200), "repeat": (3, 1)}
 
 
 # -- payloads ---------------------------------------------------------------------------------
@@ -201,32 +208,6 @@ def batch_messages(n: int, tag: str) -> list[tuple[str, bytes]]:
         payload = orjson.dumps({"concentrator_id": cid, "readings": readings})
         out.append((f"concentrators/{cid}/readings", payload))
     return out
-
-
-# -- where the data goes -----------------------------------------------------------------------
-def mount_of(path: Path) -> tuple[str, str, str]:
-    """(mount point, filesystem type, device) of the filesystem holding `path`."""
-    path = path.resolve()
-    best = ("/", "?", "?")
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                dev, mnt, fstype = line.split()[:3]
-                mnt = mnt.replace("\\040", " ")
-                if path.is_relative_to(mnt) and len(mnt) >= len(best[0]):
-                    best = (mnt, fstype, dev)
-    except OSError:
-        pass
-    return best
-
-
-def disk_tempdir() -> Path:
-    """Where the temporary folder goes: the system's, unless that is in memory (tmpfs),
-    where the spool's fsyncs would cost nothing; then beside the repository."""
-    tmp = Path(tempfile.gettempdir())
-    if mount_of(tmp)[1] in ("tmpfs", "ramfs"):
-        return Path(__file__).resolve().parent.parent
-    return tmp
 
 
 # -- CPU accounting ----------------------------------------------------------------------------
@@ -299,20 +280,54 @@ def _client(client_id: str = "") -> paho.Client:
     return paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
 
 
-def paho_session(broker: Mosquitto, receive_maximum: int, topics: tuple[str, ...] = TOPICS) -> None:
-    """Create the bare subscriber's persistent session, subscribed, then leave."""
-    c = _client(PAHO_CLIENT_ID)
+def _plain_client() -> paho.Client:
+    """paho as most code uses it: MQTT 3.1.1, no properties to build per message. Clean
+    session off, as the gateway's persistent session: the broker keeps its messages."""
+    return paho.Client(
+        paho.CallbackAPIVersion.VERSION2,
+        client_id=PLAIN_CLIENT_ID,
+        protocol=paho.MQTTv311,
+        clean_session=False,
+    )
+
+
+def _v5_connect(c: paho.Client, broker: Mosquitto, receive_maximum: int) -> Callable[[], object]:
+    """Resume the persistent session: clean start off, session expiry, Receive Maximum."""
+    props = _connect_props(receive_maximum)
+    return lambda: c.connect(broker.host, broker.port, clean_start=False, properties=props)
+
+
+def _plain_connect(c: paho.Client, broker: Mosquitto) -> Callable[[], object]:
+    # Clean session is set on the client (off, see _plain_client): nothing to ask for here.
+    return lambda: c.connect(broker.host, broker.port)
+
+
+def _session(
+    c: paho.Client, connect: Callable[[], object], topics: tuple[str, ...], who: str
+) -> None:
+    """Connect, subscribe to `topics` with QoS 1, wait for the SUBACK, leave: the broker
+    keeps the session and queues what is published meanwhile."""
     subscribed = threading.Event()
     c.on_subscribe = lambda *a: subscribed.set()
-    c.connect(
-        broker.host, broker.port, clean_start=False, properties=_connect_props(receive_maximum)
-    )
+    connect()
     c.loop_start()
     c.subscribe([(t, 1) for t in topics])
     if not subscribed.wait(10):
-        raise RuntimeError("bare subscriber: no SUBACK")
+        raise RuntimeError(f"{who}: no SUBACK")
     c.disconnect()
     c.loop_stop()
+
+
+def paho_session(broker: Mosquitto, receive_maximum: int, topics: tuple[str, ...] = TOPICS) -> None:
+    """Create the bare subscriber's persistent session, subscribed, then leave."""
+    c = _client(PAHO_CLIENT_ID)
+    _session(c, _v5_connect(c, broker, receive_maximum), topics, "bare subscriber")
+
+
+def plain_session(broker: Mosquitto, topics: tuple[str, ...] = TOPICS) -> None:
+    """Create the plain subscriber's persistent session (MQTT 3.1.1), then leave."""
+    c = _plain_client()
+    _session(c, _plain_connect(c, broker), topics, "plain subscriber")
 
 
 def preload(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> float:
@@ -364,9 +379,12 @@ class Drain:
         return self.readings / self.seconds
 
 
-def paho_drain(broker: Mosquitto, n: int, receive_maximum: int, meter: CpuMeter) -> Drain:
-    """Resume the bare subscriber's session and count until n messages have arrived."""
-    c = _client(PAHO_CLIENT_ID)
+def _count_drain(
+    c: paho.Client, connect: Callable[[], object], n: int, meter: CpuMeter, who: str
+) -> Drain:
+    """Resume a subscriber's session and count until n messages have arrived: timed from
+    `connect()` (the gateway's drain, from `start()`, includes its connect too) until
+    `on_message` (which only counts; paho acknowledges QoS 1 itself) has seen the n-th."""
     done = threading.Event()
     state = {"count": 0, "first": 0.0, "last": 0.0}
 
@@ -382,12 +400,10 @@ def paho_drain(broker: Mosquitto, n: int, receive_maximum: int, meter: CpuMeter)
     meter.start()
     cpu0 = time.process_time()
     t0 = time.perf_counter()
-    c.connect(
-        broker.host, broker.port, clean_start=False, properties=_connect_props(receive_maximum)
-    )
+    connect()
     c.loop_start()
     if not done.wait(max(120.0, n / 500)):
-        raise RuntimeError(f"bare subscriber: only {state['count']} of {n} messages arrived")
+        raise RuntimeError(f"{who}: only {state['count']} of {n} messages arrived")
     cpu = time.process_time() - cpu0
     meter.stop()
     time.sleep(0.2)  # let paho send the last PUBACKs before leaving
@@ -405,6 +421,18 @@ def paho_drain(broker: Mosquitto, n: int, receive_maximum: int, meter: CpuMeter)
         meter.db_s,
         others_cpu_s=meter.others_s,
     )
+
+
+def paho_drain(broker: Mosquitto, n: int, receive_maximum: int, meter: CpuMeter) -> Drain:
+    """The bare subscriber: MQTT 5, asking for the gateway's Receive Maximum."""
+    c = _client(PAHO_CLIENT_ID)
+    return _count_drain(c, _v5_connect(c, broker, receive_maximum), n, meter, "bare subscriber")
+
+
+def plain_drain(broker: Mosquitto, n: int, meter: CpuMeter) -> Drain:
+    """The plain subscriber: MQTT 3.1.1, the broker's own window (max_inflight_messages)."""
+    c = _plain_client()
+    return _count_drain(c, _plain_connect(c, broker), n, meter, "plain subscriber")
 
 
 def gateway_config(
@@ -519,34 +547,17 @@ def cpu_text(d: Drain) -> str:
 
 
 # -- environment and report -----------------------------------------------------------------
-def _version(cmd: list[str]) -> str:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-    except OSError:
-        return "?"
-    text = (out.stdout + out.stderr).strip().splitlines()
-    return text[0].strip() if text else "?"
-
-
-DPKG_VERSION = ["dpkg-query", "-W", "-f", "${Version}"]
-
-
 def environment(spool_dir: Path) -> list[str]:
-    pkgs = ["paho-mqtt", "uvloop", "orjson", "influxdb-client", "aiohttp"]
-    versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in pkgs)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    mnt, fstype, dev = mount_of(spool_dir)
+    mnt = common.mount_of(spool_dir)
+    victoria = common.version_of([*common.DPKG_VERSION, "victoria-metrics"])
     return [
-        f"date        {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
-        f"machine     {platform.machine()}, {cpus} usable CPUs ({os.cpu_count()} online), "
-        f"load average {load}",
-        f"python      {platform.python_version()} ({platform.python_implementation()})",
-        f"packages    {versions}",
-        f"broker      {_version(['mosquitto', '-h'])}",
-        f"database    victoria-metrics {_version([*DPKG_VERSION, 'victoria-metrics'])}",
-        f"data        {spool_dir} (spools, databases): {fstype}, {dev} mounted on {mnt}",
-        f"detectors   {compiled.status}",
+        *common.environment(
+            ["paho-mqtt", "uvloop", "orjson", "influxdb-client", "aiohttp"], detectors=True
+        ),
+        f"broker      {common.version_of(['mosquitto', '-h'])}",
+        f"database    victoria-metrics {victoria}",
+        f"data        {spool_dir} (spools, databases): {mnt.fstype}, {mnt.device} mounted on "
+        f"{mnt.point}",
     ]
 
 
@@ -576,8 +587,10 @@ def print_results(results: dict[tuple[str, str], list[Drain]]) -> None:
         "spool readings/s",
         "memory readings/s",
         "detectors off readings/s",
+        "plain paho msg/s",
         "spool/memory",
         "spool/paho",
+        "spool/plain",
         "detectors on/off",
         "events spool/memory",
         "CPU % spool gw/broker/db/others",
@@ -585,7 +598,7 @@ def print_results(results: dict[tuple[str, str], list[Drain]]) -> None:
         "CPU % detectors off gw/broker/db/others",
     ]
     rows = []
-    ratios: dict[str, tuple[list[float], list[float], list[float]]] = {}
+    ratios: dict[str, tuple[list[float], list[float], list[float], list[float]]] = {}
     cases = list(dict.fromkeys(name for name, _ in results))
     med = statistics.median
     for case in cases:
@@ -595,15 +608,18 @@ def print_results(results: dict[tuple[str, str], list[Drain]]) -> None:
                 results[(case, "spool")],
                 results[(case, "memory")],
                 results[(case, "nodetect")],
+                results[(case, "plain")],
                 strict=True,
             )
         )
-        # spool/paho in messages/s: for single messages the same as readings/s.
-        to_mem = [s.reading_rate / m.reading_rate for _, s, m, _ in runs]
-        to_paho = [s.msg_rate / b.msg_rate for b, s, _, _ in runs]
-        on_off = [s.reading_rate / o.reading_rate for _, s, _, o in runs]
-        ratios[case] = (to_mem, to_paho, on_off)
-        for i, (b, s, m, o) in enumerate(runs, 1):
+        # spool/paho and spool/plain in messages/s: for single messages the same as
+        # readings/s.
+        to_mem = [s.reading_rate / m.reading_rate for _, s, m, _, _ in runs]
+        to_paho = [s.msg_rate / b.msg_rate for b, s, _, _, _ in runs]
+        to_plain = [s.msg_rate / p.msg_rate for _, s, _, _, p in runs]
+        on_off = [s.reading_rate / o.reading_rate for _, s, _, o, _ in runs]
+        ratios[case] = (to_mem, to_paho, to_plain, on_off)
+        for i, (b, s, m, o, p) in enumerate(runs, 1):
             rows.append(
                 [
                     case,
@@ -612,8 +628,10 @@ def print_results(results: dict[tuple[str, str], list[Drain]]) -> None:
                     f"{s.reading_rate:,.0f}",
                     f"{m.reading_rate:,.0f}",
                     f"{o.reading_rate:,.0f}",
+                    f"{p.msg_rate:,.0f}",
                     f"{to_mem[i - 1]:.2f}",
                     f"{to_paho[i - 1]:.2f}",
+                    f"{to_plain[i - 1]:.2f}",
                     f"{on_off[i - 1]:.2f}",
                     f"{s.events_total:,}/{m.events_total:,}",
                     _cpu_cells(s),
@@ -626,12 +644,14 @@ def print_results(results: dict[tuple[str, str], list[Drain]]) -> None:
                 [
                     case,
                     "median",
-                    f"{med(b.msg_rate for b, _, _, _ in runs):,.0f}",
-                    f"{med(s.reading_rate for _, s, _, _ in runs):,.0f}",
-                    f"{med(m.reading_rate for _, _, m, _ in runs):,.0f}",
-                    f"{med(o.reading_rate for _, _, _, o in runs):,.0f}",
+                    f"{med(b.msg_rate for b, _, _, _, _ in runs):,.0f}",
+                    f"{med(s.reading_rate for _, s, _, _, _ in runs):,.0f}",
+                    f"{med(m.reading_rate for _, _, m, _, _ in runs):,.0f}",
+                    f"{med(o.reading_rate for _, _, _, o, _ in runs):,.0f}",
+                    f"{med(p.msg_rate for _, _, _, _, p in runs):,.0f}",
                     f"{med(to_mem):.2f}",
                     f"{med(to_paho):.2f}",
+                    f"{med(to_plain):.2f}",
                     f"{med(on_off):.2f}",
                     "",
                     "",
@@ -641,17 +661,25 @@ def print_results(results: dict[tuple[str, str], list[Drain]]) -> None:
             )
     print_table(header, rows)
     print("(spool/paho compares messages/s; for batches a message is 100 readings;")
+    print(" paho: MQTT 5 asking for the gateway's Receive Maximum; plain paho: MQTT 3.1.1,")
+    print(" the broker's window of max_inflight_messages; spool/plain >= 1.00: the gateway")
+    print(" as deployed drains at least as fast as the plain subscriber;")
     print(" detectors on/off: spool readings/s over spool-with-detectors-off readings/s;")
     print(" events: events the detectors raised or cleared during the drain)")
     print()
 
     summary = []
     for case in cases:
-        to_mem, to_paho, on_off = ratios[case]
+        to_mem, to_paho, to_plain, on_off = ratios[case]
         summary.append(_target(f"{case}: spool / memory readings/s", to_mem, ".2f", 0.8, ">= 0.80"))
         if case == "single":
             summary.append(
                 _target("single: spool readings/s / paho msg/s", to_paho, ".2f", 1.0, ">= 1.00")
+            )
+            summary.append(
+                _target(
+                    "single: spool readings/s / plain paho msg/s", to_plain, ".2f", 1.0, ">= 1.00"
+                )
             )
         summary.append(
             _target(f"{case}: detectors on / off readings/s", on_off, ".2f", 0.85, ">= 0.85")
@@ -683,6 +711,13 @@ class EventLogFilter(logging.Filter):
 
 
 # -- main -------------------------------------------------------------------------------------
+def baseline_text(label: str, d: Drain) -> str:
+    return (
+        f"      {label:<15} {d.msg_rate:9,.0f} msg/s      in {d.seconds:5.2f} s "
+        f"({cpu_text(d)}; first message after {d.first_s * 1000:.0f} ms)"
+    )
+
+
 def drain_text(label: str, d: Drain) -> str:
     extra = ""
     if d.fsyncs:
@@ -703,9 +738,19 @@ def drain_text(label: str, d: Drain) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--messages", type=int, default=50_000, help="single-reading messages")
-    ap.add_argument("--batches", type=int, default=2_000, help="100-reading batch messages")
-    ap.add_argument("--repeat", type=int, default=3, help="repeat both cases K times")
+    ap.add_argument(
+        "--messages", type=int, help="single-reading messages (default 50,000; --quick 10,000)"
+    )
+    ap.add_argument(
+        "--batches", type=int, help="100-reading batch messages (default 2,000; --quick 200)"
+    )
+    ap.add_argument("--repeat", type=int, help="repeat both cases K times (default 3; --quick 1)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short run to check the bench works (rates from one small run are noisy): "
+        "10,000 messages, 200 batches, 1 repeat unless given",
+    )
     ap.add_argument(
         "--all-formats",
         action="store_true",
@@ -715,6 +760,9 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", metavar="FILE", help="cProfile the gateway drains with the spool into FILE"
     )
     args = ap.parse_args(argv)
+    for name, (full, quick) in RUN_SIZES.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     event_logs = EventLogFilter()
     for handler in logging.getLogger().handlers:
@@ -724,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, str], list[Drain]] = {}
     expected = 0
     stored: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-mqtt-", dir=disk_tempdir()) as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-mqtt-", dir=common.disk_tempdir()) as tmp:
         work = Path(tmp)
         print("MQTT ingest benchmark: pre-load the broker, then drain (QoS 1)")
         if args.all_formats:
@@ -753,9 +801,9 @@ def main(argv: list[str] | None = None) -> int:
             }
             meters = {name: CpuMeter(broker, dbs[name]) for name in GATEWAYS}
             rx_max = configs["spool"].mqtt.receive_maximum
-            paho_session(
-                broker, rx_max, tuple(t for t, _ in ALL_FORMATS) if args.all_formats else TOPICS
-            )
+            filters = tuple(t for t, _ in ALL_FORMATS) if args.all_formats else TOPICS
+            paho_session(broker, rx_max, filters)
+            plain_session(broker, filters)
             for name, kind in GATEWAYS.items():
                 uvloop.run(gateway_session(configs[name], kind.spool))
             for rep in range(args.repeat):
@@ -782,12 +830,10 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     bare = paho_drain(broker, n, rx_max, meters["spool"])
                     results.setdefault((name, "paho"), []).append(bare)
-                    print(
-                        f"      {'paho':<15} {bare.msg_rate:9,.0f} msg/s      in "
-                        f"{bare.seconds:5.2f} s ({cpu_text(bare)}; first message after "
-                        f"{bare.first_s * 1000:.0f} ms)",
-                        flush=True,
-                    )
+                    print(baseline_text("paho", bare), flush=True)
+                    plain = plain_drain(broker, n, meters["spool"])
+                    results.setdefault((name, "plain"), []).append(plain)
+                    print(baseline_text("plain paho 3.1.1", plain), flush=True)
                     for gw_name in order:
                         kind = GATEWAYS[gw_name]
                         profile = profiler is not None and gw_name == "spool"
@@ -808,8 +854,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_results(results)
     print()
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"load average at the end: {load}")
+    print(f"load average at the end: {common.load_average()}")
     for name in GATEWAYS:
         total: dict[str, int] = {}
         for (_, gw_name), drains in results.items():

@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
 import shutil
 import sqlite3
 import statistics
@@ -49,11 +48,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import common
 from report import print_table  # bench/report.py: run as `python bench/<name>.py`
 
 from meter_gateway.storage.spool import Spool
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = common.ROOT
 
 
 # -- workload ---------------------------------------------------------------------------------
@@ -214,48 +214,21 @@ async def run_spool(folder: Path, lines: list[str], group: int, drain_batch: int
     drain_disk_s = time.perf_counter() - t0
     await reopened.close()
     writer.check(lines)
-    if reopened.lines_replayed != len(lines):
-        raise RuntimeError(f"spool: {reopened.lines_replayed} lines found on reopening")
+    if reopened.lines_recovered != len(lines):
+        raise RuntimeError(f"spool: {reopened.lines_recovered} lines found on reopening")
     return Run(append_s, commits, drain_s, drain_disk_s)
 
 
 # -- environment ----------------------------------------------------------------------------------
-def mount_of(path: Path) -> tuple[str, str, str, str]:
-    """(mount point, filesystem type, device, options) of the filesystem holding `path`."""
-    path = path.resolve()
-    best = ("/", "?", "?", "")
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                dev, mnt, fstype, opts = line.split()[:4]
-                mnt = mnt.replace("\\040", " ")
-                if path.is_relative_to(mnt) and len(mnt) >= len(best[0]):
-                    best = (mnt, fstype, dev, opts)
-    except OSError:
-        pass
-    return best
-
-
 def choose_dir(asked: str | None) -> Path:
     """--dir, else the system's temporary folder if it is on the repository's
     filesystem and not in memory, else the repository's folder."""
     if asked:
         return Path(asked)
     tmp = Path(tempfile.gettempdir())
-    if mount_of(tmp)[1] not in ("tmpfs", "ramfs") and mount_of(tmp)[2] == mount_of(REPO)[2]:
+    if not common.in_memory(tmp) and common.mount_of(tmp).device == common.mount_of(REPO).device:
         return tmp
     return REPO
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def disk_facts(dev: str) -> str:
@@ -292,16 +265,13 @@ def fsync_latency(folder: Path, n: int = 200) -> str:
 
 
 def environment(folder: Path) -> list[str]:
-    mnt, fstype, dev, opts = mount_of(folder)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    mnt = common.mount_of(folder)
     return [
-        f"date        {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
-        f"cpu         {cpu_model()}, {cpus} usable CPUs, {platform.machine()}, load average {load}",
-        f"python      {platform.python_version()} ({platform.python_implementation()}), "
-        f"sqlite3 {sqlite3.sqlite_version}",
+        *common.environment(),
+        f"sqlite3     {sqlite3.sqlite_version}",
         f"folder      {folder}",
-        f"filesystem  {fstype} on {dev} ({disk_facts(dev)}), mounted on {mnt} ({opts})",
+        f"filesystem  {mnt.fstype} on {mnt.device} ({disk_facts(mnt.device)}), mounted on "
+        f"{mnt.point} ({mnt.options})",
         f"raw fsync   {fsync_latency(folder)}",
     ]
 
@@ -323,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     base = choose_dir(args.dir)
     with tempfile.TemporaryDirectory(prefix="bench-spool-", dir=base) as tmp:
         work = Path(tmp)
-        if mount_of(work)[1] in ("tmpfs", "ramfs"):
+        if common.in_memory(work):
             print(f"{work} is in memory (tmpfs): fsyncs cost nothing there; use --dir")
             return 2
         print("Spool benchmark: SQLite (WAL, synchronous=FULL) against the segment spool")

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,14 +27,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import common  # bench/common.py: run as `python bench/<name>.py`
 
-from meter_gateway.config.schema import Config  # noqa: E402
-from meter_gateway.gateway.reading import Reading  # noqa: E402
-from meter_gateway.gateway.replay import Replay  # noqa: E402
-from meter_gateway.gateway.vee.service import VeeService  # noqa: E402
-from meter_gateway.storage.lineprotocol import ReadingEncoder  # noqa: E402
+from meter_gateway.config.schema import Config
+from meter_gateway.gateway.reading import Reading
+from meter_gateway.gateway.replay import Replay
+from meter_gateway.gateway.vee.service import VeeService
+from meter_gateway.storage.lineprotocol import ReadingEncoder
 
 NS = 1_000_000_000
 START = int(datetime(2026, 10, 5, tzinfo=UTC).timestamp())
@@ -175,7 +172,7 @@ def bench_replay(repeat: int) -> None:
                 "simulate",
                 "replay-file",
                 "--scenario",
-                str(ROOT / "simulators/scenarios/month.yaml"),
+                str(common.ROOT / "simulators/scenarios/month.yaml"),
                 "--out",
                 str(folder / "month.jsonl"),
                 "--quiet",
@@ -219,10 +216,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-replay", action="store_true")
     args = ap.parse_args()
-    print(
-        f"bench_vee: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
-    )
+    print("bench_vee")
+    print("\n".join(common.environment(detectors=True)))
     bench_hook(args.repeat)
     bench_days(args.meters, args.days)
     if not args.no_replay:

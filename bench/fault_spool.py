@@ -26,12 +26,8 @@ twice, or the criterion is missed.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,12 +35,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import common  # bench/common.py: run as `python bench/<name>.py`
 
-from meter_gateway.config.schema import Config  # noqa: E402 - after the path fix-up
-from meter_gateway.simulators.services import InfluxDB1, Mosquitto  # noqa: E402
-from tests.faults import (  # noqa: E402
+sys.path.insert(0, str(common.ROOT))  # for tests.faults
+
+from meter_gateway.config.schema import Config
+from meter_gateway.simulators.services import InfluxDB1, Mosquitto
+from tests.faults import (
     GatewayProcess,
     Message,
     RssSampler,
@@ -73,25 +70,11 @@ def stream(start: int, meters: int = 100) -> Iterator[Message]:
         k += 1
 
 
-def _version(cmd: list[str]) -> str:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
-    except OSError:
-        return "?"
-    text = (out.stdout + out.stderr).strip().splitlines()
-    return text[0].strip() if text else "?"
-
-
 def environment(tmp: Path) -> list[str]:
-    pkgs = ["paho-mqtt", "uvloop", "orjson", "aiohttp"]
-    versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in pkgs)
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return [
-        f"date        {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
-        f"machine     {platform.machine()}, {os.cpu_count()} CPUs, load average {load}",
-        f"python      {platform.python_version()}; {versions}",
-        f"broker      {_version(['mosquitto', '-h'])}",
-        f"database    {_version(['influxd', 'version'])}",
+        *common.environment(["paho-mqtt", "uvloop", "orjson", "aiohttp"]),
+        f"broker      {common.version_of(['mosquitto', '-h'])}",
+        f"database    {common.version_of(['influxd', 'version'])}",
         f"data        {tmp}",
     ]
 

@@ -32,15 +32,13 @@ import socket
 import sys
 import time
 from collections import Counter, defaultdict
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import common  # bench/common.py: run as `python bench/<name>.py`
 
-from meter_gateway.protocols.modbus.config import ModbusConfig  # noqa: E402 - after the path fix-up
-from meter_gateway.protocols.modbus.poller import Poller  # noqa: E402
-from meter_gateway.simulators.modbus.server import MeterFleet, MeterServer, make_meter  # noqa: E402
+from meter_gateway.protocols.modbus.config import ModbusConfig
+from meter_gateway.protocols.modbus.poller import Poller
+from meter_gateway.simulators.modbus.server import MeterFleet, MeterServer, make_meter
 
 REFUSED, MUTE = "unreachable-refused", "unreachable-mute"
 
@@ -74,6 +72,7 @@ def on_grid(ts: float, interval: float) -> bool:
 
 
 async def main(args: argparse.Namespace) -> int:
+    print("\n".join(common.environment(["pymodbus"])))
     interval = args.interval
     collect = Collect()
     root = logging.getLogger()
@@ -94,12 +93,12 @@ async def main(args: argparse.Namespace) -> int:
     mute = await asyncio.start_server(_never_answer, "127.0.0.1", 0)
     mute_port = int(mute.sockets[0].getsockname()[1])
     refused_port = _free_port()
-    common = {"interval_s": interval, "timeout_s": args.timeout}
-    devices: list[dict[str, Any]] = fleet.device_configs(**common)
+    each = {"interval_s": interval, "timeout_s": args.timeout}
+    devices: list[dict[str, Any]] = fleet.device_configs(**each)
     for meter_id, port in ((REFUSED, refused_port), (MUTE, mute_port)):
         devices.append(
             {"meter_id": meter_id, "model": args.model, "host": "127.0.0.1", "port": port,
-             "unit": 1, **common}
+             "unit": 1, **each}
         )  # fmt: skip
     cfg = ModbusConfig.model_validate({"devices": devices})
 
