@@ -29,6 +29,9 @@ _SERVICE_FIXTURES = frozenset(
         "modbus_meters",
         "modbus_fleet",
         "serial_pty_pair",
+        # The installed pytest plugin's: a real mosquitto, and a fleet publishing to it.
+        "mqtt_broker",
+        "meter_fleet",
     }
 )
 

@@ -39,6 +39,7 @@ def test_same_seed_same_payloads_byte_for_byte() -> None:
     assert [p for *_, p in other] != [p for *_, p in a_msgs]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)  # the acceptance bound: a simulated day of 1,000 meters in a minute
 def test_a_day_of_1000_meters_and_registers_match_the_integral_of_power(
     record_property: Any,

@@ -24,6 +24,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from meter_gateway.gateway.events import compiled, compiled_modules
 from tests.packaging.compiler import needs_compiler
 
@@ -70,6 +72,8 @@ faults:
 DRIVER = """
 import asyncio, hashlib, json, sys
 from pathlib import Path
+
+import pytest
 from meter_gateway.config.schema import Config
 from meter_gateway.gateway.events import compiled
 from meter_gateway.gateway.replay import Replay
@@ -138,6 +142,7 @@ def test_the_compiled_modules_are_listed_once() -> None:
     assert done.stdout.split() == sources
 
 
+@pytest.mark.slow
 @needs_compiler
 def test_compiled_and_python_decide_alike(tmp_path: Path) -> None:
     scenario = tmp_path / "scenario.yaml"

@@ -81,6 +81,7 @@ file_bytes = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=1200)
 @given(blob=file_bytes)
 def test_any_bytes(cfg_file: Path, blob: bytes) -> None:
@@ -224,6 +225,7 @@ def render(doc: tuple[dict[str, Any], dict[str, Any], int], block: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=500)
 @given(doc=documents, block=st.booleans())
 def test_yaml_documents(cfg_file: Path, doc: Any, block: bool) -> None:
@@ -261,6 +263,7 @@ environments = st.dictionaries(
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(env=environments, with_file=st.sampled_from([None, "example", "scalar", "list"]))
 def test_environment_overrides(cfg_file: Path, env: dict[str, str], with_file: str | None) -> None:

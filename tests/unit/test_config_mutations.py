@@ -299,6 +299,7 @@ def build_like_run(cfg: Config) -> None:
     _run_loop(_build_like_run(cfg))
 
 
+@pytest.mark.slow
 def test_400_mutated_configs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -430,6 +431,7 @@ NASTY = {
 installed = pytest.mark.skipif(not METER_GATEWAY.exists(), reason="meter-gateway is not installed")
 
 
+@pytest.mark.slow
 @installed
 def test_installed_check_config_refuses_nasty_files(tmp_path: Path) -> None:
     procs = {}
@@ -472,6 +474,7 @@ def _read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float) -> s
     return seen
 
 
+@pytest.mark.slow
 @installed
 def test_installed_run_starts_with_accepted_configs(tmp_path: Path) -> None:
     """The example and an accepted mutation: `run` starts, then stops on SIGTERM (exit 0).

@@ -88,6 +88,7 @@ def records(store: DeadLetterStore) -> list[dict[str, Any]]:
 # -- amplification ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("payload", [deep_batch(1000), deep_batch(3000), ones_batch()])
 async def test_a_hostile_batch_costs_the_store_about_its_own_size(tmp_path, payload) -> None:
     p, sink, store = pipeline(tmp_path)
@@ -139,6 +140,7 @@ async def test_a_single_rejected_element_keeps_the_record_it_always_had(tmp_path
     assert len(sink.lines) == 1
 
 
+@pytest.mark.slow
 def test_republishing_is_bounded_per_message_and_per_second(tmp_path, caplog) -> None:
     caplog.set_level(logging.WARNING, "meter_gateway.deadletter")
     published: list[bytes] = []

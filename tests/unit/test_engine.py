@@ -392,6 +392,7 @@ def test_the_value_goes_into_the_point_and_the_json():
 # -- resources ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_state_is_under_2_kib_per_meter_for_100_000_meters():
     n = 100_000
     ids = [f"m-{i:06d}" for i in range(n)]

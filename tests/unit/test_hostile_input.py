@@ -74,6 +74,7 @@ def route(topic: str) -> tuple[str, str]:
     return ROUTES[kind][0], meter
 
 
+@pytest.mark.slow
 def test_generated_hostile_payloads_are_each_kept_with_a_reason(tmp_path, caplog):
     pipeline, sink, dl = make_pipeline(tmp_path)
     messages = list(hostile_messages(6000))
@@ -256,6 +257,7 @@ _meter_ids = st.sampled_from([None, "m-1", "x"]) | st.text(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["json", "json-batch", "meter-event", "lwt"])
 @FUZZ
 @given(doc=_documents, topic_id=_meter_ids)
@@ -392,12 +394,14 @@ def _device_one(tmp_path_factory: Any, fmt: str, payload: bytes, topic: str, tid
         assert not PYTHON_TEXT.search(r["reason"]), r["reason"]
 
 
+@pytest.mark.slow
 @FUZZ
 @given(doc=_tasmota_docs, topic_id=_meter_ids)
 def test_fuzz_tasmota(tmp_path_factory, doc, topic_id):
     _device_one(tmp_path_factory, "tasmota", _encode(doc), f"tele/{topic_id}/SENSOR", topic_id)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(doc=_shelly_docs, topic_id=_meter_ids, component=st.sampled_from(["em:0", "em1data:0"]))
 def test_fuzz_shelly(tmp_path_factory, doc, topic_id, component):

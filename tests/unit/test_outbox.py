@@ -257,6 +257,7 @@ CRASH_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_every_event_reported_durable_survives_a_sigkill(tmp_path):
     printed: list[int] = []
     for _ in range(3):  # kill, reopen and go on appending, three times over

@@ -83,6 +83,7 @@ def config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return config
 
 
+@pytest.mark.slow
 @HOSTILE
 @given(
     command=st.sampled_from(["billing", "customers"]),
