@@ -53,10 +53,15 @@ from typing import TypedDict
 import orjson
 
 from meter_gateway.gateway.events.event import Event
-from meter_gateway.storage.log.commit import Committed, GroupCommit
 from meter_gateway.storage.log.marks import read_mark, write_mark
 from meter_gateway.storage.log.segment import Record, ScanResult, encode_record, read_records
-from meter_gateway.storage.log.segments import Segment, Segments, first_seq, torn_or_damaged
+from meter_gateway.storage.log.segments import (
+    LogStats,
+    Segment,
+    Segmented,
+    first_seq,
+    torn_or_damaged,
+)
 
 __all__ = [
     "DestinationStats",
@@ -114,21 +119,14 @@ class DestinationStats(TypedDict):
     skipped: int
 
 
-class OutboxStats(TypedDict):
-    directory: str
+class OutboxStats(LogStats):
     appended: int
     last_seq: int
     durable: int
     pending: int
-    bytes: int
-    max_bytes: int
     segments: int
     hold: int | None
-    disk_full: bool
-    write_errors: int
     dropped: int
-    fsyncs: int
-    damaged: int
     recovered: int
     destinations: dict[str, DestinationStats]
 
@@ -146,7 +144,7 @@ class _Destination:
     failing_since: float | None = None
 
 
-class Outbox(Committed):
+class Outbox(Segmented):
     """Append-only, checksummed, group-committed log of events; each destination reads
     it at its own durable cursor."""
 
@@ -167,22 +165,11 @@ class Outbox(Committed):
         self._dests = {name: _Destination(name) for name in destinations}
         self._max = max_bytes
         self._max_pending = max_pending
-        # Several segments fit in the bound, so the oldest can go while the rest waits.
-        self._segments = Segments(
-            "outbox", self.directory, max(min(segment_bytes, max_bytes // 8), 64), log
-        )
-        self._commit: GroupCommit[_Queued] = GroupCommit(
-            "outbox",
-            self.directory,
-            self._write,
-            log=log,
-            waiting=lambda n: (
-                f"{n} events wait in memory (up to {max_pending:,}); nothing is delivered "
-                "before it works"
-            ),
-            retry_s=retry_s,
-        )
-        self._pending = self._commit.pending  # the same list for the outbox's life
+        held = f"events wait in memory (up to {max_pending:,}); none is delivered before it works"
+        self._start_log("outbox", self.directory, self._write, held, log, retry_s=retry_s)
+        self._segments.bound(segment_bytes, max_bytes)
+        # The same list for the outbox's life.
+        self._pending: list[_Queued] = self._commit.pending
         self._next_seq = 1
         self._records: list[Record] = []  # on disk, in seq order
         self._cache: dict[int, Event] = {}  # seq -> event, the newest committed ones
@@ -222,14 +209,6 @@ class Outbox(Committed):
         return seq
 
     @property
-    def bytes(self) -> int:
-        return self._segments.bytes
-
-    @property
-    def disk_full(self) -> bool:
-        return self._commit.disk_full
-
-    @property
     def last_seq(self) -> int:
         """The highest sequence number given out."""
         return self._next_seq - 1
@@ -253,20 +232,14 @@ class Outbox(Committed):
 
     def stats(self) -> OutboxStats:
         return {
-            "directory": str(self.directory),
+            **self.log_stats(),
             "appended": self.appended,
             "last_seq": self.last_seq,
             "durable": self.durable,
             "pending": len(self._pending),
-            "bytes": self.bytes,
-            "max_bytes": self._max,
             "segments": len(self._segments.files),
             "hold": self._hold,
-            "disk_full": self.disk_full,
-            "write_errors": self._commit.write_errors,
             "dropped": self.dropped,
-            "fsyncs": self._commit.fsyncs,
-            "damaged": self.damaged,
             "recovered": self.recovered,
             "destinations": {
                 d.name: {

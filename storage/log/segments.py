@@ -12,16 +12,20 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypedDict
 
+from meter_gateway.storage.log.commit import Committed, GroupCommit
 from meter_gateway.storage.log.segment import ScanResult, append_durably, scan_segment
 
 __all__ = [
     "SEGMENT_SUFFIX",
     "TORN_TAIL_MAX",
+    "LogStats",
     "Segment",
+    "Segmented",
     "Segments",
     "first_seq",
     "torn_or_damaged",
@@ -70,15 +74,30 @@ def torn_or_damaged(res: ScanResult, is_last: bool, expected: int | None, consum
 class Segments:
     """The segments of one log directory and the descriptor of the one appended to."""
 
-    def __init__(self, name: str, directory: Path, segment_max: int, log: logging.Logger) -> None:
+    def __init__(
+        self,
+        name: str,
+        directory: Path,
+        *,
+        segment_bytes: int = 16 << 20,
+        max_bytes: int = 1 << 30,
+        log: logging.Logger,
+    ) -> None:
         self.name = name  # starts log lines
         self.directory = directory
         self._log = log
-        self.segment_max = segment_max
+        self.bound(segment_bytes, max_bytes)
         self.files: list[Segment] = []  # oldest first
         self.current: Segment | None = None  # appended to
         self.bytes = 0
         self._fd: int | None = None
+
+    def bound(self, segment_bytes: int, max_bytes: int) -> None:
+        """Segments of `segment_bytes`, fewer if need be so that several fit in
+        `max_bytes`: the oldest can go while the rest waits (a segment is deleted only
+        when every reader is past all of it)."""
+        self.max_bytes = max_bytes
+        self.segment_max = max(min(segment_bytes, max_bytes // 8), 64)
 
     def scan(
         self, *, contiguous: bool, on_damage: Callable[[Path, ScanResult, bool], None]
@@ -173,6 +192,65 @@ class Segments:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
+
+
+class LogStats(TypedDict):
+    """What every segmented store reports, under the same names."""
+
+    directory: str
+    bytes: int
+    max_bytes: int
+    fsyncs: int
+    write_errors: int
+    disk_full: bool
+    damaged: int  # damaged or cut records found (at start, or read back)
+
+
+class Segmented(Committed):
+    """A store whose records are in segments (its `_segments`), written by a group
+    commit (its `_commit`)."""
+
+    _segments: Segments
+    directory: Path
+    damaged: int
+
+    def _start_log(
+        self,
+        name: str,
+        directory: Path,
+        write: Callable[[list[Any]], Awaitable[int]],
+        held: str,
+        log: logging.Logger,
+        *,
+        retry_s: float = 1.0,
+    ) -> None:
+        """Make the segments and their writer; `name` starts their log lines, `held`
+        says what waits in memory while the disk refuses writes ("N <held>")."""
+        self._segments = Segments(name, directory, log=log)
+        self._commit = GroupCommit(
+            name, directory, write, log=log, waiting=lambda n: f"{n} {held}", retry_s=retry_s
+        )
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of whole records on disk."""
+        return self._segments.bytes
+
+    @property
+    def disk_full(self) -> bool:
+        """The disk refused the last write for want of space."""
+        return self._commit.disk_full
+
+    def log_stats(self) -> LogStats:
+        return {
+            "directory": str(self.directory),
+            "bytes": self.bytes,
+            "max_bytes": self._segments.max_bytes,
+            "fsyncs": self.fsyncs,
+            "write_errors": self.write_errors,
+            "disk_full": self.disk_full,
+            "damaged": self.damaged,
+        }
 
 
 def cut(path: Path, size: int) -> None:

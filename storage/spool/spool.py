@@ -39,9 +39,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypedDict
+from typing import Protocol
 
-from meter_gateway.storage.log.commit import Committed, GroupCommit
 from meter_gateway.storage.log.marks import read_mark, write_mark
 from meter_gateway.storage.log.segment import (
     Record,
@@ -50,7 +49,7 @@ from meter_gateway.storage.log.segment import (
     read_record,
     read_records,
 )
-from meter_gateway.storage.log.segments import Segments, first_seq, torn_or_damaged
+from meter_gateway.storage.log.segments import LogStats, Segmented, first_seq, torn_or_damaged
 
 __all__ = ["Spool", "SpoolNote", "SpoolStats", "damage_reason"]
 
@@ -59,21 +58,14 @@ log = logging.getLogger("meter_gateway.spool")
 LEDGER = "ledger"
 
 
-class SpoolStats(TypedDict):
-    directory: str
-    bytes: int
-    max_bytes: int
+class SpoolStats(LogStats):
     records: int
     oldest_age_s: float
     durable_seq: int
     released_seq: int
     paused: bool
-    disk_full: bool
-    fsyncs: int
-    write_errors: int
     records_recovered: int
     lines_recovered: int
-    damaged: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +158,7 @@ class Feed(Protocol):
     def extend(self, lines: list[str]) -> None: ...
 
 
-class Spool(Committed):
+class Spool(Segmented):
     """Append-only segments under `directory`, group-committed, drained in order."""
 
     def __init__(
@@ -181,20 +173,9 @@ class Spool(Committed):
     ) -> None:
         self.directory = Path(directory)
         self._max = max_bytes
-        # Several segments fit in the bound, so released ones can be deleted while the
-        # rest waits (a segment goes only when all of it is in the database).
-        self._segments = Segments(
-            "spool", self.directory, max(min(segment_bytes, max_bytes // 8), 64), log
-        )
-        self._commit: GroupCommit[str] = GroupCommit(
-            "spool",
-            self.directory,
-            self._write,
-            log=log,
-            waiting=lambda n: (
-                f"{n} readings wait in memory, sources are paused (nothing is acknowledged)"
-            ),
-        )
+        held = "readings wait in memory, sources are paused (nothing is acknowledged)"
+        self._start_log("spool", self.directory, self._write, held, log)
+        self._segments.bound(segment_bytes, max_bytes)
         self._feed_lines = feed_lines  # lines handed to the writer at most at once
         self._on_note = on_note or (lambda note: None)
         self._on_pause = on_pause or (lambda paused, why: None)
@@ -202,7 +183,7 @@ class Spool(Committed):
         # the lines being committed reaches the OS before they are acknowledged.
         self.before_commit: Callable[[], None] | None = None
         # The hot path appends here directly (one attribute lookup less per line).
-        self._pending = self._commit.pending
+        self._pending: list[str] = self._commit.pending
         self._next_seq = 1  # the record being built
         self._records: deque[Record] = deque()  # committed, not yet released, in order
         self._fed = 0  # how many of _records (from the left) the writer has
@@ -239,10 +220,6 @@ class Spool(Committed):
         """The disk refuses writes (full, or failing): lines wait in memory."""
         return self._commit.failing
 
-    @property
-    def bytes(self) -> int:
-        return self._segments.bytes
-
     async def wait_resumed(self) -> None:
         await self._resumed.wait()
 
@@ -263,20 +240,14 @@ class Spool(Committed):
 
     def stats(self) -> SpoolStats:
         return {
-            "directory": str(self.directory),
-            "bytes": self.bytes,
-            "max_bytes": self._max,
+            **self.log_stats(),
             "records": self.records,
             "oldest_age_s": round(self.oldest_age_s(), 1),
             "durable_seq": self.durable,
             "released_seq": self._released,
             "paused": self.paused,
-            "disk_full": self.disk_full,
-            "fsyncs": self.fsyncs,
-            "write_errors": self.write_errors,
             "records_recovered": self.records_recovered,
             "lines_recovered": self.lines_recovered,
-            "damaged": self.damaged,
         }
 
     # -- start: recover what is on disk ---------------------------------------------------

@@ -37,6 +37,10 @@ class Disk:
         return batch[-1]
 
 
+def segments(directory: Path) -> Segments:
+    return Segments("test", directory, segment_bytes=1 << 20, max_bytes=1 << 30, log=log)
+
+
 def committer(tmp_path: Path, disk: Disk) -> GroupCommit[int]:
     return GroupCommit(
         "test", tmp_path, disk.write, log=log, waiting=lambda n: f"{n} held", retry_s=0.01
@@ -104,7 +108,7 @@ async def test_a_refused_append_leaves_no_segment_and_the_next_starts_anew(tmp_p
     from meter_gateway.storage.log import segments as segments_module
 
     real = segments_module.append_durably
-    segs = Segments("test", tmp_path, 1 << 20, log)
+    segs = segments(tmp_path)
     first = await segs.append(1, 1, encode_record(1, 0, b"a"))
 
     def refuse(fd: int, offset: int, data: bytes, directory: Path | None = None) -> None:
@@ -118,14 +122,14 @@ async def test_a_refused_append_leaves_no_segment_and_the_next_starts_anew(tmp_p
     assert second is not first  # no record after bytes that were not written whole
     assert [s.path.name for s in segs.files] == [f"{1:020d}.seg", f"{2:020d}.seg"]
     segs.close()
-    found = Segments("test", tmp_path, 1 << 20, log).scan(
+    found = segments(tmp_path).scan(
         contiguous=True, on_damage=lambda *a: pytest.fail(f"damage reported: {a}")
     )
     assert [[r.seq for r in res.records] for _, res in found] == [[1], [2]]
 
 
 async def test_scan_cuts_a_torn_tail_and_reports_it_once(tmp_path):
-    segs = Segments("test", tmp_path, 1 << 20, log)
+    segs = segments(tmp_path)
     await segs.append(1, 2, encode_record(1, 0, b"one") + encode_record(2, 0, b"two"))
     segs.close()
     path = segs.files[0].path
@@ -137,10 +141,10 @@ async def test_scan_cuts_a_torn_tail_and_reports_it_once(tmp_path):
     def damaged(p: Path, res, is_last: bool) -> None:
         seen.append(torn_or_damaged(res, is_last, res.records[-1].seq + 1, consumed=0))
 
-    Segments("test", tmp_path, 1 << 20, log).scan(contiguous=True, on_damage=damaged)
+    segments(tmp_path).scan(contiguous=True, on_damage=damaged)
     assert seen == ["torn"]
     assert path.stat().st_size == whole
-    Segments("test", tmp_path, 1 << 20, log).scan(contiguous=True, on_damage=damaged)
+    segments(tmp_path).scan(contiguous=True, on_damage=damaged)
     assert seen == ["torn"]  # cut: not reported again
 
 
