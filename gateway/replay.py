@@ -33,6 +33,10 @@ seconds up to `localday.MAX_NS` (9999-12-01), or whose `ts` is later than that, 
 rejected with the reason (the local days of such times cannot be computed); a line longer
 than `mqtt.max_payload_bytes` (what live ingest takes) is skipped as it is read, never
 held whole, and kept in the dead-letter store with its first bytes and its length.
+
+One module of about 740 lines: the recording's clock (`_at`, the watermark), its
+batching into the pipeline and the detectors' ticks on that clock depend on each
+other line by line; the command line around it is `replay_cli.py`.
 """
 
 from __future__ import annotations

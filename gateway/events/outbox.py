@@ -33,6 +33,10 @@
   refused.
 
 Files under `directory`: `<first seq, 20 digits>.seg`, `cursor.<destination>`, `hold`.
+
+One module of about 670 lines: destinations, cursors, the hold point and compaction
+decide together which segment may go (the log itself, group commit and segments, is
+storage/log).
 """
 
 from __future__ import annotations

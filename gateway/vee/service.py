@@ -18,6 +18,11 @@ nothing is stored twice. The replacing actual also gets `estimation_method=""` s
 method is left on an actual reading. Estimates are recomputed, never accumulated: a
 gap that late data narrows gets fewer estimates, and the slots now actual hold the
 actual values.
+
+One module of about 670 lines: the running service's tasks (taking samples, the
+daily plan, estimates and their replacement by late actuals) share the interval store
+and its day bookkeeping, and a crash at any point must leave them consistent with each
+other; the computations themselves are in `estimate.py` and `daily.py`.
 """
 
 from __future__ import annotations
