@@ -418,14 +418,18 @@ class Connection:
                 self._watch_failed(exc)
                 return
             self._reader_on = True
-            if self._ssl_pending():
+            if self._read_pending():
                 self._loop.call_soon(self._on_readable)
 
-    def _ssl_pending(self) -> bool:
-        # Bytes an SSL socket has already decrypted raise no readable event (paho
-        # issue 131): whoever stops reading with some left must come back for them.
-        sock = self.client.socket()
-        pending = getattr(sock, "pending", None)
+    def _read_pending(self) -> bool:
+        # Bytes already taken off the socket raise no readable event: those an SSL
+        # socket has decrypted (paho issue 131) and those the lean reader holds beyond
+        # the last packet (fastpath.buffered). Whoever stops reading with some left
+        # must come back for them.
+        client = self.client
+        if fastpath.buffered(client):
+            return True
+        pending = getattr(client.socket(), "pending", None)
         return pending is not None and pending() > 0
 
     def _on_readable(self) -> None:
@@ -467,7 +471,7 @@ class Connection:
         # paho still take the connection for alive (and adding a writer then raises).
         # So the error is looked for here, after every burst.
         self._socket_error()
-        if not self.reading_paused and self._ssl_pending() and self._loop is not None:
+        if not self.reading_paused and self._read_pending() and self._loop is not None:
             self._loop.call_soon(self._on_readable)
 
     def _socket_error(self) -> bool:

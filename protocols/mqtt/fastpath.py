@@ -11,7 +11,14 @@ touches paho's internals, and only to install the handler:
   and whatever does not parse go to paho's own handler;
 - it calls `on_message` itself, unless per-topic callbacks are registered
   (`message_callback_add`, seen in `_on_message_filtered`): then paho's dispatch,
-  `_handle_on_message`, picks the callback.
+  `_handle_on_message`, picks the callback;
+- `Client._packet_read` is replaced by `fast_read`, which reads the socket in chunks
+  (paho reads each packet's first byte, each byte of its length and then its body in
+  separate `recv` calls: four system calls for a small message) and hands each whole
+  packet to paho's `_packet_handle` as paho's own reader would, in `_in_packet`. What
+  a chunk brought beyond the packet waits in the reader's buffer: `buffered(client)`
+  says how much, so that whoever stops reading with some left comes back for it (no
+  readable event will).
 
 Private names change between releases without notice, so the handler is installed
 only on the paho versions in `TESTED_PAHO_VERSIONS`: those on which
@@ -28,10 +35,11 @@ from collections.abc import Callable
 
 import paho.mqtt as paho_package
 import paho.mqtt.client as paho
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-__all__ = ["TESTED_PAHO_VERSIONS", "fast_publish", "install"]
+__all__ = ["TESTED_PAHO_VERSIONS", "buffered", "fast_publish", "fast_read", "install"]
 
 log = logging.getLogger("meter_gateway.mqtt")
 
@@ -51,6 +59,7 @@ def install(client: paho.Client) -> bool:
     fast = version in TESTED_PAHO_VERSIONS
     if fast:
         client._handle_publish = fast_publish(client)  # type: ignore[method-assign]
+        client._packet_read = fast_read(client)  # type: ignore[method-assign]
     if _reported is not fast:
         if fast:
             log.info(
@@ -136,3 +145,126 @@ def fast_publish(client: paho.Client) -> Callable[[], paho.MQTTErrorCode]:
         return ok
 
     return handle_publish
+
+
+#: Bytes asked of the socket at once: a few hundred small messages per system call.
+READ_CHUNK = 1 << 16
+
+
+class _Buffer:
+    """What was read from one socket beyond the packets handed over so far."""
+
+    __slots__ = ("data", "pos", "sock")
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.pos = 0  # where the next packet starts in `data`
+        self.sock: object = None  # the socket it was read from
+
+
+def buffered(client: paho.Client) -> int:
+    """Bytes read from the client's socket that no packet has taken yet (0 without the
+    lean reader)."""
+    buf: _Buffer | None = getattr(client, "_meter_gateway_buffer", None)
+    if buf is None or buf.sock is not client._sock:
+        return 0
+    return len(buf.data) - buf.pos
+
+
+def fast_read(client: paho.Client) -> Callable[[], paho.MQTTErrorCode]:
+    """paho's `_packet_read` (one whole packet to `_packet_handle` per call), reading
+    the socket a chunk at a time instead of a few bytes at a time.
+
+    Returns what paho's returns: MQTT_ERR_AGAIN while a packet is not whole yet (and
+    nothing is lost: its bytes wait in the buffer), MQTT_ERR_CONN_LOST when the socket
+    fails or ends, MQTT_ERR_PROTOCOL for a length over four bytes or a malformed
+    packet, else what handling it returned. A packet paho's own reader had begun is
+    finished by paho's reader.
+    """
+    original = client._packet_read
+    recv = client._sock_recv
+    handle = client._packet_handle
+    easy_log = client._easy_log
+    clock = paho.time_func
+    again = paho.MQTTErrorCode.MQTT_ERR_AGAIN
+    lost = paho.MQTTErrorCode.MQTT_ERR_CONN_LOST
+    protocol = paho.MQTTErrorCode.MQTT_ERR_PROTOCOL
+    buf = _Buffer()
+    client._meter_gateway_buffer = buf  # type: ignore[attr-defined]
+
+    def fresh_packet() -> paho._InPacket:  # (a TypedDict paho declares for type checkers)
+        return {
+            "command": 0,
+            "have_remaining": 0,
+            "remaining_count": [],
+            "remaining_mult": 1,
+            "remaining_length": 0,
+            "packet": bytearray(b""),
+            "to_process": 0,
+            "pos": 0,
+        }
+
+    def packet_read() -> paho.MQTTErrorCode:
+        if client._in_packet["command"] != 0:
+            return original()
+        if buf.sock is not client._sock:  # a new connection: nothing of the old one
+            buf.data, buf.pos, buf.sock = b"", 0, client._sock
+        while True:
+            data, pos = buf.data, buf.pos
+            n = len(data) - pos
+            if n >= 2:
+                length = 0
+                mult = 1
+                at = pos + 1
+                end = min(pos + 5, len(data))
+                while at < end:
+                    byte = data[at]
+                    at += 1
+                    length += (byte & 127) * mult
+                    mult *= 128
+                    if not byte & 128:
+                        break
+                else:
+                    if at - pos > 4:
+                        return protocol  # more than four length bytes: not MQTT
+                    length = -1  # the length itself is not whole yet
+                if length >= 0 and len(data) - at >= length:
+                    break
+            try:
+                chunk = recv(READ_CHUNK)
+            except BlockingIOError:
+                return again
+            except TimeoutError as err:
+                easy_log(paho.MQTT_LOG_ERR, "timeout on socket: %s", err)
+                return lost
+            except OSError as err:
+                easy_log(paho.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
+                return lost
+            if not chunk:
+                return lost
+            buf.data = data[pos:] + chunk if pos < len(data) else chunk
+            buf.pos = 0
+            with client._msgtime_mutex:
+                client._last_bytes_received = clock()
+        buf.pos = at + length
+        client._in_packet = {
+            "command": data[pos],
+            "have_remaining": 1,
+            "remaining_count": list(data[pos + 1 : at]),
+            "remaining_mult": mult,
+            "remaining_length": length,
+            "packet": bytearray(data[at : at + length]),
+            "to_process": 0,
+            "pos": 0,
+        }
+        try:
+            rc = handle()
+        except MalformedPacket as exc:
+            easy_log(paho.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+            rc = protocol
+        client._in_packet = fresh_packet()
+        with client._msgtime_mutex:
+            client._last_bytes_received = clock()
+        return rc
+
+    return packet_read
