@@ -162,3 +162,42 @@ def test_what_paho_refuses_is_refused(data, code):
     finally:
         ours.close()
         theirs.close()
+
+
+def test_queueing_an_ack_is_pahos_without_the_wake_up_byte():
+    def queued(fast: bool) -> tuple[list[dict], int, bytes]:
+        client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, manual_ack=True
+        )
+        asked: list[object] = []
+        client.on_socket_register_write = lambda c, u, s: asked.append(s)
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        client._sockpairR, client._sockpairW = wake_r, wake_w
+        client._sock = wake_r  # only its presence matters to the callback
+        queue = fastpath.fast_queue(client) if fast else client._packet_queue
+        try:
+            queue(0x40, b"\x40\x02\x00\x07", 7, 0)  # a PUBACK, as paho queues it
+            try:
+                woken = wake_r.recv(16)
+            except BlockingIOError:
+                woken = b""
+            return [dict(p) for p in client._out_packet], len(asked), woken
+        finally:
+            client._sockpairR = client._sockpairW = None
+            wake_r.close()
+            wake_w.close()
+
+    ours, theirs = queued(True), queued(False)
+    assert ours[:2] == theirs[:2]  # the same packet queued, the same write asked for
+    assert theirs[2] == b"0"  # paho wakes a thread nobody runs...
+    assert ours[2] == b""  # ...the lean queue does not
+
+
+def test_with_pahos_own_thread_or_no_outside_loop_pahos_queue_runs():
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, manual_ack=True)
+    calls: list[tuple] = []
+    client._packet_queue = lambda *a: calls.append(a) or OK
+    queue = fastpath.fast_queue(client)
+    queue(0x40, b"\x40\x02\x00\x07", 7, 0)  # no on_socket_register_write
+    assert len(calls) == 1
