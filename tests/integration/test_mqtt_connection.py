@@ -396,3 +396,42 @@ async def test_gateway_stop_mid_stream_acks_every_message_it_took(tmp_path, mosq
     present, rest = await asyncio.to_thread(resume_session, mosquitto, cfg.client_id, n - taken)
     assert present
     assert len(rest) == n - taken
+
+
+async def test_what_the_reader_holds_when_reading_pauses_is_handled_on_resume(mosquitto):
+    # The lean reader takes many small messages off the socket in one read; those it
+    # still holds when the gateway pauses reading (acks held for storage) raise no
+    # readable event later, and the broker has nothing more to send: resuming must
+    # come back for them by itself.
+    got: list[int] = []
+    held_at_pause: list[int] = []
+    conn: Connection
+
+    def on_message(client: paho.Client, msg: paho.MQTTMessage) -> None:
+        got.append(int(msg.payload))
+        client.ack(msg.mid, msg.qos)
+        if len(got) == 1:
+            conn.pause_reading()
+            held_at_pause.append(fastpath.buffered(client))
+
+    conn = Connection(
+        "t-paused",
+        mosquitto.host,
+        mosquitto.port,
+        on_message=on_message,
+        session_expiry_s=SESSION_S,
+    )
+    async with conn:
+        await conn.subscribe([("paused/#", 1)])
+    pub = Publisher(mosquitto)
+    for i in range(200):  # queued in the session while the gateway is away
+        pub.client.publish("paused/m", str(i).encode(), qos=1)
+    pub.client.publish("paused/m", b"199", qos=1).wait_for_publish(10)
+    pub.close()
+    async with conn:
+        await wait_until(lambda: len(got) >= 1, what="the first message")
+        assert len(got) == 1  # paused inside the first message's callback
+        assert held_at_pause[0] > 0, "the reader held nothing: the test proves nothing"
+        conn.resume_reading()
+        await wait_until(lambda: len(got) >= 201, what="every message after the resume")
+    assert got[:200] == list(range(200))
